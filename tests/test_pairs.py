@@ -1,0 +1,83 @@
+"""Co-occurrence scores on a hand-computed example, and the time split."""
+
+import pandas as pd
+import pytest
+
+from tandem.config import PairsConfig, SplitConfig
+from tandem.pairs import mine_pairs, popularity, split_pairs
+
+T0 = pd.Timestamp("2024-03-01", tz="UTC")
+
+
+def _logs(rows):
+    return pd.DataFrame(
+        [{"user_id": u, "item_id": i, "event": e, "ts": T0 + pd.Timedelta(hours=h)} for u, i, e, h in rows]
+    )
+
+
+# u1 clicked B and C (N=2): A->B, A->C, B->C each +1/2
+# u2 clicked only B, twice (N=1): A->B +1, counted once
+# u3 clicked C then B (N=2): C->B +1/2 and A->B +1/2 (A viewed before B, after C)
+# u4 clicked D 100 h after viewing A: outside the 72 h window, no pair
+EXAMPLE = _logs([
+    ("u1", "A", "view", 0), ("u1", "B", "click", 1), ("u1", "C", "click", 2),
+    ("u2", "A", "view", 0), ("u2", "B", "click", 1), ("u2", "B", "click", 5),
+    ("u3", "C", "click", 0), ("u3", "A", "view", 1), ("u3", "B", "click", 2),
+    ("u4", "A", "view", 0), ("u4", "D", "click", 100),
+])
+EXPECTED = {("A", "B"): (2.0, 3), ("A", "C"): (0.5, 1), ("B", "C"): (0.5, 1), ("C", "B"): (0.5, 1)}
+
+
+def as_dict(pairs):
+    return {(r.item_id, r.related_item_id): (round(r.score, 9), r.support) for r in pairs.itertuples()}
+
+
+def test_scores_match_hand_computation():
+    assert as_dict(mine_pairs(EXAMPLE, PairsConfig(window_hours=72))) == EXPECTED
+
+
+def test_window_extends_to_later_clicks():
+    got = as_dict(mine_pairs(EXAMPLE, PairsConfig(window_hours=200)))
+    assert got[("A", "D")] == (1.0, 1)  # u4 clicked only D: N=1
+
+
+def test_thresholds_and_top_t():
+    got = as_dict(mine_pairs(EXAMPLE, PairsConfig(low=0.6)))
+    assert got == {("A", "B"): (2.0, 3)}
+    got = as_dict(mine_pairs(EXAMPLE, PairsConfig(up=1.5)))  # A->B is an outlier now
+    assert ("A", "B") not in got and ("A", "C") in got
+    got = as_dict(mine_pairs(EXAMPLE, PairsConfig(top_t=1)))
+    assert set(got) == {("A", "B"), ("B", "C"), ("C", "B")}
+
+
+def test_ties_break_on_related_item_id():
+    logs = _logs([("u", "A", "view", 0), ("u", "Z", "click", 1), ("u", "M", "click", 1)])
+    pairs = mine_pairs(logs, PairsConfig(top_t=1))
+    assert pairs[pairs.item_id == "A"].related_item_id.tolist() == ["M"]
+
+
+def test_split_has_no_leakage():
+    rows = []
+    for day in range(20):
+        for u in range(6):
+            rows += [(f"u{u}", f"i{day % 5}", "view", day * 24), (f"u{u}", f"i{(day + 1) % 5}", "click", day * 24 + 1),
+                     (f"u{u}", f"j{day}", "click", day * 24 + 2)]
+    split = split_pairs(_logs(rows), PairsConfig(low=0.0), SplitConfig(test_fraction=0.25, valid_fraction=0.2))
+    train = set(zip(split.train.item_id, split.train.related_item_id))
+    valid = set(zip(split.valid.item_id, split.valid.related_item_id))
+    test = set(zip(split.test.item_id, split.test.related_item_id))
+    assert train and valid and test
+    assert not (train | valid) & test and not train & valid
+    assert (split.train_logs.ts < split.cutoff).all()
+    # j-items of the last days only exist after the cutoff: they can only be in test pairs
+    assert any(b.startswith("j1") for _, b in test) and all(int(b[1:]) < 15 for _, b in train | valid if b[0] == "j")
+
+
+def test_popularity_counts_distinct_users():
+    pop = popularity(EXAMPLE)
+    assert pop["B"] == 3 and pop["C"] == 2 and pop["D"] == 1 and "A" not in pop
+
+
+def test_empty_logs_are_an_error():
+    with pytest.raises(ValueError, match="quarantine"):
+        split_pairs(EXAMPLE.iloc[0:0])
