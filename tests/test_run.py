@@ -1,0 +1,99 @@
+"""End to end: `tandem run` on a generated dataset with Pillow-drawn images and a tiny encoder."""
+
+import json
+from dataclasses import replace
+
+import pytest
+from typer.testing import CliRunner
+
+from tandem.cli import app
+from tandem.config import EvalConfig, GateConfig, ModelConfig, RunConfig, TrainConfig
+from tandem.contract import load_catalog
+from tandem.index import ItemIndex
+from tandem.run import run
+from tandem.synth import make_dataset
+
+METRICS = {"recall@10", "recall@100", "recall@1000", "mrr@10"}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("data"), n_items=48, n_users=80)
+
+
+@pytest.fixture(scope="module")
+def cfg(tiny_encoder_dir):
+    return RunConfig(
+        model=replace(ModelConfig(), item_encoder=tiny_encoder_dir, query_layers=1, image_size=32, patch_size=8),
+        train=replace(TrainConfig(), epochs=2, batch_size=16, lr_item=1e-3, lr_query=1e-3),
+        eval=replace(EvalConfig(), batch_size=32),
+    )
+
+
+@pytest.fixture(scope="module")
+def first(dataset, cfg, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("work")
+    return workdir, run(*dataset, workdir, cfg, run_id="first", progress=False)
+
+
+def test_report_has_metrics_gate_and_index(first, dataset):
+    workdir, report = first
+    on_disk = json.loads((workdir / "runs" / "first" / "report.json").read_text())
+    assert on_disk["metrics"] == report["metrics"]
+    assert set(report["metrics"]) == {"model", "untrained", "popularity"}
+    for values in report["metrics"].values():
+        assert set(values) == METRICS
+        assert all(0.0 <= v <= 1.0 for v in values.values())
+        assert values["recall@10"] <= values["recall@100"] <= values["recall@1000"]
+        assert values["mrr@10"] <= values["recall@10"]
+    assert report["gate"]["decision"] == "promote" and report["gate"]["champion"] is None
+    assert report["index"]["collection"] == "tandem_first" and report["index"]["alias"] == "live"
+    assert report["index"]["live_collection"] == "tandem_first"
+    assert report["validation"]["success"] and (workdir / "runs/first/validation").is_dir()
+    for name in ("report.md", "recall.png", "model/model.safetensors", "pairs/train.parquet", "quarantine/logs.csv"):
+        assert (workdir / "runs" / "first" / name).is_file(), name
+    data = report["data"]["logs"]
+    assert data["rows_in"] == data["rows_kept"] + data["rows_quarantined"]
+    # the pool has 47 candidates per query, so every target is inside the top 100
+    assert report["metrics"]["model"]["recall@100"] == 1.0
+
+
+def test_collection_holds_one_vector_per_item(first, dataset, cfg):
+    workdir, report = first
+    items = load_catalog(dataset[1]).kept["item_id"]
+    with ItemIndex(cfg.index, workdir) as index:
+        assert index.count("tandem_first") == len(items) == report["index"]["vectors"]
+        rows = index.client.query("live", filter="", output_fields=["item_id"], limit=1000)
+        assert sorted(r["item_id"] for r in rows) == sorted(items)
+        assert index.live() == "tandem_first"
+
+
+def test_trained_model_beats_untrained(first):
+    _, report = first
+    assert report["metrics"]["model"]["mrr@10"] > report["metrics"]["untrained"]["mrr@10"]
+
+
+def test_gate_keeps_champion_unless_challenger_wins(first, dataset, cfg):
+    workdir, _ = first
+    # Same data, same seed: the same model again, which does not beat the champion.
+    again = run(*dataset, workdir, cfg, run_id="again", progress=False)
+    assert again["gate"]["decision"] == "reject"
+    assert again["metrics"]["champion"] == pytest.approx(again["metrics"]["model"])
+    assert again["index"]["live_collection"] == "tandem_first"
+    # A negative margin lets an equal challenger through: the alias moves.
+    lenient = replace(cfg, gate=GateConfig(min_improvement=-1.0))
+    moved = run(*dataset, workdir, lenient, run_id="moved", progress=False)
+    assert moved["gate"]["decision"] == "promote" and moved["gate"]["champion_collection"] == "tandem_first"
+    assert moved["index"]["live_collection"] == "tandem_moved"
+
+
+def test_cli_help_and_bad_input(tmp_path, dataset):
+    runner = CliRunner()
+    for command in ([], ["run"], ["demo"]):
+        result = runner.invoke(app, [*command, "--help"])
+        assert result.exit_code == 0 and "Usage" in result.output
+    bad = tmp_path / "logs.csv"
+    bad.write_text("user_id,item_id,when\n1,2,2024-01-01\n")
+    result = runner.invoke(app, ["run", "--logs", str(bad), "--catalog", str(dataset[1]), "--workdir", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "no column 'event', 'ts'" in result.output and "logs.csv" in result.output
