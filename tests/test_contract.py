@@ -18,15 +18,18 @@ def write_csv(path, text):
 def catalog_csv(tmp_path):
     Image.new("RGB", (8, 8), "red").save(tmp_path / "a.png")
     (tmp_path / "broken.jpg").write_bytes(b"not an image")
-    return write_csv(tmp_path / "catalog.csv", (
-        "item_id,title,topics,content,images\n"
-        "1,red shirt,tops|shirts,cotton,a.png|broken.jpg|missing.png\n"
-        "2,blue jeans,bottoms,,\n"
-        "2,duplicate jeans,,,\n"
-        ",no id,,,\n"
-        "3,,,,\n"
-        "4.0,float id,,,\n"
-    ))
+    return write_csv(
+        tmp_path / "catalog.csv",
+        (
+            "item_id,title,topics,content,images\n"
+            "1,red shirt,tops|shirts,cotton,a.png|broken.jpg|missing.png\n"
+            "2,blue jeans,bottoms,,\n"
+            "2,duplicate jeans,,,\n"
+            ",no id,,,\n"
+            "3,,,,\n"
+            "4.0,float id,,,\n"
+        ),
+    )
 
 
 def test_catalog_normalises_and_quarantines(catalog_csv, tmp_path):
@@ -37,16 +40,23 @@ def test_catalog_normalises_and_quarantines(catalog_csv, tmp_path):
     assert kept.loc["1", "images"] == [str(tmp_path / "a.png")]  # relative to the catalogue, unreadable dropped
     assert kept.loc["2", "images"] == [] and kept.loc["2", "title"] == "blue jeans"
     reasons = dict(zip(loaded.quarantined["row"], loaded.quarantined["reason"]))
-    assert reasons == {3: "duplicate item_id (first row kept)", 4: "missing item_id",
-                       5: "no title, topics, content or images"}
+    assert reasons == {
+        3: "duplicate item_id (first row kept)",
+        4: "missing item_id",
+        5: "no title, topics, content or images",
+    }
     assert loaded.counts() == {"rows_in": 6, "rows_kept": 3, "rows_quarantined": 3}
-    dropped = dict(zip(loaded.dropped_images["image"].map(lambda p: p.rsplit("/", 1)[1]), loaded.dropped_images["reason"]))
+    dropped = dict(
+        zip(loaded.dropped_images["image"].map(lambda p: p.rsplit("/", 1)[1]), loaded.dropped_images["reason"])
+    )
     assert dropped["missing.png"] == "image file not found" and dropped["broken.jpg"].startswith("image unreadable")
 
 
 def test_catalog_jsonl_and_parquet_lists(tmp_path):
-    rows = [{"item_id": 7, "title": "lamp", "topics": ["home", "light"], "city": "Oslo"},
-            {"item_id": "x8", "title": "desk", "topics": "home|office"}]
+    rows = [
+        {"item_id": 7, "title": "lamp", "topics": ["home", "light"], "city": "Oslo"},
+        {"item_id": "x8", "title": "desk", "topics": "home|office"},
+    ]
     (tmp_path / "c.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     kept = load_catalog(tmp_path / "c.jsonl").kept
     assert kept["item_id"].tolist() == ["7", "x8"]
@@ -56,13 +66,16 @@ def test_catalog_jsonl_and_parquet_lists(tmp_path):
     assert load_catalog(tmp_path / "c.parquet").kept["topics"].tolist() == [["home", "light"]]
 
 
-@pytest.mark.parametrize("name, text, message", [
-    ("missing.csv", None, "does not exist"),
-    ("empty.csv", "", "is empty"),
-    ("notitle.csv", "item_id,name\n1,x\n", "no column 'title'"),
-    ("header.csv", "item_id,title\n", "no rows"),
-    ("c.txt", "item_id,title\n1,x\n", "unknown format"),
-])
+@pytest.mark.parametrize(
+    "name, text, message",
+    [
+        ("missing.csv", None, "does not exist"),
+        ("empty.csv", "", "is empty"),
+        ("notitle.csv", "item_id,name\n1,x\n", "no column 'title'"),
+        ("header.csv", "item_id,title\n", "no rows"),
+        ("c.txt", "item_id,title\n1,x\n", "unknown format"),
+    ],
+)
 def test_catalog_file_errors_name_the_problem(tmp_path, name, text, message):
     if text is not None:
         write_csv(tmp_path / name, text)
@@ -73,15 +86,15 @@ def test_catalog_file_errors_name_the_problem(tmp_path, name, text, message):
 
 LOGS = (
     "user_id,item_id,event,ts,query\n"
-    "u1,1,view,2024-01-01T10:00:00Z,\n"          # ISO with zone
-    "u1,2.0,CLICK,1704103200,red shirt\n"         # epoch seconds, upper-case event, float-like id
-    "7,1,purchase,2024-01-01 12:00:00,\n"          # int user id, naive timestamp = UTC
-    ",1,view,2024-01-01 12:00:00,\n"               # missing user
-    "u2,,view,2024-01-01 12:00:00,\n"              # missing item
-    "u2,1,view,yesterday,\n"                       # unparsable ts
-    "u2,1,hover,2024-01-01 12:00:00,\n"            # unknown event
-    "u2,99,view,2024-01-01 12:00:00,\n"            # not in catalogue
-    "u1,1,view,2024-01-01T10:00:00Z,\n"            # duplicate of row 1
+    "u1,1,view,2024-01-01T10:00:00Z,\n"  # ISO with zone
+    "u1,2.0,CLICK,1704103200,red shirt\n"  # epoch seconds, upper-case event, float-like id
+    "7,1,purchase,2024-01-01 12:00:00,\n"  # int user id, naive timestamp = UTC
+    ",1,view,2024-01-01 12:00:00,\n"  # missing user
+    "u2,,view,2024-01-01 12:00:00,\n"  # missing item
+    "u2,1,view,yesterday,\n"  # unparsable ts
+    "u2,1,hover,2024-01-01 12:00:00,\n"  # unknown event
+    "u2,99,view,2024-01-01 12:00:00,\n"  # not in catalogue
+    "u1,1,view,2024-01-01T10:00:00Z,\n"  # duplicate of row 1
 )
 
 
@@ -90,18 +103,33 @@ def test_logs_normalise_and_quarantine_with_reasons(tmp_path):
     kept = loaded.kept
     assert kept["user_id"].tolist() == ["u1", "u1", "7"]
     assert kept["event"].tolist() == ["view", "click", "purchase"]
-    assert kept["ts"].tolist() == [pd.Timestamp("2024-01-01 10:00", tz="UTC"), pd.Timestamp("2024-01-01 10:00", tz="UTC"),
-                                   pd.Timestamp("2024-01-01 12:00", tz="UTC")]
+    assert kept["ts"].tolist() == [
+        pd.Timestamp("2024-01-01 10:00", tz="UTC"),
+        pd.Timestamp("2024-01-01 10:00", tz="UTC"),
+        pd.Timestamp("2024-01-01 12:00", tz="UTC"),
+    ]
     assert kept["query"].tolist()[1] == "red shirt"
     reasons = dict(zip(loaded.quarantined["row"], loaded.quarantined["reason"]))
-    assert reasons == {4: "missing user_id", 5: "missing item_id", 6: "unparsable ts: yesterday",
-                       7: "unknown event: hover", 8: "item_id not in catalogue", 9: "duplicate event"}
+    assert reasons == {
+        4: "missing user_id",
+        5: "missing item_id",
+        6: "unparsable ts: yesterday",
+        7: "unknown event: hover",
+        8: "item_id not in catalogue",
+        9: "duplicate event",
+    }
     assert loaded.rows_in == len(kept) + len(loaded.quarantined) == 9
 
 
 def test_logs_parquet_typed_columns(tmp_path):
-    df = pd.DataFrame({"user_id": [1, 2], "item_id": [10.0, 11.0], "event": ["view", "click"],
-                       "ts": pd.to_datetime(["2024-01-01", "2024-01-02"])})
+    df = pd.DataFrame(
+        {
+            "user_id": [1, 2],
+            "item_id": [10.0, 11.0],
+            "event": ["view", "click"],
+            "ts": pd.to_datetime(["2024-01-01", "2024-01-02"]),
+        }
+    )
     df.to_parquet(tmp_path / "l.parquet")
     kept = load_logs(tmp_path / "l.parquet").kept
     assert kept["item_id"].tolist() == ["10", "11"] and kept["user_id"].tolist() == ["1", "2"]

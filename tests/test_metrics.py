@@ -17,7 +17,8 @@ def test_ranks_recall_mrr_by_hand():
     assert mrr_at_k(ranks, 3) == pytest.approx((1 / 2 + 1 + 1 / 3) / 4)
     assert mrr_at_k(ranks, 2) == pytest.approx((1 / 2 + 1) / 4)
     assert retrieval_metrics(ranks, ks=(1, 3), mrr_k=2) == pytest.approx(
-        {"recall@1": 0.25, "recall@3": 0.75, "mrr@2": 0.375})
+        {"recall@1": 0.25, "recall@3": 0.75, "mrr@2": 0.375}
+    )
 
 
 def test_empty_is_zero():

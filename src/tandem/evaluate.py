@@ -16,22 +16,27 @@ from tandem.metrics import retrieval_metrics, target_ranks
 from tandem.text import query_text
 
 
-def exact_top_k(queries: np.ndarray, items: np.ndarray, k: int, exclude: np.ndarray | None = None,
-                batch: int = 1024) -> np.ndarray:
+def exact_top_k(
+    queries: np.ndarray, items: np.ndarray, k: int, exclude: np.ndarray | None = None, batch: int = 1024
+) -> np.ndarray:
     """Indices of the k items with the highest dot product per query (ties: lower index first);
     `exclude[i]` (an item index, or -1) is never returned for query i."""
     k = min(k, items.shape[0])
     out = np.empty((queries.shape[0], k), dtype=np.int64)
     for start in range(0, queries.shape[0], batch):
-        scores = queries[start:start + batch] @ items.T
+        scores = queries[start : start + batch] @ items.T
         if exclude is not None:
             rows = np.arange(scores.shape[0])
-            ex = exclude[start:start + batch]
+            ex = exclude[start : start + batch]
             scores[rows[ex >= 0], ex[ex >= 0]] = -np.inf
-        top = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < items.shape[0] else np.tile(np.arange(k), (len(scores), 1))
+        top = (
+            np.argpartition(-scores, k - 1, axis=1)[:, :k]
+            if k < items.shape[0]
+            else np.tile(np.arange(k), (len(scores), 1))
+        )
         top_scores = np.take_along_axis(scores, top, axis=1)
         order = np.lexsort((top, -top_scores), axis=1)  # by score desc, then index asc
-        out[start:start + batch] = np.take_along_axis(top, order, axis=1)
+        out[start : start + batch] = np.take_along_axis(top, order, axis=1)
     return out
 
 
@@ -39,14 +44,16 @@ def exact_top_k(queries: np.ndarray, items: np.ndarray, k: int, exclude: np.ndar
 class RetrievalEvaluator:
     """Binds the test pairs to catalogue positions; scores any way of ranking the catalogue."""
 
-    query_texts: list[str]      # one per distinct query item
-    query_of_pair: np.ndarray   # pair -> index into query_texts
-    query_item: np.ndarray      # distinct query -> catalogue index (excluded from its pool)
-    target: np.ndarray          # pair -> catalogue index of the related item
+    query_texts: list[str]  # one per distinct query item
+    query_of_pair: np.ndarray  # pair -> index into query_texts
+    query_item: np.ndarray  # distinct query -> catalogue index (excluded from its pool)
+    target: np.ndarray  # pair -> catalogue index of the related item
     cfg: EvalConfig
 
     @classmethod
-    def from_pairs(cls, pairs: pd.DataFrame, catalog: pd.DataFrame, cfg: EvalConfig = EvalConfig()) -> "RetrievalEvaluator":
+    def from_pairs(
+        cls, pairs: pd.DataFrame, catalog: pd.DataFrame, cfg: EvalConfig = EvalConfig()
+    ) -> RetrievalEvaluator:
         pos = pd.Series(np.arange(len(catalog)), index=catalog["item_id"].to_numpy())
         missing = set(pairs["item_id"]).union(pairs["related_item_id"]) - set(pos.index)
         if missing:
@@ -73,8 +80,9 @@ class RetrievalEvaluator:
         """Metrics of an embedding model given its query and catalogue vectors (L2-normalised)."""
         return self._score(exact_top_k(query_vecs, item_vecs, self.depth, exclude=self.query_item))
 
-    def score_encoder(self, model, catalog: pd.DataFrame, item_vecs: np.ndarray | None = None,
-                      progress: bool = True) -> tuple[dict[str, float], np.ndarray]:
+    def score_encoder(
+        self, model, catalog: pd.DataFrame, item_vecs: np.ndarray | None = None, progress: bool = True
+    ) -> tuple[dict[str, float], np.ndarray]:
         """Embed with any encoder that has `embed_items` / `embed_queries` (unless item vectors
         are given) and score it; returns (metrics, item vectors) so the vectors can be indexed."""
         if item_vecs is None:

@@ -18,7 +18,9 @@ from tandem.config import ContractConfig, PairsConfig, SplitConfig
 PAIR_COLUMNS = ["item_id", "related_item_id", "score", "support"]
 
 
-def mine_pairs(logs: pd.DataFrame, cfg: PairsConfig = PairsConfig(), contract: ContractConfig = ContractConfig()) -> pd.DataFrame:
+def mine_pairs(
+    logs: pd.DataFrame, cfg: PairsConfig = PairsConfig(), contract: ContractConfig = ContractConfig()
+) -> pd.DataFrame:
     """Co-occurrence pairs of one log window: item_id, related_item_id, score, support."""
     con = duckdb.connect()
     con.register("logs", logs)
@@ -46,8 +48,13 @@ def mine_pairs(logs: pd.DataFrame, cfg: PairsConfig = PairsConfig(), contract: C
         SELECT item_id, related_item_id, score, support FROM ranked
         WHERE rank <= $top_t ORDER BY item_id, rank
         """,
-        {"view": list(contract.view_events), "click": list(contract.click_events),
-         "low": cfg.low, "up": cfg.up, "top_t": cfg.top_t},
+        {
+            "view": list(contract.view_events),
+            "click": list(contract.click_events),
+            "low": cfg.low,
+            "up": cfg.up,
+            "top_t": cfg.top_t,
+        },
     ).df()
     con.close()
     pairs["support"] = pairs["support"].astype("int64")
@@ -64,7 +71,9 @@ class Split:
 
     def all(self) -> pd.DataFrame:
         """All pairs with a `split` column."""
-        parts = [df.assign(split=name) for name, df in (("train", self.train), ("valid", self.valid), ("test", self.test))]
+        parts = [
+            df.assign(split=name) for name, df in (("train", self.train), ("valid", self.valid), ("test", self.test))
+        ]
         return pd.concat(parts, ignore_index=True)
 
     def counts(self) -> dict[str, int]:
@@ -72,7 +81,9 @@ class Split:
 
 
 def split_pairs(
-    logs: pd.DataFrame, pairs_cfg: PairsConfig = PairsConfig(), split: SplitConfig = SplitConfig(),
+    logs: pd.DataFrame,
+    pairs_cfg: PairsConfig = PairsConfig(),
+    split: SplitConfig = SplitConfig(),
     contract: ContractConfig = ContractConfig(),
 ) -> Split:
     """Mine the earlier and the later part of the log separately (no view/click crosses the cutoff),
@@ -88,8 +99,11 @@ def split_pairs(
     test = test[~test.set_index(["item_id", "related_item_id"]).index.isin(seen)].reset_index(drop=True)
     held = np.random.default_rng(split.seed).random(len(train)) < split.valid_fraction
     return Split(
-        train=train[~held].reset_index(drop=True), valid=train[held].reset_index(drop=True),
-        test=test, cutoff=cutoff, train_logs=early,
+        train=train[~held].reset_index(drop=True),
+        valid=train[held].reset_index(drop=True),
+        test=test,
+        cutoff=cutoff,
+        train_logs=early,
     )
 
 

@@ -39,31 +39,38 @@ def write_report(report: dict, run_dir: Path) -> dict[str, Path]:
     """Write report.md and recall.png next to report.json; returns their paths."""
     plot = plot_recall(report["metrics"], run_dir / "recall.png")
     gate, data, pairs, idx = report["gate"], report["data"], report["pairs"], report["index"]
+    logs, cat, valid = data["logs"], data["catalog"], report["validation"]
     timings = ", ".join(f"{k} {v:.0f}s" for k, v in report["timings_s"].items())
-    text = f"""# tandem run {report['run_id']}
-
-Logs `{report['inputs']['logs']}`, catalogue `{report['inputs']['catalog']}`.
-
-## Data
-- logs: {data['logs']['rows_in']} rows in = {data['logs']['rows_kept']} kept + {data['logs']['rows_quarantined']} quarantined
-- catalogue: {data['catalog']['rows_in']} rows in = {data['catalog']['rows_kept']} kept + {data['catalog']['rows_quarantined']} quarantined; {data['catalog']['images_dropped']} unreadable images dropped
-- quarantine: `{data['quarantine_dir']}`
-- pairs: {pairs['train']} train, {pairs['valid']} valid, {pairs['test']} test (test window from {pairs['cutoff']})
-- validation: {'passed' if report['validation']['success'] else 'FAILED'}; Data Docs `{report['validation']['data_docs']}`
-
-## Retrieval on the test pairs ({report['eval']['test_pairs']} pairs, pool: {report['eval']['pool']})
-
-{_table(report['metrics'])}
-
-![Recall@K]({plot.name})
-
-## Gate
-**{gate['decision']}** on `{gate['primary_metric']}`: {gate['reason']}.
-
-Collection `{idx['collection']}` ({idx['vectors']} vectors for {idx['items']} items); alias `{idx['alias']}` -> `{idx['live_collection']}`.
-
-Stage timings: {timings}.
-"""
+    lines = [
+        f"# tandem run {report['run_id']}",
+        "",
+        f"Logs `{report['inputs']['logs']}`, catalogue `{report['inputs']['catalog']}`.",
+        "",
+        "## Data",
+        f"- logs: {logs['rows_in']} rows in = {logs['rows_kept']} kept + {logs['rows_quarantined']} quarantined",
+        f"- catalogue: {cat['rows_in']} rows in = {cat['rows_kept']} kept + {cat['rows_quarantined']} quarantined; "
+        f"{cat['images_dropped']} unreadable images dropped",
+        f"- quarantine: `{data['quarantine_dir']}`",
+        f"- pairs: {pairs['train']} train, {pairs['valid']} valid, {pairs['test']} test "
+        f"(test window from {pairs['cutoff']})",
+        f"- validation: {'passed' if valid['success'] else 'FAILED'}; Data Docs `{valid['data_docs']}`",
+        "",
+        f"## Retrieval on the test pairs ({report['eval']['test_pairs']} pairs, pool: {report['eval']['pool']})",
+        "",
+        _table(report["metrics"]),
+        "",
+        f"![Recall@K]({plot.name})",
+        "",
+        "## Gate",
+        f"**{gate['decision']}** on `{gate['primary_metric']}`: {gate['reason']}.",
+        "",
+        f"Collection `{idx['collection']}` ({idx['vectors']} vectors for {idx['items']} items); "
+        f"alias `{idx['alias']}` -> `{idx['live_collection']}`.",
+        "",
+        f"Stage timings: {timings}.",
+        "",
+    ]
+    text = "\n".join(lines)
     md = run_dir / "report.md"
     md.write_text(text)
     return {"markdown": md, "plot": plot}

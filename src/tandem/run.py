@@ -12,7 +12,7 @@ import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import asdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 
 def new_run_id() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
 
 
 class _Timer(dict):
@@ -50,8 +50,14 @@ def _champion_dir(workdir: Path, collection: str) -> Path | None:
     return None
 
 
-def run(logs_path: str | Path, catalog_path: str | Path, workdir: str | Path, cfg: RunConfig = RunConfig(),
-        run_id: str | None = None, progress: bool = True) -> dict:
+def run(
+    logs_path: str | Path,
+    catalog_path: str | Path,
+    workdir: str | Path,
+    cfg: RunConfig = RunConfig(),
+    run_id: str | None = None,
+    progress: bool = True,
+) -> dict:
     """Run the whole loop once; returns the report (also written to runs/<run_id>/report.json)."""
     import torch
 
@@ -65,8 +71,12 @@ def run(logs_path: str | Path, catalog_path: str | Path, workdir: str | Path, cf
     (run_dir / "quarantine").mkdir(parents=True, exist_ok=True)
     (run_dir / "pairs").mkdir(exist_ok=True)
     timer = _Timer()
-    report: dict = {"run_id": run_id, "created_at": datetime.now(timezone.utc).isoformat(),
-                    "inputs": {"logs": str(logs_path), "catalog": str(catalog_path)}, "config": asdict(cfg)}
+    report: dict = {
+        "run_id": run_id,
+        "created_at": datetime.now(UTC).isoformat(),
+        "inputs": {"logs": str(logs_path), "catalog": str(catalog_path)},
+        "config": asdict(cfg),
+    }
 
     with timer.stage("load"):
         catalog = load_catalog(catalog_path, cfg.contract)
@@ -74,8 +84,11 @@ def run(logs_path: str | Path, catalog_path: str | Path, workdir: str | Path, cf
         logs.quarantined.to_csv(run_dir / "quarantine" / "logs.csv", index=False)
         catalog.quarantined.to_csv(run_dir / "quarantine" / "catalog.csv", index=False)
         catalog.dropped_images.to_csv(run_dir / "quarantine" / "images.csv", index=False)
-        report["data"] = {"logs": logs.counts(), "catalog": catalog.counts() | {"images_dropped": len(catalog.dropped_images)},
-                          "quarantine_dir": str(run_dir / "quarantine")}
+        report["data"] = {
+            "logs": logs.counts(),
+            "catalog": catalog.counts() | {"images_dropped": len(catalog.dropped_images)},
+            "quarantine_dir": str(run_dir / "quarantine"),
+        }
     items = catalog.kept
 
     with timer.stage("pairs"):
@@ -93,8 +106,11 @@ def run(logs_path: str | Path, catalog_path: str | Path, workdir: str | Path, cf
 
     with timer.stage("validate"):
         result = validate_run(logs.kept, items, split.all(), run_dir / "validation", cfg.contract, cfg.pairs)
-        report["validation"] = {"success": result.success, "data_docs": str(result.docs_path),
-                                "suites": {k: v["success"] for k, v in result.suites.items()}}
+        report["validation"] = {
+            "success": result.success,
+            "data_docs": str(result.docs_path),
+            "suites": {k: v["success"] for k, v in result.suites.items()},
+        }
 
     evaluator = RetrievalEvaluator.from_pairs(split.test, items, cfg.eval)
     metrics: dict[str, dict[str, float]] = {}
@@ -132,12 +148,22 @@ def run(logs_path: str | Path, catalog_path: str | Path, workdir: str | Path, cf
         gate = decide(cfg.eval.primary_metric, metrics["model"], champion_metrics, champion_collection, cfg.gate)
         if gate.decision == "promote":
             index.promote(name)
-        report["index"] = {"uri": index.uri, "collection": name, "alias": cfg.index.alias, "vectors": n,
-                           "items": len(items), "live_collection": index.live()}
+        report["index"] = {
+            "uri": index.uri,
+            "collection": name,
+            "alias": cfg.index.alias,
+            "vectors": n,
+            "items": len(items),
+            "live_collection": index.live(),
+        }
     report["gate"] = gate.to_dict()
     report["metrics"] = metrics
-    report["eval"] = {"test_pairs": len(split.test), "query_items": len(evaluator.query_texts),
-                      "pool": "catalogue minus the query item", "primary_metric": cfg.eval.primary_metric}
+    report["eval"] = {
+        "test_pairs": len(split.test),
+        "query_items": len(evaluator.query_texts),
+        "pool": "catalogue minus the query item",
+        "primary_metric": cfg.eval.primary_metric,
+    }
     report["timings_s"] = dict(timer)
     paths = write_report(report, run_dir)
     report["report_files"] = {k: str(v) for k, v in paths.items()}

@@ -12,14 +12,27 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-COLOURS = {"red": (200, 30, 30), "green": (30, 160, 60), "blue": (30, 60, 200), "yellow": (230, 210, 40),
-           "black": (20, 20, 20), "white": (240, 240, 240)}
+COLOURS = {
+    "red": (200, 30, 30),
+    "green": (30, 160, 60),
+    "blue": (30, 60, 200),
+    "yellow": (230, 210, 40),
+    "black": (20, 20, 20),
+    "white": (240, 240, 240),
+}
 PRODUCTS = ("shirt", "shoe", "lamp", "mug")
 
 
-def make_dataset(out_dir: str | Path, n_items: int = 48, n_kinds: int = 8, n_users: int = 80,
-                 sessions_per_user: int = 6, days: int = 30, image_size: int = 32,
-                 seed: int = 0) -> tuple[Path, Path]:
+def make_dataset(
+    out_dir: str | Path,
+    n_items: int = 48,
+    n_kinds: int = 8,
+    n_users: int = 80,
+    sessions_per_user: int = 6,
+    days: int = 30,
+    image_size: int = 32,
+    seed: int = 0,
+) -> tuple[Path, Path]:
     """Write `logs.csv`, `catalog.csv` and `images/` under `out_dir`; returns (logs, catalog) paths."""
     rng = np.random.default_rng(seed)
     out = Path(out_dir)
@@ -29,8 +42,16 @@ def make_dataset(out_dir: str | Path, n_items: int = 48, n_kinds: int = 8, n_use
     for i in range(n_items):
         colour, product = kinds[i % len(kinds)]
         paths = [_draw(out / "images", f"{i}_{j}.png", COLOURS[colour], j, image_size) for j in range(i % 3)]
-        items.append({"item_id": f"it{i}", "title": f"{colour} {product} {i}", "topics": f"{product}|{colour}",
-                      "content": f"a {colour} {product}, model {i}", "images": "|".join(paths), "kind": i % len(kinds)})
+        items.append(
+            {
+                "item_id": f"it{i}",
+                "title": f"{colour} {product} {i}",
+                "topics": f"{product}|{colour}",
+                "content": f"a {colour} {product}, model {i}",
+                "images": "|".join(paths),
+                "kind": i % len(kinds),
+            }
+        )
     catalog = pd.DataFrame(items)
     by_kind = catalog.groupby("kind")["item_id"].apply(list).to_dict()
     start = pd.Timestamp("2024-01-01", tz="UTC")

@@ -32,20 +32,27 @@ def to_contract(max_items: int | None = 3000) -> tuple[pd.DataFrame, pd.DataFram
         tx = tx[tx["product_id"].isin(reach.index)]
         products = products[products["product_id"].isin(reach.index)]
     logs = (
-        tx.groupby(["household_id", "basket_id", "product_id"], as_index=False)["transaction_timestamp"].min()
+        tx.groupby(["household_id", "basket_id", "product_id"], as_index=False)["transaction_timestamp"]
+        .min()
         .rename(columns={"household_id": "user_id", "product_id": "item_id", "transaction_timestamp": "ts"})
         .assign(event="purchase")[["user_id", "item_id", "event", "ts"]]
         .sort_values(["ts", "user_id", "item_id"], kind="stable")
     )
-    dept, cat, kind = _clean(products["department"]), _clean(products["product_category"]), _clean(products["product_type"])
+    dept, cat, kind = (
+        _clean(products["department"]),
+        _clean(products["product_category"]),
+        _clean(products["product_type"]),
+    )
     brand, size = _clean(products["brand"]), _clean(products["package_size"])
-    catalog = pd.DataFrame({
-        "item_id": products["product_id"].astype(str),
-        # product_type alone is often vague ("mainstream"): lead with the category
-        "title": (cat + " " + kind.where(kind != cat, "")).str.strip().str.lower(),
-        "topics": (dept + "|" + cat + "|" + brand).str.lower(),
-        "content": (brand + " brand " + cat + " " + kind + " " + size).str.lower().str.strip(),
-    })
+    catalog = pd.DataFrame(
+        {
+            "item_id": products["product_id"].astype(str),
+            # product_type alone is often vague ("mainstream"): lead with the category
+            "title": (cat + " " + kind.where(kind != cat, "")).str.strip().str.lower(),
+            "topics": (dept + "|" + cat + "|" + brand).str.lower(),
+            "content": (brand + " brand " + cat + " " + kind + " " + size).str.lower().str.strip(),
+        }
+    )
     return logs.reset_index(drop=True), catalog.reset_index(drop=True)
 
 
