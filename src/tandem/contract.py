@@ -86,7 +86,8 @@ def _id_sql(col: str, dtype: str) -> str:
     return f"NULLIF(regexp_replace(trim(CAST({col} AS VARCHAR)), '{INT_LIKE}', '\\1'), '')"
 
 
-def _ts_sql(dtype: str, path: Path) -> str:
+def ts_sql(dtype: str, path: Path | str) -> str:
+    """SQL turning column `ts` of DuckDB type `dtype` into TIMESTAMPTZ (NULL where unparsable)."""
     if dtype.startswith("TIMESTAMP") or dtype == "DATE":
         return "CAST(ts AS TIMESTAMPTZ)"  # naive timestamps are read as UTC
     if dtype in ("BIGINT", "INTEGER", "HUGEINT", "DOUBLE", "FLOAT", "UBIGINT", "SMALLINT") or dtype.startswith(
@@ -103,19 +104,46 @@ def _ts_sql(dtype: str, path: Path) -> str:
     )
 
 
-def load_logs(path: str | Path, cfg: ContractConfig = ContractConfig(), catalog_ids: pd.Series | None = None) -> Loaded:
-    """Read a CSV/Parquet behaviour log; quarantine rows that cannot be used, with the reason."""
-    path = Path(path)
-    fmt = _format(path, "logs")
+def log_files(path: str | Path | list) -> tuple[list[str], str]:
+    """A log is one file, a folder of files (e.g. date partitions) or a list of files, one format."""
+    if isinstance(path, (list, tuple)):
+        files = [Path(p) for p in path]
+    elif Path(path).is_dir():
+        files = sorted(p for p in Path(path).rglob("*") if p.suffix.lower() in FORMATS and p.is_file())
+        if not files:
+            raise ContractError(f"logs folder {path} holds no .csv or .parquet files")
+    else:
+        files = [Path(path)]
+    formats = {_format(f, "logs") for f in files}
+    if len(formats) != 1:
+        raise ContractError(f"logs {path}: mixes formats {sorted(formats)}; convert them to one format")
+    return [str(f) for f in files], formats.pop()
+
+
+def reader_sql(files: list[str], fmt: str, filename: bool = False) -> str:
+    """A DuckDB table function reading `files` (CSV as text, so nothing is coerced on the way in)."""
+    quoted = "[" + ", ".join("'" + f.replace("'", "''") + "'" for f in files) + "]"
+    options = "union_by_name=true" + (", filename=true" if filename else "")
+    if fmt == "parquet":
+        return f"read_parquet({quoted}, {options})"
+    return f"read_csv({quoted}, all_varchar=true, header=true, {options})"
+
+
+def load_logs(
+    path: str | Path | list, cfg: ContractConfig = ContractConfig(), catalog_ids: pd.Series | None = None
+) -> Loaded:
+    """Read a CSV/Parquet behaviour log (a file, a folder or a list of files); quarantine rows
+    that cannot be used, with the reason."""
+    files, fmt = log_files(path)
+    path = files[0] if len(files) == 1 else f"{Path(files[0]).parent} ({len(files)} files)"  # for messages
     con = duckdb.connect()
     con.execute("SET TimeZone='UTC'")
-    quoted = "'" + str(path).replace("'", "''") + "'"
-    reader = f"read_parquet({quoted})" if fmt == "parquet" else f"read_csv({quoted}, all_varchar=true, header=true)"
+    reader = reader_sql(files, fmt, filename=True)
     try:
         con.execute(f"CREATE TEMP VIEW raw AS SELECT * FROM {reader}")
         types = dict(con.execute("SELECT column_name, column_type FROM (DESCRIBE raw)").fetchall())
     except duckdb.Error as e:
-        raise ContractError(f"logs file {path} cannot be read as {fmt}: {e}") from e
+        raise ContractError(f"logs {path} cannot be read as {fmt}: {e}") from e
     _require_columns(list(types), LOG_COLUMNS, path, "logs")
     known = [*cfg.view_events, *cfg.click_events]
     con.register("catalog_ids", pd.DataFrame({"item_id": catalog_ids if catalog_ids is not None else []}, dtype=str))
@@ -127,9 +155,10 @@ def load_logs(path: str | Path, cfg: ContractConfig = ContractConfig(), catalog_
                {_id_sql("user_id", types["user_id"])} AS user_id,
                {_id_sql("item_id", types["item_id"])} AS item_id,
                lower(trim(CAST(event AS VARCHAR))) AS event,
-               {_ts_sql(types["ts"], path)} AS ts,
+               {ts_sql(types["ts"], path)} AS ts,
                CAST(ts AS VARCHAR) AS ts_raw,
-               {query_sql} AS query
+               {query_sql} AS query,
+               filename AS file
         FROM raw
         """
     )
@@ -152,10 +181,9 @@ def load_logs(path: str | Path, cfg: ContractConfig = ContractConfig(), catalog_
     )
     kept = con.sql("SELECT user_id, item_id, event, ts, query FROM judged WHERE reason IS NULL ORDER BY ts, row").df()
     quarantined = con.sql(
-        "SELECT row, user_id, item_id, event, ts_raw AS ts, query, reason "
+        "SELECT file, row, user_id, item_id, event, ts_raw AS ts, query, reason "
         "FROM judged WHERE reason IS NOT NULL ORDER BY row"
     ).df()
-    quarantined.insert(0, "file", str(path))
     rows_in = con.execute("SELECT count(*) FROM norm").fetchone()[0]
     con.close()
     if rows_in == 0:

@@ -1,0 +1,243 @@
+"""The loop's stages as plain functions over one run folder, so that `tandem run`, an Airflow
+task and a Kubeflow component all call the same code.
+
+Each stage reads what earlier stages wrote under `WORKDIR/runs/<run_id>/`, writes its own
+outputs there (replacing them, so a rerun is idempotent) plus `<stage>.json` with its
+summary, and returns that summary. The Milvus database is shared by all runs of a workdir.
+
+    load -> pairs -> validate -> train -> embed -> index -> evaluate -> gate -> promote
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tandem.config import RunConfig
+from tandem.contract import load_catalog, load_logs
+from tandem.index import ItemIndex, collection_name
+from tandem.pairs import popularity, split_pairs
+
+log = logging.getLogger(__name__)
+SPLITS = ("train", "valid", "test")
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where one run's artefacts live."""
+
+    workdir: Path
+    run_id: str
+
+    @classmethod
+    def of(cls, workdir: str | Path, run_id: str) -> RunPaths:
+        return cls(Path(workdir).resolve(), run_id)
+
+    @property
+    def dir(self) -> Path:
+        return self.workdir / "runs" / self.run_id
+
+    def __truediv__(self, name: str) -> Path:
+        return self.dir / name
+
+    @property
+    def collection(self) -> str:
+        return collection_name(self.run_id)
+
+    def summary(self, stage: str) -> dict:
+        path = self / f"{stage}.json"
+        if not path.is_file():
+            raise ValueError(f"stage {stage!r} has not run for {self.dir} (no {path.name}); run it first")
+        return json.loads(path.read_text())
+
+    def save(self, stage: str, summary: dict) -> dict:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self / f"{stage}.json").write_text(json.dumps(summary, indent=2, default=_json_default))
+        return summary
+
+
+def _json_default(value):
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, (pd.Timestamp, Path)):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def items(run: RunPaths) -> pd.DataFrame:
+    """The run's catalogue (normalised, quarantined rows removed), in a fixed order."""
+    return pd.read_parquet(run / "data" / "catalog.parquet")
+
+
+def pairs(run: RunPaths, split: str) -> pd.DataFrame:
+    return pd.read_parquet(run / "pairs" / f"{split}.parquet")
+
+
+# --------------------------------------------------------------------------------- stages
+def load(run: RunPaths, logs_path: str | Path, catalog_path: str | Path, cfg: RunConfig) -> dict:
+    """Read the inputs into the contract; bad rows go to quarantine/ with their reason."""
+    (run / "data").mkdir(parents=True, exist_ok=True)
+    (run / "quarantine").mkdir(exist_ok=True)
+    catalog = load_catalog(catalog_path, cfg.contract)
+    logs = load_logs(logs_path, cfg.contract, catalog_ids=catalog.kept["item_id"])
+    catalog.kept.to_parquet(run / "data" / "catalog.parquet", index=False)
+    logs.kept.to_parquet(run / "data" / "logs.parquet", index=False)
+    logs.quarantined.to_csv(run / "quarantine" / "logs.csv", index=False)
+    catalog.quarantined.to_csv(run / "quarantine" / "catalog.csv", index=False)
+    catalog.dropped_images.to_csv(run / "quarantine" / "images.csv", index=False)
+    return run.save(
+        "load",
+        {
+            "inputs": {"logs": str(logs_path), "catalog": str(catalog_path)},
+            "logs": logs.counts(),
+            "catalog": catalog.counts() | {"images_dropped": len(catalog.dropped_images)},
+            "quarantine_dir": str(run / "quarantine"),
+        },
+    )
+
+
+def mine(run: RunPaths, cfg: RunConfig) -> dict:
+    """Co-occurrence pairs (DuckDB), time split, and the popularity of the training window."""
+    (run / "pairs").mkdir(parents=True, exist_ok=True)
+    logs = pd.read_parquet(run / "data" / "logs.parquet")
+    split = split_pairs(logs, cfg.pairs, cfg.split, cfg.contract)
+    for name in SPLITS:
+        getattr(split, name).to_parquet(run / "pairs" / f"{name}.parquet", index=False)
+    pop = popularity(split.train_logs, cfg.contract).rename("users").rename_axis("item_id").reset_index()
+    pop.to_parquet(run / "pairs" / "popularity.parquet", index=False)
+    for name in ("train", "test"):
+        if getattr(split, name).empty:
+            raise ValueError(
+                f"no {name} pairs: the {'earlier' if name == 'train' else 'later'} part of the log has no "
+                "co-occurrence within the window and thresholds; widen --window-hours, lower the 'low' "
+                "threshold, change --test-fraction, or bring more logs"
+            )
+    return run.save("pairs", split.counts() | {"cutoff": split.cutoff.isoformat()})
+
+
+def validate(run: RunPaths, cfg: RunConfig) -> dict:
+    """GX suites on logs, catalogue and pairs; raises DataValidationError (a ValueError) on failure."""
+    from tandem.validate import validate_run
+
+    logs = pd.read_parquet(run / "data" / "logs.parquet")
+    all_pairs = pd.concat([pairs(run, s).assign(split=s) for s in SPLITS], ignore_index=True)
+    result = validate_run(logs, items(run), all_pairs, run / "validation", cfg.contract, cfg.pairs)
+    return run.save(
+        "validate",
+        {
+            "success": result.success,
+            "data_docs": str(result.docs_path),
+            "suites": {k: v["success"] for k, v in result.suites.items()},
+        },
+    )
+
+
+def _new_model(cfg: RunConfig):
+    import torch
+
+    from tandem.model import DualEncoder
+
+    torch.manual_seed(cfg.train.seed)  # the new layers' initial weights: same seed, same model
+    return DualEncoder(cfg.model)
+
+
+def train(run: RunPaths, cfg: RunConfig, progress: bool = True) -> dict:
+    """Train the dual encoder on the train pairs; the model is saved to model/."""
+    from tandem.train import train as fit
+
+    model = _new_model(cfg)
+    stats = fit(model, pairs(run, "train"), items(run), cfg.train, valid_pairs=pairs(run, "valid"), progress=progress)
+    model.save(run / "model")
+    return run.save("train", stats)
+
+
+def embed(run: RunPaths, cfg: RunConfig, progress: bool = True) -> dict:
+    """Embed every catalogue item with the trained model: vectors/items.npy in catalogue order."""
+    from tandem.model import DualEncoder
+
+    catalog = items(run)
+    vectors = DualEncoder.load(run / "model").embed_items(catalog, batch_size=cfg.eval.batch_size, progress=progress)
+    (run / "vectors").mkdir(exist_ok=True)
+    np.save(run / "vectors" / "items.npy", vectors)
+    return run.save("embed", {"items": len(catalog), "dim": int(vectors.shape[1])})
+
+
+def index(run: RunPaths, cfg: RunConfig) -> dict:
+    """Write the item vectors to the run's Milvus collection (idempotent: upsert)."""
+    catalog = items(run)
+    vectors = np.load(run / "vectors" / "items.npy")
+    with ItemIndex(cfg.index, run.workdir) as idx:
+        n = idx.write(run.collection, catalog["item_id"].tolist(), vectors, catalog["title"].tolist())
+        uri = idx.uri
+    return run.save("index", {"uri": uri, "collection": run.collection, "vectors": n, "items": len(catalog)})
+
+
+def _champion_model(run: RunPaths, collection: str) -> Path:
+    for run_dir in sorted((run.workdir / "runs").glob("*")):
+        if collection_name(run_dir.name) == collection and (run_dir / "model").is_dir():
+            return run_dir / "model"
+    raise ValueError(
+        f"the live alias points at {collection}, whose model is not under {run.workdir}/runs; "
+        "run with the workdir that trained it, or re-point the alias"
+    )
+
+
+def evaluate(run: RunPaths, cfg: RunConfig, progress: bool = True) -> dict:
+    """Recall@K / MRR on the test pairs for the model, the baselines and the live champion."""
+    from tandem.evaluate import RetrievalEvaluator
+    from tandem.model import DualEncoder
+
+    catalog, test = items(run), pairs(run, "test")
+    evaluator = RetrievalEvaluator.from_pairs(test, catalog, cfg.eval)
+    model = DualEncoder.load(run / "model")
+    metrics = {"model": evaluator.score_encoder(model, catalog, np.load(run / "vectors" / "items.npy"), progress)[0]}
+    metrics["untrained"] = evaluator.score_encoder(_new_model(cfg), catalog, progress=progress)[0]
+    pop = pd.read_parquet(run / "pairs" / "popularity.parquet").set_index("item_id")["users"]
+    metrics["popularity"] = evaluator.score_static(pop.reindex(catalog["item_id"]).fillna(0).to_numpy())
+    with ItemIndex(cfg.index, run.workdir) as idx:
+        live = idx.live()
+    champion = live if live and live != run.collection else None
+    if champion:
+        champion_model = DualEncoder.load(_champion_model(run, champion))
+        metrics["champion"] = evaluator.score_encoder(champion_model, catalog, progress=progress)[0]
+    return run.save(
+        "evaluate",
+        {
+            "metrics": metrics,
+            "champion_collection": champion,
+            "test_pairs": len(test),
+            "query_items": len(evaluator.query_texts),
+            "pool": "catalogue minus the query item",
+            "primary_metric": cfg.eval.primary_metric,
+        },
+    )
+
+
+def gate(run: RunPaths, cfg: RunConfig) -> dict:
+    """Promote only if the challenger beats the champion (evaluated on the same pairs)."""
+    from tandem.gate import decide
+
+    ev = run.summary("evaluate")
+    metrics = ev["metrics"]
+    decision = decide(
+        cfg.eval.primary_metric, metrics["model"], metrics.get("champion"), ev["champion_collection"], cfg.gate
+    )
+    return run.save("gate", decision.to_dict())
+
+
+def promote(run: RunPaths, cfg: RunConfig) -> dict:
+    """Move the live alias to this run's collection if the gate said so (idempotent)."""
+    decision = run.summary("gate")["decision"]
+    with ItemIndex(cfg.index, run.workdir) as idx:
+        previous = idx.live()
+        if decision == "promote" and previous != run.collection:
+            idx.promote(run.collection)
+        live = idx.live()
+    return run.save(
+        "promote", {"decision": decision, "previous": previous, "live_collection": live, "alias": cfg.index.alias}
+    )
