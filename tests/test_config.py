@@ -35,3 +35,13 @@ def test_mistakes_are_named(tmp_path, text, message):
     (tmp_path / "r.yaml").write_text(text)
     with pytest.raises(ValueError, match=message):
         load_config(tmp_path / "r.yaml")
+
+
+def test_round_trip_through_plain_values():
+    from dataclasses import asdict
+
+    from tandem.config import config_from_dict
+
+    cfg = RunConfig()
+    assert config_from_dict(asdict(cfg)) == cfg
+    assert config_from_dict(None) == cfg

@@ -146,6 +146,11 @@ def _build(cls, values: dict, where: str):
     return cls(**kwargs)
 
 
+def config_from_dict(values: dict | None, where: str = "config") -> RunConfig:
+    """A RunConfig from nested plain values (e.g. `dataclasses.asdict` of one, or parsed JSON)."""
+    return _build(RunConfig, values or {}, where)
+
+
 def load_config(path: str | Path) -> RunConfig:
     """A RunConfig from a YAML recipe (see training/*.yaml); keys left out keep their defaults."""
     import yaml
@@ -153,4 +158,4 @@ def load_config(path: str | Path) -> RunConfig:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"config file {path} does not exist")
-    return _build(RunConfig, yaml.safe_load(path.read_text()) or {}, str(path))
+    return config_from_dict(yaml.safe_load(path.read_text()), str(path))
