@@ -121,3 +121,12 @@ def test_failing_validation_stops_the_run_with_a_readable_message(tmp_path, data
     assert result.exit_code == 2
     assert "[logs] column 'ts'" in result.output and "index.html" in result.output
     assert not list((tmp_path / "work" / "runs").glob("*/model"))  # stopped before training
+
+
+def test_report_never_holds_the_milvus_token():
+    from tandem.config import IndexConfig
+    from tandem.run import redacted
+
+    cfg = RunConfig(index=IndexConfig(milvus_uri="http://m:19530", token="user:secret"))
+    assert redacted(cfg)["index"] == {**redacted(cfg)["index"], "token": "***"}
+    assert "secret" not in json.dumps(redacted(cfg))

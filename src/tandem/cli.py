@@ -184,5 +184,120 @@ def demo(
     )
 
 
+# ------------------------------------------------------------------------------ tandem kfp
+kfp_app = typer.Typer(
+    help="Kubeflow Pipelines: compile the pipeline (components/), run it locally with kfp.local, submit it.",
+    no_args_is_help=True,
+)
+app.add_typer(kfp_app, name="kfp")
+
+IMAGE = typer.Option(
+    "tandem:latest", envvar="TANDEM_IMAGE", help="image the components run in (see components/Dockerfile)"
+)
+
+
+def _kfp_config(config: Path | None, **flags) -> RunConfig:
+    """As `_config`, minus the Milvus token: components read it from their environment (a Secret)."""
+    cfg = _config(config, **flags)
+    return replace(cfg, index=replace(cfg.index, token=""))
+
+
+@kfp_app.command("compile")
+def kfp_compile(
+    output: Path | None = typer.Option(None, "--output", "-o", help="default: components/pipeline.yaml"),
+    image: str = IMAGE,
+) -> None:
+    """Compile the pipeline to KFP IR YAML (commit components/pipeline.yaml after changing components/)."""
+    from tandem.pipelines import compile as compile_pipeline
+
+    try:
+        typer.echo(f"compiled: {compile_pipeline(output, image=image)}")
+    except ValueError as e:
+        typer.secho(f"error: {e}", fg="red", err=True)
+        raise typer.Exit(2) from e
+
+
+@kfp_app.command("run-local")
+def kfp_run_local(
+    logs: Path = typer.Option(..., "--logs", help="behaviour log: CSV or Parquet"),
+    catalog: Path = typer.Option(..., "--catalog", help="catalogue: CSV, Parquet or JSONL"),
+    workdir: Path = WORKDIR,
+    run_id: str | None = typer.Option(None, help="run id (default: a new one)"),
+    config: Path | None = CONFIG,
+    epochs: int | None = EPOCHS,
+    max_steps: int | None = MAX_STEPS,
+    batch_size: int | None = BATCH,
+    item_encoder: str | None = ENCODER,
+    min_improvement: float | None = MARGIN,
+    verbose: bool = VERBOSE,
+) -> None:
+    """Run the whole pipeline with kfp.local (a subprocess per component, no cluster, no Docker)."""
+    setup_logging(verbose)
+    from tandem.pipelines import run_local
+
+    try:
+        cfg = _kfp_config(
+            config,
+            epochs=epochs,
+            max_steps=max_steps,
+            batch_size=batch_size,
+            item_encoder=item_encoder,
+            min_improvement=min_improvement,
+        )
+        result = run_local(logs, catalog, workdir, cfg, run_id)
+    except (ValueError, RuntimeError) as e:  # RuntimeError: a task failed; its log is above
+        typer.secho(f"error: {e}", fg="red", err=True)
+        raise typer.Exit(2) from e
+    gate, promoted = result["gate"], result.get("promote", {})
+    typer.echo(f"gate: {gate['decision']} ({gate['reason']})")
+    typer.echo(f"live collection: {promoted.get('live_collection', 'unchanged')}")
+    typer.echo(f"run folder: {result['run_dir']}")
+    typer.echo(f"kfp artifacts: {result['pipeline_root']}")
+
+
+@kfp_app.command("submit")
+def kfp_submit(
+    host: str = typer.Option(
+        ..., "--host", envvar="TANDEM_KFP_HOST", help="KFP API endpoint, e.g. http://ml-pipeline-ui.kubeflow:80"
+    ),
+    logs: str = typer.Option(..., "--logs", help="logs path as the pods see it (on the workdir volume)"),
+    catalog: str = typer.Option(..., "--catalog", help="catalogue path as the pods see it"),
+    workdir: str = typer.Option("/mnt/tandem", "--workdir", help="the shared volume's mount path (or a folder in it)"),
+    pvc: str = typer.Option("tandem-workdir", help="PersistentVolumeClaim (ReadWriteMany) mounted as the workdir"),
+    run_id: str = typer.Option("", help="run id (default: the load step makes a new one)"),
+    experiment: str = typer.Option("tandem", help="KFP experiment"),
+    package: Path | None = typer.Option(None, help="compiled pipeline (default: components/pipeline.yaml)"),
+    wait: bool = typer.Option(False, "--wait", help="wait for the run to finish"),
+    config: Path | None = CONFIG,
+    epochs: int | None = EPOCHS,
+    max_steps: int | None = MAX_STEPS,
+    batch_size: int | None = BATCH,
+    milvus_uri: str | None = MILVUS,
+    item_encoder: str | None = ENCODER,
+    min_improvement: float | None = MARGIN,
+) -> None:
+    """Submit the compiled pipeline to a Kubeflow cluster. Credentials stay with the kfp client (kubeconfig,
+    service account); the Milvus token comes from the cluster's Secret `tandem-milvus`, never from here."""
+    import json
+
+    from tandem.pipelines import arguments, submit
+
+    try:
+        cfg = _kfp_config(
+            config,
+            epochs=epochs,
+            max_steps=max_steps,
+            batch_size=batch_size,
+            milvus_uri=milvus_uri,
+            item_encoder=item_encoder,
+            min_improvement=min_improvement,
+        )
+        result = submit(host, arguments(logs, catalog, workdir, cfg, run_id, pvc), experiment, wait, package)
+    except ValueError as e:
+        typer.secho(f"error: {e}", fg="red", err=True)
+        raise typer.Exit(2) from e
+    typer.echo(json.dumps(result, indent=2))
+
+
 if __name__ == "__main__":
     app()

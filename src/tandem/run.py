@@ -52,6 +52,8 @@ def run(
         stages.mine(run, cfg)
     with timer.stage("validate"):
         stages.validate(run, cfg)
+    with timer.stage("features"):
+        stages.features(run, cfg)
     with timer.stage("train"):
         stages.train(run, cfg, progress)
     with timer.stage("embed"):
@@ -67,6 +69,14 @@ def run(
     return write(run, cfg, dict(timer))
 
 
+def redacted(cfg: RunConfig) -> dict:
+    """The config as plain values, with secrets masked: reports are shared, tokens are not."""
+    values = asdict(cfg)
+    if values["index"]["token"]:
+        values["index"]["token"] = "***"
+    return values
+
+
 def write(run: stages.RunPaths, cfg: RunConfig, timings: dict[str, float] | None = None) -> dict:
     """Assemble report.json / report.md / recall.png from the stages' summaries."""
     loaded, ev, idx, promoted = (run.summary(s) for s in ("load", "evaluate", "index", "promote"))
@@ -74,7 +84,7 @@ def write(run: stages.RunPaths, cfg: RunConfig, timings: dict[str, float] | None
         "run_id": run.run_id,
         "created_at": datetime.now(UTC).isoformat(),
         "inputs": loaded["inputs"],
-        "config": asdict(cfg),
+        "config": redacted(cfg),
         "data": {k: loaded[k] for k in ("logs", "catalog", "quarantine_dir")},
         "pairs": run.summary("pairs"),
         "validation": run.summary("validate"),

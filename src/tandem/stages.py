@@ -5,7 +5,9 @@ Each stage reads what earlier stages wrote under `WORKDIR/runs/<run_id>/`, write
 outputs there (replacing them, so a rerun is idempotent) plus `<stage>.json` with its
 summary, and returns that summary. The Milvus database is shared by all runs of a workdir.
 
-    load -> pairs -> validate -> train -> embed -> index -> evaluate -> gate -> promote
+    load -> pairs -> validate -> features -> train -> embed -> index -> evaluate -> gate -> promote
+
+From `features` on, item rows come through the Feast store (`tandem.features`), not the raw files.
 """
 
 from __future__ import annotations
@@ -69,9 +71,27 @@ def _json_default(value):
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def items(run: RunPaths) -> pd.DataFrame:
-    """The run's catalogue (normalised, quarantined rows removed), in a fixed order."""
+def catalog(run: RunPaths) -> pd.DataFrame:
+    """The run's normalised catalogue as loaded (quarantined rows removed): the input of validate/features."""
     return pd.read_parquet(run / "data" / "catalog.parquet")
+
+
+def items(run: RunPaths) -> pd.DataFrame:
+    """The run's items read through Feast (offline store, as of the run's data), in catalogue order.
+
+    Same columns as the catalogue, in its column order: item_id, title, content, topics (list),
+    images (list), plus the optional ones it has. Vectors are stored in this row order.
+    """
+    from tandem.features import read_items
+
+    if not (run / "features.json").is_file():
+        raise ValueError(
+            f"no item features for run {run.run_id}: the features stage has not run for {run.dir}; "
+            "run it (tandem.stages.features) after validate"
+        )
+    summary = run.summary("features")
+    ids = pd.read_parquet(run / "data" / "catalog.parquet", columns=["item_id"])["item_id"]  # the order only
+    return read_items(run.workdir, ids, as_of=summary["as_of"], columns=summary["catalog_columns"])
 
 
 def pairs(run: RunPaths, split: str) -> pd.DataFrame:
@@ -126,13 +146,44 @@ def validate(run: RunPaths, cfg: RunConfig) -> dict:
 
     logs = pd.read_parquet(run / "data" / "logs.parquet")
     all_pairs = pd.concat([pairs(run, s).assign(split=s) for s in SPLITS], ignore_index=True)
-    result = validate_run(logs, items(run), all_pairs, run / "validation", cfg.contract, cfg.pairs)
+    result = validate_run(logs, catalog(run), all_pairs, run / "validation", cfg.contract, cfg.pairs)
     return run.save(
         "validate",
         {
             "success": result.success,
             "data_docs": str(result.docs_path),
             "suites": {k: v["success"] for k, v in result.suites.items()},
+        },
+    )
+
+
+def features(run: RunPaths, cfg: RunConfig) -> dict:
+    """Item and user features of the run's data into Feast (offline snapshot + online store).
+
+    The as-of time is the run's last logged event: every feature row carries it, and later
+    stages read the offline store at that time.
+    """
+    from tandem import features as fs
+
+    cat = catalog(run)
+    logs = pd.read_parquet(run / "data" / "logs.parquet")
+    if logs.empty:
+        raise ValueError(f"run {run.run_id} has no usable log rows; the features need an as-of time from the logs")
+    as_of = logs["ts"].max()
+    item_table = fs.item_feature_table(
+        cat, logs, pairs(run, "train"), pd.read_parquet(run / "pairs" / "popularity.parquet"), as_of
+    )
+    user_table = fs.user_feature_table(logs, as_of)
+    stored = fs.apply_and_materialize(run.workdir, run.run_id, item_table, user_table)
+    return run.save(
+        "features",
+        stored
+        | {
+            "items": len(item_table),
+            "users": len(user_table),
+            "catalog_columns": [c for c in cat.columns if c != "item_id"],  # what `items` gives back
+            "items_with_popularity": int((item_table["popularity"] > 0).sum()),
+            "items_with_pairs": int((item_table["degree"] > 0).sum()),
         },
     )
 

@@ -1,0 +1,238 @@
+"""The loop on Kubeflow Pipelines: build, compile, run locally, submit; and what a component runs.
+
+The components and the pipeline are defined in `components/pipeline.py` at the repository root
+(the project's place for orchestration code); this module loads that file by path, so
+`tandem kfp ...` works from a checkout (or an editable install, or the image, which sets
+`TANDEM_COMPONENTS_DIR`). Importing this module is cheap: kfp is imported inside functions.
+
+Each component calls `step`, which runs one stage of `tandem.stages` over a run folder:
+
+- input artifacts are directories that mirror part of the run folder (the Dataset `data` holds
+  `data/`, `quarantine/` and `load.json`, the Model holds `model/` and `train.json`, ...); they
+  are copied into the run folder, the stage runs, and the files it wrote are copied into the
+  output artifacts the same way.
+- pure steps (pairs, validate, train, embed) use a private scratch run folder: they need
+  nothing but their artifacts (and the catalogue's image files).
+- steps on shared state (index, evaluate, gate, promote) use `WORKDIR/runs/<run_id>/` in the
+  shared workdir (a ReadWriteMany volume in a cluster): the Milvus Lite file (or a Milvus
+  server by URI) with its `live` alias, and the models of earlier runs, which `evaluate` needs
+  to score the champion. So the shared workdir gets the same layout as `tandem run` gives.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import tempfile
+import warnings
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from tandem.config import RunConfig, config_from_dict
+
+DEFAULT_IMAGE = "tandem:latest"
+DEFAULT_PVC = "tandem-workdir"
+MOUNT_PATH = "/mnt/tandem"  # where the shared volume is mounted in every task; the default workdir
+MILVUS_SECRET = "tandem-milvus"  # optional Kubernetes Secret with key `token` -> TANDEM_MILVUS_TOKEN
+PIPELINE_YAML = "pipeline.yaml"
+
+
+# ------------------------------------------------------------------------- the definitions
+def components_dir() -> Path:
+    """`$TANDEM_COMPONENTS_DIR`, else `components/` of the checkout this module is in."""
+    env = os.environ.get("TANDEM_COMPONENTS_DIR")
+    directory = Path(env) if env else Path(__file__).resolve().parents[2] / "components"
+    if not (directory / "pipeline.py").is_file():
+        raise ValueError(
+            f"no pipeline definition at {directory / 'pipeline.py'}; run from a tandem checkout "
+            "or set TANDEM_COMPONENTS_DIR to its components/ folder"
+        )
+    return directory
+
+
+def definitions():
+    """The module `components/pipeline.py` (imports kfp), loaded once."""
+    name = "tandem_kfp_components"
+    if name not in sys.modules:
+        path = components_dir() / "pipeline.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # before exec: inspect.getsource (used by kfp) looks it up
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
+    return sys.modules[name]
+
+
+def build_pipeline(image: str = DEFAULT_IMAGE):
+    """The `tandem` pipeline (a kfp GraphComponent) whose components run in `image`."""
+    return definitions().build(image=image, mount_path=MOUNT_PATH, milvus_secret=MILVUS_SECRET)
+
+
+def compile(path: str | Path | None = None, image: str = DEFAULT_IMAGE) -> Path:
+    """Compile the pipeline to IR YAML; by default to the committed `components/pipeline.yaml`."""
+    from kfp import compiler
+
+    path = Path(path) if path else components_dir() / PIPELINE_YAML
+    path.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(build_pipeline(image), str(path))
+    return path
+
+
+def arguments(
+    logs: str | Path,
+    catalog: str | Path,
+    workdir: str | Path = MOUNT_PATH,
+    cfg: RunConfig = RunConfig(),
+    run_id: str = "",
+    pvc: str = DEFAULT_PVC,
+) -> dict:
+    """The pipeline's parameters. The config travels as JSON; secrets never do."""
+    if cfg.index.token:
+        raise ValueError(
+            "the Milvus token must not travel as a pipeline parameter (it would be stored with the run); "
+            f"put it in the Kubernetes Secret {MILVUS_SECRET!r} (key 'token'), or TANDEM_MILVUS_TOKEN locally"
+        )
+    return {
+        "logs": str(logs),
+        "catalog": str(catalog),
+        "workdir": str(workdir),
+        "config": json.dumps(asdict(cfg), sort_keys=True),
+        "run_id": run_id,
+        "pvc": pvc,
+    }
+
+
+def run_local(
+    logs: str | Path,
+    catalog: str | Path,
+    workdir: str | Path,
+    cfg: RunConfig = RunConfig(),
+    run_id: str | None = None,
+) -> dict:
+    """Run the whole pipeline with kfp.local, each component a subprocess of this interpreter.
+
+    Returns the run folder's summaries (`WORKDIR/runs/<run_id>/`), plus `run_id` and
+    `pipeline_root` (where kfp.local keeps the artifacts: `WORKDIR/kfp/`).
+    """
+    import kfp.local
+
+    from tandem.run import new_run_id
+
+    workdir = Path(workdir).resolve()
+    run_id = run_id or new_run_id()
+    root = workdir / "kfp"
+    root.mkdir(parents=True, exist_ok=True)
+    kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
+    # the tokens come from the environment in every component, as in the cluster
+    cfg = replace(cfg, index=replace(cfg.index, token=""))
+    with warnings.catch_warnings():  # this interpreter stands in for the image, on purpose
+        warnings.filterwarnings("ignore", "You may be attemping to run a task that uses custom")
+        build_pipeline()(**arguments(logs, catalog, workdir, cfg, run_id))
+    run_dir = workdir / "runs" / run_id
+    summaries = {p.stem: json.loads(p.read_text()) for p in sorted(run_dir.glob("*.json"))}
+    return {"run_id": run_id, "run_dir": str(run_dir), "pipeline_root": str(root), **summaries}
+
+
+def submit(
+    host: str,
+    arguments: Mapping[str, object],
+    experiment: str = "tandem",
+    wait: bool = False,
+    package: str | Path | None = None,
+    run_name: str | None = None,
+    timeout_s: int = 6 * 3600,
+) -> dict:
+    """Submit a run to the KFP API at `host` (the committed YAML unless `package` is given).
+
+    Authentication is the kfp client's: a kubeconfig / in-cluster service account, or
+    `KF_PIPELINES_SA_TOKEN_PATH`; nothing is stored here.
+    """
+    import kfp
+
+    package = Path(package) if package else components_dir() / PIPELINE_YAML
+    if not package.is_file():
+        raise ValueError(f"no compiled pipeline at {package}; run `tandem kfp compile` first")
+    client = kfp.Client(host=host)  # contacts the server: created only when submitting
+    result = client.create_run_from_pipeline_package(
+        str(package), arguments=dict(arguments), run_name=run_name, experiment_name=experiment
+    )
+    out = {
+        "host": host,
+        "experiment": experiment,
+        "run_id": result.run_id,
+        "url": f"{host.rstrip('/')}/#/runs/details/{result.run_id}",
+    }
+    if wait:
+        finished = client.wait_for_run_completion(result.run_id, timeout=timeout_s)
+        out["state"] = str(getattr(finished, "state", ""))
+    return out
+
+
+# -------------------------------------------------------------------- inside a component
+def step(
+    stage: str,
+    config: str,
+    run_id: str,
+    inputs: Iterable[str] = (),
+    outputs: Mapping[str, Iterable[str]] | None = None,
+    workdir: str = "",
+    **kwargs,
+) -> dict:
+    """Run `tandem.stages.<stage>` the way a component does; returns the stage's summary.
+
+    `inputs`: artifact directories copied into the run folder. `outputs`: artifact directory ->
+    names (files or folders) in the run folder copied there after the stage (missing ones are
+    skipped). `workdir`: the shared workdir; empty = a private scratch folder, removed after.
+    """
+    import logging
+
+    from tandem import stages
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("grpc._server").setLevel(logging.CRITICAL)  # Milvus Lite's harmless AllocTimestamp noise
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not run_id:
+        raise ValueError("run_id is empty; the load component gives every later step one")
+    cfg = config_from_dict(json.loads(config or "{}"), "config parameter")
+    if os.environ.get("TANDEM_MILVUS_TOKEN"):
+        cfg = replace(cfg, index=replace(cfg.index, token=os.environ["TANDEM_MILVUS_TOKEN"]))
+    scratch = None if workdir else tempfile.mkdtemp(prefix="tandem-step-")
+    try:
+        run = stages.RunPaths.of(workdir or scratch, run_id)
+        run.dir.mkdir(parents=True, exist_ok=True)
+        for artifact in inputs:
+            shutil.copytree(artifact, run.dir, dirs_exist_ok=True)
+        summary = getattr(stages, stage)(run, cfg=cfg, **kwargs)
+        for artifact, names in (outputs or {}).items():
+            Path(artifact).mkdir(parents=True, exist_ok=True)
+            for name in names:
+                source, target = run / name, Path(artifact) / name
+                if source.is_dir():
+                    shutil.copytree(source, target, dirs_exist_ok=True)
+                elif source.is_file():
+                    shutil.copy2(source, target)
+        return summary
+    finally:
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def numbers(summary: Mapping, prefix: str = "") -> dict[str, float]:
+    """The numeric leaves of a (nested) summary as flat `a.b` names, for Metrics.log_metric."""
+    flat: dict[str, float] = {}
+    for key, value in summary.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat |= numbers(value, f"{name}.")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and value == value:  # not NaN
+            flat[name] = float(value)
+    return flat

@@ -1,0 +1,242 @@
+"""The Airflow DAGs: a DagBag import test and `dag.test()` runs of the daily loop on tiny data.
+
+All Airflow work happens in one subprocess (tests/dag_harness.py) with its own AIRFLOW_HOME,
+SQLite metadata DB, Variables (AIRFLOW_VAR_*) and Connections (AIRFLOW_CONN_*); these tests
+read what it left behind. The `tandem.schedule` units below need no Airflow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from tandem import schedule
+
+REPO = Path(__file__).resolve().parents[1]
+HARNESS = Path(__file__).with_name("dag_harness.py")
+RUN_ID = "daily-20240131"
+RECIPE = """
+model: {{item_encoder: "{encoder}", query_layers: 1, image_size: 32, patch_size: 8}}
+train: {{epochs: 2, batch_size: 16, lr_item: 1.0e-3, lr_query: 1.0e-3}}
+eval: {{batch_size: 32}}
+"""
+
+
+def _airflow_env(tmp: Path, **variables: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "TANDEM_"))}
+    env |= {
+        "AIRFLOW_HOME": str(tmp / "airflow_home"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "GX_ANALYTICS_ENABLED": "false",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    env |= {f"AIRFLOW_VAR_{k.upper()}": v for k, v in variables.items()}
+    return env
+
+
+def _harness(out: Path, env: dict, mode: str) -> tuple[dict, str]:
+    proc = subprocess.run(
+        [sys.executable, str(HARNESS), str(out), mode], env=env, capture_output=True, text=True, timeout=900
+    )
+    output = proc.stdout + proc.stderr
+    if not out.is_file():
+        pytest.fail(f"the harness wrote no result (exit {proc.returncode}):\n{output[-6000:]}")
+    return json.loads(out.read_text()), output
+
+
+@pytest.fixture(scope="module")
+def airflow_runs(tmp_path_factory, tiny_encoder_dir):
+    import pandas as pd
+
+    from tandem.synth import make_dataset
+
+    tmp = tmp_path_factory.mktemp("airflow")
+    logs, catalog = make_dataset(tmp / "data", n_items=48, n_users=80)  # events 2024-01-01 .. 2024-01-31
+    bad = pd.read_csv(logs)
+    bad["ts"] = bad["ts"].str.replace("2024-", "2099-", regex=False)  # a clock bug: events in the future
+    bad.to_csv(tmp / "data" / "bad_logs.csv", index=False)
+    (tmp / "recipe.yaml").write_text(RECIPE.format(encoder=tiny_encoder_dir))
+    workdir, milvus_db = tmp / "work", tmp / "milvus" / "vectors.db"
+    milvus_db.parent.mkdir()
+    env = _airflow_env(
+        tmp,
+        tandem_workdir=str(workdir),
+        tandem_logs_source=str(logs),
+        tandem_catalog=str(catalog),
+        tandem_config=str(tmp / "recipe.yaml"),
+        tandem_history_days="31",
+    )
+    # The Milvus URI comes from a connection (here a Milvus Lite file; a server URL in production).
+    env["AIRFLOW_CONN_TANDEM_MILVUS"] = json.dumps({"conn_type": "generic", "extra": {"uri": str(milvus_db)}})
+    env["HARNESS_BAD_LOGS"] = str(tmp / "data" / "bad_logs.csv")
+    result, output = _harness(tmp / "result.json", env, "daily")
+    return {"result": result, "output": output, "workdir": workdir, "milvus": milvus_db, "catalog": catalog}
+
+
+def test_dagbag_imports_both_dags_without_heavy_modules(airflow_runs):
+    bag = airflow_runs["result"]["dagbag"]
+    assert bag["import_errors"] == {}
+    assert {"tandem_daily", "tandem_index_audit"} <= set(bag["dag_ids"])
+    heavy = {"torch", "transformers", "great_expectations", "feast", "pymilvus", "milvus_lite", "kfp"}
+    assert not heavy & set(bag["heavy_modules"]), bag["heavy_modules"]
+
+
+def test_daily_dag_runs_the_loop_end_to_end(airflow_runs):
+    first = airflow_runs["result"].get("first")
+    assert first, airflow_runs["output"][-6000:]
+    assert first["interval"][0].startswith("2024-01-31") and first["interval"][1].startswith("2024-02-01")
+    assert first["state"].endswith("success"), (first, airflow_runs["output"][-6000:])
+    expected = {
+        "ingest",
+        "load",
+        "pairs",
+        "validate",
+        "features",
+        "train",
+        "embed",
+        "index",
+        "evaluate",
+        "gate",
+        "promote",
+        "report",
+    }
+    assert set(first["tasks"]) == expected
+    assert all(s.endswith("success") for s in first["tasks"].values()), first["tasks"]
+    run_dir = airflow_runs["workdir"] / "runs" / RUN_ID
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["run_id"] == RUN_ID and report["gate"]["decision"] == "promote"
+    assert report["index"]["live_collection"] == "tandem_daily_20240131"
+    assert report["index"]["uri"] == str(airflow_runs["milvus"])  # from the tandem_milvus connection
+    assert report["config"]["index"]["token"] == ""
+    assert len(report["inputs"]["logs"].split(",")) >= 31  # the whole look-back window was read
+    partitions = sorted(p.name for p in (airflow_runs["workdir"] / "warehouse" / "logs").iterdir())
+    assert len(partitions) == 31 and partitions[0] == "date=2024-01-01" and partitions[-1] == "date=2024-01-31"
+
+
+def test_rerunning_the_interval_keeps_pairs_and_vector_count(airflow_runs):
+    import pandas as pd
+
+    from tandem.config import IndexConfig
+    from tandem.contract import load_catalog
+    from tandem.index import ItemIndex
+
+    second = airflow_runs["result"].get("second")
+    assert second and all(s.endswith("success") for s in second["tasks"].values()), second
+    snaps = airflow_runs["workdir"] / "snapshots"
+    for split in ("train", "valid", "test"):
+        a, b = (pd.read_parquet(snaps / s / "pairs" / f"{split}.parquet") for s in ("first", "second"))
+        pd.testing.assert_frame_equal(a, b)
+    items = len(load_catalog(airflow_runs["catalog"]).kept)
+    first_count = json.loads((snaps / "first" / "index.json").read_text())["vectors"]
+    with ItemIndex(IndexConfig(milvus_uri=str(airflow_runs["milvus"]))) as index:
+        assert index.count("tandem_daily_20240131") == first_count == items
+        assert index.live() == "tandem_daily_20240131"
+        assert index.client.list_collections() == ["tandem_daily_20240131"]
+
+
+def test_audit_dag_checks_the_live_index(airflow_runs):
+    audit = airflow_runs["result"].get("audit")
+    assert audit and audit["tasks"]["audit"].endswith("success"), audit
+    live = json.loads((airflow_runs["workdir"] / "audit" / "live.json").read_text())
+    assert live["ok"] and live["run_id"] == RUN_ID and live["vectors"] == live["items"]
+
+
+def test_failing_validation_fails_the_validate_task_and_names_the_data_docs(airflow_runs):
+    bad = airflow_runs["result"].get("bad")
+    assert bad, airflow_runs["output"][-6000:]
+    tasks = bad["tasks"]
+    assert bad["state"].endswith("failed")
+    assert all(tasks[t].endswith("success") for t in ("ingest", "load", "pairs"))
+    assert tasks["validate"].endswith("failed")
+    assert all(tasks[t].endswith("upstream_failed") for t in ("features", "train", "promote"))
+    assert "Data validation failed" in airflow_runs["output"] and "index.html" in airflow_runs["output"]
+    assert not (airflow_runs["workdir"] / "runs" / "daily-20990131" / "model").exists()
+
+
+# ------------------------------------------------------------------ tandem.schedule, no Airflow
+VARS = {"tandem_workdir": "/w", "tandem_logs_source": "/in/logs", "tandem_catalog": "/in/catalog.csv"}
+
+
+def test_settings_come_from_variables_then_environment_then_defaults():
+    s = schedule.resolve(VARS, env={"TANDEM_HISTORY_DAYS": "7", "TANDEM_WORKDIR": "/ignored"})
+    assert (s.workdir, s.warehouse, s.history_days, s.config) == (Path("/w"), Path("/w/warehouse"), 7, "")
+    assert (s.milvus_uri, s.kfp_host) == ("", "")
+    with pytest.raises(ValueError, match="tandem_catalog"):
+        schedule.resolve({k: v for k, v in VARS.items() if k != "tandem_catalog"}, env={})
+    with pytest.raises(ValueError, match="whole number"):
+        schedule.resolve(VARS | {"tandem_history_days": "a week"}, env={})
+
+
+def test_connections_give_milvus_uri_token_and_kfp_host_and_secrets_stay_out():
+    milvus = schedule.Conn("http", "milvus.internal", 19530, "root", "s3cret")
+    kfp = schedule.Conn("https", "kfp.internal", None, schema="pipeline", extra={"experiment": "nightly"})
+    s = schedule.resolve(VARS, {"tandem_milvus": milvus, "tandem_kfp": kfp}, env={})
+    assert s.milvus_uri == "http://milvus.internal:19530" and s.milvus_token == "root:s3cret"
+    assert s.kfp_host == "https://kfp.internal/pipeline" and s.kfp_experiment == "nightly"
+    assert "s3cret" not in repr(s)
+    cfg = s.run_config()
+    assert cfg.index.milvus_uri == s.milvus_uri and cfg.index.token == "root:s3cret"
+    run = schedule.daily_run(s, "2024-02-01T00:00:00+00:00")
+    args = schedule.kfp_arguments(s, run, cfg)
+    assert args["run_id"] == RUN_ID and "s3cret" not in json.dumps(args)
+    assert schedule.milvus_token(schedule.Conn(password="api-key")) == "api-key"
+    assert (
+        schedule.milvus_uri(schedule.Conn(host="m", extra={"uri": "https://zilliz.example"}))
+        == "https://zilliz.example"
+    )
+
+
+def test_run_id_and_interval_are_keyed_on_the_data_interval():
+    day = datetime(2024, 2, 1, tzinfo=UTC)
+    assert schedule.run_id(day) == RUN_ID
+    assert schedule.interval(datetime(2024, 1, 31, tzinfo=UTC), day) == (datetime(2024, 1, 31, tzinfo=UTC), day)
+    assert schedule.interval(day, day)[0] == datetime(2024, 1, 31, tzinfo=UTC)  # a manual trigger: the day before
+    assert schedule.run_id(datetime(2024, 2, 1, 6, tzinfo=UTC)) == "daily-20240201T060000"
+
+
+def test_ingest_fills_missing_history_once_then_only_the_interval(tmp_path):
+    logs = tmp_path / "logs.csv"
+    logs.write_text("user_id,item_id,event,ts\nu,a,view,2024-01-01T10:00:00Z\nu,b,click,2024-01-03T10:00:00Z\n")
+    s = schedule.resolve(
+        VARS | {"tandem_workdir": str(tmp_path), "tandem_logs_source": str(logs), "tandem_history_days": "3"}, env={}
+    )
+    first = schedule.ingest(s, "2024-01-03T00:00:00+00:00", "2024-01-04T00:00:00+00:00")
+    assert first == {"2024-01-01": 1, "2024-01-02": 0, "2024-01-03": 1}
+    assert schedule.missing_days(s.warehouse, "2024-01-04T00:00:00+00:00", 3) == []
+    again = schedule.ingest(s, "2024-01-03T00:00:00+00:00", "2024-01-04T00:00:00+00:00")
+    assert again == {"2024-01-03": 1}  # a rerun replaces its own day only
+    assert len(schedule.log_files(s, "2024-01-04T00:00:00+00:00")) == 3
+
+
+def test_training_goes_to_kubeflow_when_a_host_is_configured(tmp_path, monkeypatch):
+    from tandem import pipelines
+
+    calls = []
+
+    def submit(host, arguments, experiment="tandem", wait=False):
+        calls.append((host, arguments, experiment, wait))
+        run.save("train", {"steps": 3})  # the pipeline writes into the shared run folder
+        for stage in schedule.DONE_BY_KFP:
+            run.save(stage, {"by": "kubeflow"})
+        return {"run_id": "kfp-1", "url": "http://kfp:8888/#/runs/details/kfp-1", "state": "SUCCEEDED"}
+
+    monkeypatch.setattr(pipelines, "submit", submit)
+    s = schedule.resolve(
+        VARS | {"tandem_workdir": str(tmp_path)},
+        env={"TANDEM_KFP_HOST": "http://kfp:8888", "TANDEM_MILVUS_TOKEN": "s3cret"},
+    )
+    run = schedule.daily_run(s, "2024-02-01T00:00:00+00:00")
+    summary = schedule.train(s, run, s.run_config())
+    host, args, experiment, wait = calls[0]
+    assert (host, experiment, wait) == ("http://kfp:8888", "tandem", True)
+    assert args["run_id"] == RUN_ID and args["workdir"] == str(tmp_path.resolve())
+    assert args["logs"].endswith(f"runs/{RUN_ID}/data/logs.parquet") and "s3cret" not in json.dumps(args)
+    assert summary["steps"] == 3 and summary["kubeflow"]["run_id"] == "kfp-1"
+    assert schedule.run_stage(s, run, s.run_config(), "evaluate") == {"by": "kubeflow"}
