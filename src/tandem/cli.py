@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -34,6 +35,9 @@ def setup_logging(verbose: bool) -> None:
         "milvus_lite",
         "filelock",
         "faiss",
+        "feast",
+        "dask",
+        "kfp",
     ):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # Milvus Lite's in-process gRPC server logs a traceback for AllocTimestamp, which it does not
@@ -84,6 +88,16 @@ WORKDIR = typer.Option(Path("work"), "--workdir", help="where runs, reports and 
 VERBOSE = typer.Option(False, "--verbose", "-v", help="debug logging")
 
 
+@contextmanager
+def _user_errors(*kinds: type[Exception]):
+    """Bad input or config (ContractError, DataValidationError, ...) ends with a message, not a traceback."""
+    try:
+        yield
+    except (ValueError, *kinds) as e:
+        typer.secho(f"error: {e}", fg="red", err=True)
+        raise typer.Exit(2) from e
+
+
 def _finish(report: dict) -> None:
     run_dir = Path(report["report_files"]["markdown"]).parent
     m, g, d = report["metrics"], report["gate"], report["data"]
@@ -124,7 +138,7 @@ def run(
     setup_logging(verbose)
     from tandem.run import run as run_loop
 
-    try:
+    with _user_errors():
         cfg = _config(
             config,
             epochs=epochs,
@@ -138,9 +152,6 @@ def run(
             min_improvement=min_improvement,
         )
         report = run_loop(logs, catalog, workdir, cfg)
-    except ValueError as e:  # bad input or config (ContractError, DataValidationError): a message, not a traceback
-        typer.secho(f"error: {e}", fg="red", err=True)
-        raise typer.Exit(2) from e
     _finish(report)
 
 
@@ -210,11 +221,8 @@ def kfp_compile(
     """Compile the pipeline to KFP IR YAML (commit components/pipeline.yaml after changing components/)."""
     from tandem.pipelines import compile as compile_pipeline
 
-    try:
+    with _user_errors():
         typer.echo(f"compiled: {compile_pipeline(output, image=image)}")
-    except ValueError as e:
-        typer.secho(f"error: {e}", fg="red", err=True)
-        raise typer.Exit(2) from e
 
 
 @kfp_app.command("run-local")
@@ -235,7 +243,7 @@ def kfp_run_local(
     setup_logging(verbose)
     from tandem.pipelines import run_local
 
-    try:
+    with _user_errors(RuntimeError):  # RuntimeError: a task failed; its log is above
         cfg = _kfp_config(
             config,
             epochs=epochs,
@@ -245,9 +253,6 @@ def kfp_run_local(
             min_improvement=min_improvement,
         )
         result = run_local(logs, catalog, workdir, cfg, run_id)
-    except (ValueError, RuntimeError) as e:  # RuntimeError: a task failed; its log is above
-        typer.secho(f"error: {e}", fg="red", err=True)
-        raise typer.Exit(2) from e
     gate, promoted = result["gate"], result.get("promote", {})
     typer.echo(f"gate: {gate['decision']} ({gate['reason']})")
     typer.echo(f"live collection: {promoted.get('live_collection', 'unchanged')}")
@@ -282,7 +287,7 @@ def kfp_submit(
 
     from tandem.pipelines import arguments, submit
 
-    try:
+    with _user_errors():
         cfg = _kfp_config(
             config,
             epochs=epochs,
@@ -293,9 +298,6 @@ def kfp_submit(
             min_improvement=min_improvement,
         )
         result = submit(host, arguments(logs, catalog, workdir, cfg, run_id, pvc), experiment, wait, package)
-    except ValueError as e:
-        typer.secho(f"error: {e}", fg="red", err=True)
-        raise typer.Exit(2) from e
     typer.echo(json.dumps(result, indent=2))
 
 
