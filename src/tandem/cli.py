@@ -56,6 +56,11 @@ def _config(config: Path | None, **flags) -> RunConfig:
         "max_steps": "train",
         "batch_size": "train",
         "window_hours": "pairs",
+        "follow": "pairs",
+        "mode": "pairs",
+        "session_gap_minutes": "pairs",
+        "next_k": "pairs",
+        "min_support": "pairs",
         "test_fraction": "split",
         "primary_metric": "eval",
         "milvus_uri": "index",
@@ -193,6 +198,64 @@ def demo(
         min_improvement=min_improvement,
         verbose=verbose,
     )
+
+
+@app.command("pairs")
+def pairs_command(
+    logs: Path = typer.Option(..., "--logs", help="behaviour log: CSV or Parquet file, or a folder of them"),
+    out: Path = typer.Option(..., "--out", help="pairs Parquet to write (item_id, related_item_id, score, support)"),
+    engine: str = typer.Option("duckdb", "--engine", help="duckdb (embedded, spills to disk) or spark"),
+    config: Path | None = CONFIG,
+    mode: str | None = typer.Option(None, help=f"sequential or basket [default: {PairsConfig.mode}]"),
+    follow: str | None = typer.Option(
+        None, help=f"'subsequently' = window, session or next_k [default: {PairsConfig.follow}]"
+    ),
+    window_hours: float | None = WINDOW,
+    session_gap_minutes: float | None = typer.Option(
+        None, help=f"follow=session: gap that ends a session [default: {PairsConfig.session_gap_minutes}]"
+    ),
+    next_k: int | None = typer.Option(
+        None, help=f"follow=next_k: events after the view [default: {PairsConfig.next_k}]"
+    ),
+    min_support: int | None = typer.Option(
+        None, help=f"min distinct users per pair [default: {PairsConfig.min_support}]"
+    ),
+    verbose: bool = VERBOSE,
+) -> None:
+    """Mine NoteLLM-2 co-occurrence pairs from a log (loaded through the data contract) into Parquet."""
+    setup_logging(verbose)
+    from tandem.contract import ContractError, load_logs
+    from tandem.pairs import ENGINES, mine_pairs
+
+    with _user_errors(ContractError):
+        if engine not in ENGINES:
+            raise ValueError(f"--engine {engine!r}: use one of {', '.join(ENGINES)}")
+        cfg = _config(
+            config,
+            mode=mode,
+            follow=follow,
+            window_hours=window_hours,
+            session_gap_minutes=session_gap_minutes,
+            next_k=next_k,
+            min_support=min_support,
+        )
+        loaded = load_logs(logs, cfg.contract)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        quarantine = out.with_name(out.name + ".quarantine.csv")
+        loaded.quarantined.to_csv(quarantine, index=False)
+        c = loaded.counts()
+        typer.echo(f"logs: {c['rows_in']} rows in = {c['rows_kept']} kept + {c['rows_quarantined']} quarantined")
+        if loaded.kept.empty:
+            raise ValueError(f"no usable log rows left after loading; see {quarantine} for the reasons")
+        pairs = mine_pairs(loaded.kept, cfg.pairs, cfg.contract, engine=engine, out=out)
+    p = cfg.pairs
+    how = "basket" if p.mode == "basket" else f"sequential, follow={p.follow}"
+    typer.echo(
+        f"pairs: {len(pairs)} pairs for {pairs['item_id'].nunique()} items ({engine}; {how}; "
+        f"min_support={p.min_support}, low={p.low}, up={p.up}, top_t={p.top_t})"
+    )
+    typer.echo(f"out: {out}")
+    typer.echo(f"quarantine: {quarantine}")
 
 
 # ------------------------------------------------------------------------------ tandem kfp

@@ -38,6 +38,46 @@ class PairsConfig:
     up: float = field(default=30.0, metadata={"help": "drop candidate scores above this (outliers)"})
     low: float = field(default=0.01, metadata={"help": "drop candidate scores below this (noise)"})
     top_t: int = field(default=3, metadata={"help": "related items kept per item"})
+    mode: str = field(
+        default="sequential",
+        metadata={
+            "help": "'sequential': viewed A, then clicked B (see follow); 'basket': co-purchase, A and B both "
+            "clicked by the same user at the same timestamp (one basket = one (user, ts)), both directions"
+        },
+    )
+    follow: str = field(
+        default="window",
+        metadata={
+            "help": "what 'subsequently' means in sequential mode: 'window' = B clicked within window_hours "
+            "after viewing A; 'session' = later in the same session (split at gaps > session_gap_minutes); "
+            "'next_k' = B clicked among the user's next next_k events after the view"
+        },
+    )
+    session_gap_minutes: float = field(
+        default=30.0, metadata={"help": "follow='session': inactivity longer than this starts a new session"}
+    )
+    next_k: int = field(default=5, metadata={"help": "follow='next_k': how many of the user's next events count"})
+    min_support: int = field(default=1, metadata={"help": "drop pairs seen by fewer distinct users than this"})
+    duckdb_memory_limit: str = field(
+        default="4GB", metadata={"help": "DuckDB memory_limit for mining; beyond it DuckDB spills to temp_directory"}
+    )
+    duckdb_temp_directory: str = field(
+        default="", metadata={"help": "where DuckDB spills when over its memory limit; empty = a fresh temp folder"}
+    )
+    spark_master: str = field(default="local[2]", metadata={"help": "Spark master URL for engine='spark'"})
+    spark_shuffle_partitions: int = field(
+        default=8, metadata={"help": "spark.sql.shuffle.partitions (raise it on a cluster)"}
+    )
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("sequential", "basket"):
+            raise ValueError(f"pairs.mode: {self.mode!r} is not 'sequential' or 'basket'")
+        if self.follow not in ("window", "session", "next_k"):
+            raise ValueError(f"pairs.follow: {self.follow!r} is not 'window', 'session' or 'next_k'")
+        if self.next_k < 1 or self.min_support < 1:
+            raise ValueError("pairs.next_k and pairs.min_support must be at least 1")
+        if self.window_hours < 0 or self.session_gap_minutes < 0:
+            raise ValueError("pairs.window_hours and pairs.session_gap_minutes must not be negative")
 
 
 @dataclass(frozen=True)

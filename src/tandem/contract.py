@@ -158,7 +158,10 @@ def load_logs(
                {ts_sql(types["ts"], path)} AS ts,
                CAST(ts AS VARCHAR) AS ts_raw,
                {query_sql} AS query,
-               filename AS file
+               filename AS file,
+               CAST(user_id AS VARCHAR) AS user_id_raw,
+               CAST(item_id AS VARCHAR) AS item_id_raw,
+               CAST(event AS VARCHAR) AS event_raw
         FROM raw
         """
     )
@@ -180,9 +183,13 @@ def load_logs(
         [known],
     )
     kept = con.sql("SELECT user_id, item_id, event, ts, query FROM judged WHERE reason IS NULL ORDER BY ts, row").df()
+    # Quarantined rows keep their values as they were in the file, the file, and the row in it
+    # (1 = the first data row), so they can be found and fixed at the source.
     quarantined = con.sql(
-        "SELECT file, row, user_id, item_id, event, ts_raw AS ts, query, reason "
-        "FROM judged WHERE reason IS NOT NULL ORDER BY row"
+        "SELECT file, line AS row, user_id_raw AS user_id, item_id_raw AS item_id, event_raw AS event, "
+        "ts_raw AS ts, query, reason FROM ("
+        "  SELECT *, row - min(row) OVER (PARTITION BY file) + 1 AS line FROM judged"
+        ") WHERE reason IS NOT NULL ORDER BY row"
     ).df()
     rows_in = con.execute("SELECT count(*) FROM norm").fetchone()[0]
     con.close()

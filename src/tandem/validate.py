@@ -68,7 +68,13 @@ def _expectations(
     logs_exp += [
         gxe.ExpectColumnValuesToBeInSet(column="event", value_set=events),
         gxe.ExpectColumnValuesToBeBetween(column="ts", min_value=ts_min, max_value=ts_max),
+        gxe.ExpectCompoundColumnsToBeUnique(
+            column_list=list(LOG_COLUMNS), meta={"why": "no duplicate events (same user_id, item_id, event, ts)"}
+        ),
     ]
+    # Ids are strings after loading ("12", 12 and 12.0 are one id); an int/float here means the
+    # frame skipped the contract loader and joins on ids would silently miss.
+    logs_exp += [gxe.ExpectColumnValuesToBeOfType(column=c, type_="str") for c in ("user_id", "item_id")]
 
     # GX cannot hash/serialise list cells (topics, images, facilities): give it scalar columns only.
     cat = catalog[[c for c in catalog.columns if not _is_list_column(catalog[c])]]
@@ -76,6 +82,7 @@ def _expectations(
         gxe.ExpectTableRowCountToBeBetween(min_value=1),
         gxe.ExpectColumnValuesToNotBeNull(column="item_id"),
         gxe.ExpectColumnValuesToBeUnique(column="item_id"),
+        gxe.ExpectColumnValuesToBeOfType(column="item_id", type_="str"),
         gxe.ExpectColumnToExist(column="title"),
         gxe.ExpectColumnValuesToBeOfType(column="title", type_="str"),
     ]
@@ -89,6 +96,12 @@ def _expectations(
         gxe.ExpectTableRowCountToBeBetween(min_value=1),
         gxe.ExpectColumnValuesToNotBeNull(column="item_id"),
         gxe.ExpectColumnValuesToNotBeNull(column="related_item_id"),
+        gxe.ExpectColumnValuesToBeOfType(column="item_id", type_="str"),
+        gxe.ExpectColumnValuesToBeOfType(column="related_item_id", type_="str"),
+        gxe.ExpectCompoundColumnsToBeUnique(
+            column_list=["item_id", "related_item_id", "split"],
+            meta={"why": "one row per (item_id, related_item_id, split)"},
+        ),
         gxe.ExpectColumnValuesToBeNull(
             column=SELF_PAIR_COL, meta={"why": "no self-pairs (item_id == related_item_id)"}
         ),
@@ -138,7 +151,8 @@ def _summarise(suite_result: Any) -> dict:
     failed = [
         {
             "expectation": r.expectation_config.type,
-            "column": r.expectation_config.kwargs.get("column"),
+            "column": r.expectation_config.kwargs.get("column")
+            or ", ".join(r.expectation_config.kwargs.get("column_list") or []),
             "details": _details(r),
         }
         for r in suite_result.results
