@@ -166,17 +166,21 @@ def duckdb_connect(cfg: PairsConfig, tmp: str) -> duckdb.DuckDBPyConnection:
     return con
 
 
+def log_source(con: duckdb.DuckDBPyConnection, logs: LogsInput) -> str:
+    """The SQL table expression for normalised logs: a registered DataFrame or Parquet read in place."""
+    if isinstance(logs, pd.DataFrame):
+        con.register("logs_df", logs)
+        return "logs_df"
+    return reader_sql(parquet_files(logs), "parquet")
+
+
 def _mine_duckdb(logs: LogsInput, cfg: PairsConfig, contract: ContractConfig, out) -> pd.DataFrame:
     # Parquet is scanned by DuckDB itself and every intermediate (the view x click join included)
     # stays inside DuckDB, which spills to temp_directory beyond memory_limit.
     with tempfile.TemporaryDirectory(prefix="tandem-duckdb-") as tmp:
         con = duckdb_connect(cfg, tmp)
         try:
-            if isinstance(logs, pd.DataFrame):
-                con.register("logs_df", logs)
-                source = "logs_df"
-            else:
-                source = reader_sql(parquet_files(logs), "parquet")
+            source = log_source(con, logs)
             con.execute(
                 f"""
                 CREATE TEMP TABLE result AS

@@ -34,7 +34,7 @@ from tandem.pairs import (
     _user_pairs_sql,
     duckdb_connect,
     finalize,
-    parquet_files,
+    log_source,
     score_params,
 )
 
@@ -72,13 +72,7 @@ def update_day(
     with tempfile.TemporaryDirectory(prefix="tandem-duckdb-") as tmp:
         con = duckdb_connect(cfg, tmp)
         try:
-            if isinstance(logs, pd.DataFrame):
-                con.register("logs_df", logs)
-                source = "logs_df"
-            else:
-                from tandem.contract import reader_sql
-
-                source = reader_sql(parquet_files(logs), "parquet")
+            source = log_source(con, logs)
             params = {
                 "events": sorted({*contract.view_events, *contract.click_events}),
                 "view": list(contract.view_events),
