@@ -203,14 +203,18 @@ def _mine_duckdb(logs: LogsInput, cfg: PairsConfig, contract: ContractConfig, ou
                 }
                 | score_params(cfg),
             )
-            if out is not None:
-                Path(out).parent.mkdir(parents=True, exist_ok=True)
-                target = str(out).replace("'", "''")
-                con.execute(f"COPY (SELECT * FROM result ORDER BY {ORDER}) TO '{target}' (FORMAT parquet)")
-            pairs = con.sql(f"SELECT * FROM result ORDER BY {ORDER}").df()
+            return collect(con, out)
         finally:
             con.close()
-    return finalize(pairs)
+
+
+def collect(con: duckdb.DuckDBPyConnection, out: str | Path | None) -> pd.DataFrame:
+    """Table `result` in the pair order, written to `out` (Parquet) when given, as a finalized frame."""
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        target = str(out).replace("'", "''")
+        con.execute(f"COPY (SELECT * FROM result ORDER BY {ORDER}) TO '{target}' (FORMAT parquet)")
+    return finalize(con.sql(f"SELECT * FROM result ORDER BY {ORDER}").df())
 
 
 def finalize(pairs: pd.DataFrame) -> pd.DataFrame:

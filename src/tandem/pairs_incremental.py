@@ -29,11 +29,10 @@ import pandas as pd
 
 from tandem.config import ContractConfig, PairsConfig
 from tandem.pairs import (
-    ORDER,
     SCORE_SQL,
     _user_pairs_sql,
+    collect,
     duckdb_connect,
-    finalize,
     log_source,
     score_params,
 )
@@ -130,11 +129,6 @@ def scores(state: str | Path, cfg: PairsConfig = PairsConfig(), out: str | Path 
                 """,
                 score_params(cfg),
             )
-            if out is not None:
-                Path(out).parent.mkdir(parents=True, exist_ok=True)
-                target = str(out).replace("'", "''")
-                con.execute(f"COPY (SELECT * FROM result ORDER BY {ORDER}) TO '{target}' (FORMAT parquet)")
-            pairs = con.sql(f"SELECT * FROM result ORDER BY {ORDER}").df()
+            return collect(con, out)
         finally:
             con.close()
-    return finalize(pairs)
