@@ -73,7 +73,7 @@ def train(
     model: Output[Model],
     metrics: Output[Metrics],
 ):
-    """Train the dual encoder (on the GPU when the pod has one)."""
+    """Train the recipe's seed model, HotelMatch-LLM or NoteLLM-2 (on the GPU when the pod has one)."""
     from tandem.pipelines import numbers, step
 
     summary = step(
@@ -85,7 +85,7 @@ def train(
         workdir=workdir,
         progress=False,
     )
-    model.metadata["framework"] = "tandem.model.DualEncoder"
+    model.metadata["framework"] = f"tandem.models.{summary['family']}"
     for name, value in numbers(summary).items():
         metrics.log_metric(name, value)
 

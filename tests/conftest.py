@@ -29,3 +29,7 @@ def tiny_encoder_dir(tmp_path_factory):
     transformers.BertModel(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return str(directory)
+
+
+# A vision tower small enough for CPU tests (32 px images, 8 px patches: 16 patch tokens).
+TINY_VISION = {"image_size": 32, "patch_size": 8, "vision_width": 32, "vision_layers": 1, "vision_heads": 2}

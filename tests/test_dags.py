@@ -22,7 +22,9 @@ REPO = Path(__file__).resolve().parents[1]
 HARNESS = Path(__file__).with_name("dag_harness.py")
 RUN_ID = "daily-20240131"
 RECIPE = """
-model: {{item_encoder: "{encoder}", query_layers: 1, image_size: 32, patch_size: 8}}
+model:
+  {{item_encoder: "{encoder}", query_layers: 1, image_size: 32, patch_size: 8,
+    vision_width: 32, vision_layers: 1, vision_heads: 2}}
 train: {{epochs: 2, batch_size: 16, lr_item: 1.0e-3, lr_query: 1.0e-3}}
 eval: {{batch_size: 32}}
 """

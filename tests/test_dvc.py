@@ -41,7 +41,15 @@ def _ran(output: str) -> set[str]:
 
 def _write_params(repo: Path, encoder: str, epochs: int) -> None:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["model"] |= {"item_encoder": encoder, "query_layers": 1, "image_size": 32, "patch_size": 8}
+    params["model"] |= {
+        "item_encoder": encoder,
+        "query_layers": 1,
+        "image_size": 32,
+        "patch_size": 8,
+        "vision_width": 32,
+        "vision_layers": 1,
+        "vision_heads": 2,
+    }
     params["train"] |= {"epochs": epochs, "batch_size": 16, "lr_item": 1e-3, "lr_query": 1e-3}
     params["eval"]["batch_size"] = 32
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

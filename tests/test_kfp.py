@@ -6,6 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
+from conftest import TINY_VISION
 from typer.testing import CliRunner
 
 from tandem import pipelines, stages
@@ -142,7 +143,7 @@ def test_cli_submit_takes_host_from_env_and_never_sends_the_token(monkeypatch):
 def local_run(tmp_path_factory, tiny_encoder_dir):
     logs, catalog = make_dataset(tmp_path_factory.mktemp("data"), n_items=48, n_users=80)
     cfg = RunConfig(
-        model=replace(ModelConfig(), item_encoder=tiny_encoder_dir, query_layers=1, image_size=32, patch_size=8),
+        model=replace(ModelConfig(), item_encoder=tiny_encoder_dir, query_layers=1, **TINY_VISION),
         train=replace(TrainConfig(), epochs=1, max_steps=3, batch_size=16, lr_item=1e-3, lr_query=1e-3),
         eval=replace(EvalConfig(), batch_size=32),
     )

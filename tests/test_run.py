@@ -4,6 +4,7 @@ import json
 from dataclasses import replace
 
 import pytest
+from conftest import TINY_VISION
 from typer.testing import CliRunner
 
 from tandem.cli import app
@@ -24,7 +25,7 @@ def dataset(tmp_path_factory):
 @pytest.fixture(scope="module")
 def cfg(tiny_encoder_dir):
     return RunConfig(
-        model=replace(ModelConfig(), item_encoder=tiny_encoder_dir, query_layers=1, image_size=32, patch_size=8),
+        model=replace(ModelConfig(), item_encoder=tiny_encoder_dir, query_layers=1, **TINY_VISION),
         train=replace(TrainConfig(), epochs=2, batch_size=16, lr_item=1e-3, lr_query=1e-3),
         eval=replace(EvalConfig(), batch_size=32),
     )

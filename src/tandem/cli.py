@@ -65,6 +65,7 @@ def _config(config: Path | None, **flags) -> RunConfig:
         "primary_metric": "eval",
         "milvus_uri": "index",
         "item_encoder": "model",
+        "family": "model",
         "min_improvement": "gate",
     }
     for name, value in flags.items():
@@ -88,6 +89,7 @@ TEST_FRACTION = typer.Option(
 PRIMARY = typer.Option(None, help=f"metric the gate compares, e.g. mrr@10 [default: {EvalConfig.primary_metric}]")
 MILVUS = typer.Option(None, envvar="TANDEM_MILVUS_URI", help="Milvus server URI; default: Milvus Lite in WORKDIR")
 ENCODER = typer.Option(None, help="item tower: HF id or local path; default: bundled all-MiniLM-L6-v2")
+FAMILY = typer.Option(None, help="model family: hotelmatch or notellm2 [default: hotelmatch]")
 MARGIN = typer.Option(None, help=f"required improvement over the champion [default: {GateConfig.min_improvement}]")
 WORKDIR = typer.Option(Path("work"), "--workdir", help="where runs, reports and the Milvus Lite file go")
 VERBOSE = typer.Option(False, "--verbose", "-v", help="debug logging")
@@ -136,6 +138,7 @@ def run(
     primary_metric: str | None = PRIMARY,
     milvus_uri: str | None = MILVUS,
     item_encoder: str | None = ENCODER,
+    family: str | None = FAMILY,
     min_improvement: float | None = MARGIN,
     verbose: bool = VERBOSE,
 ) -> None:
@@ -154,6 +157,7 @@ def run(
             primary_metric=primary_metric,
             milvus_uri=milvus_uri,
             item_encoder=item_encoder,
+            family=family,
             min_improvement=min_improvement,
         )
         report = run_loop(logs, catalog, workdir, cfg)
@@ -173,6 +177,7 @@ def demo(
     test_fraction: float | None = TEST_FRACTION,
     primary_metric: str | None = PRIMARY,
     milvus_uri: str | None = MILVUS,
+    family: str | None = FAMILY,
     min_improvement: float | None = MARGIN,
     verbose: bool = VERBOSE,
 ) -> None:
@@ -195,9 +200,64 @@ def demo(
         primary_metric=primary_metric,
         milvus_uri=milvus_uri,
         item_encoder=None,
+        family=family,
         min_improvement=min_improvement,
         verbose=verbose,
     )
+
+
+@app.command("train")
+def train_command(
+    pairs: Path = typer.Option(..., "--pairs", help="training pairs Parquet/CSV (item_id, related_item_id[, query])"),
+    catalog: Path = typer.Option(
+        ..., "--catalog", help="catalogue: CSV, Parquet or JSONL (loaded through the contract)"
+    ),
+    out: Path = typer.Option(..., "--out", help="folder for the model/, checkpoints/ and TensorBoard logs"),
+    valid_pairs: Path | None = typer.Option(None, "--valid-pairs", help="validation pairs for early stopping"),
+    config: Path | None = CONFIG,
+    family: str | None = FAMILY,
+    epochs: int | None = EPOCHS,
+    max_steps: int | None = MAX_STEPS,
+    batch_size: int | None = BATCH,
+    item_encoder: str | None = ENCODER,
+    verbose: bool = VERBOSE,
+) -> None:
+    """Train one seed model outside the pipeline. Several GPUs: `accelerate launch --num_processes N
+    -m tandem.cli train ...` (DDP; negatives are gathered across GPUs). Rerun with the same --out to resume."""
+    setup_logging(verbose)
+    import pandas as pd
+    from accelerate import PartialState
+
+    from tandem.contract import ContractError, load_catalog
+    from tandem.models import build_loss, build_model
+    from tandem.trainer import fit
+
+    def read(path: Path) -> pd.DataFrame:
+        if not path.is_file():
+            raise ValueError(f"{path} does not exist")
+        return pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
+
+    with _user_errors(ContractError):
+        cfg = _config(
+            config,
+            family=family,
+            epochs=epochs,
+            max_steps=max_steps,
+            batch_size=batch_size,
+            item_encoder=item_encoder,
+        )
+        items = load_catalog(catalog, cfg.contract).kept
+        model = build_model(cfg.model, items)
+        valid = read(valid_pairs) if valid_pairs else None
+        stats = fit(
+            model, build_loss(cfg.model, cfg.train), read(pairs), items, cfg.train, valid, cfg.eval, out_dir=out
+        )
+        if PartialState().is_main_process:
+            model.save(out / "model")
+            typer.echo(
+                f"{stats['steps']} steps, {stats['pairs_per_s']:.1f} pairs/s, final loss {stats['final_loss']:.4f}"
+            )
+            typer.echo(f"model: {out / 'model'}")
 
 
 @app.command("pairs")

@@ -168,7 +168,9 @@ class ModelConfig:
         if self.prompt not in ("micl", "basic"):
             raise ValueError(f"model.prompt: {self.prompt!r} is not 'micl' or 'basic'")
         if self.image_size % self.patch_size:
-            raise ValueError(f"model.image_size ({self.image_size}) must be a multiple of patch_size ({self.patch_size})")
+            raise ValueError(
+                f"model.image_size ({self.image_size}) must be a multiple of patch_size ({self.patch_size})"
+            )
 
 
 @dataclass(frozen=True)

@@ -84,7 +84,8 @@ class RetrievalEvaluator:
         self, model, catalog: pd.DataFrame, item_vecs: np.ndarray | None = None, progress: bool = True
     ) -> tuple[dict[str, float], np.ndarray]:
         """Embed with any encoder that has `embed_items` / `embed_queries` (unless item vectors
-        are given; a `symmetric` encoder's queries are its query items' vectors) and score it; returns (metrics, item vectors) so the vectors can be indexed."""
+        are given; a `symmetric` encoder's queries are its query items' vectors) and score it;
+        returns (metrics, item vectors) so the vectors can be indexed."""
         if item_vecs is None:
             item_vecs = model.embed_items(catalog, batch_size=self.cfg.batch_size, progress=progress)
         if getattr(model, "symmetric", False):  # item-to-item models: the query is the query item's vector

@@ -188,31 +188,44 @@ def features(run: RunPaths, cfg: RunConfig) -> dict:
     )
 
 
-def _new_model(cfg: RunConfig):
+def _new_model(cfg: RunConfig, catalog: pd.DataFrame):
     import torch
 
-    from tandem.model import DualEncoder
+    from tandem.models import build_model
 
     torch.manual_seed(cfg.train.seed)  # the new layers' initial weights: same seed, same model
-    return DualEncoder(cfg.model)
+    return build_model(cfg.model, catalog)
 
 
 def train(run: RunPaths, cfg: RunConfig, progress: bool = True) -> dict:
-    """Train the dual encoder on the train pairs; the model is saved to model/."""
-    from tandem.train import train as fit
+    """Train the recipe's model family on the train pairs (early stopping on the valid pairs);
+    checkpoints and TensorBoard logs go to training/, the final model to model/."""
+    from tandem.models import build_loss
+    from tandem.trainer import fit
 
-    model = _new_model(cfg)
-    stats = fit(model, pairs(run, "train"), items(run), cfg.train, valid_pairs=pairs(run, "valid"), progress=progress)
+    catalog = items(run)
+    model = _new_model(cfg, catalog)
+    stats = fit(
+        model,
+        build_loss(cfg.model, cfg.train),
+        pairs(run, "train"),
+        catalog,
+        cfg.train,
+        valid_pairs=pairs(run, "valid"),
+        eval_cfg=cfg.eval,
+        out_dir=run / "training",
+        progress=progress,
+    )
     model.save(run / "model")
-    return run.save("train", stats)
+    return run.save("train", {"family": cfg.model.family, **stats})
 
 
 def embed(run: RunPaths, cfg: RunConfig, progress: bool = True) -> dict:
     """Embed every catalogue item with the trained model: vectors/items.npy in catalogue order."""
-    from tandem.model import DualEncoder
+    from tandem.models import load_model
 
     catalog = items(run)
-    vectors = DualEncoder.load(run / "model").embed_items(catalog, batch_size=cfg.eval.batch_size, progress=progress)
+    vectors = load_model(run / "model").embed_items(catalog, batch_size=cfg.eval.batch_size, progress=progress)
     (run / "vectors").mkdir(exist_ok=True)
     np.save(run / "vectors" / "items.npy", vectors)
     return run.save("embed", {"items": len(catalog), "dim": int(vectors.shape[1])})
@@ -241,20 +254,20 @@ def _champion_model(run: RunPaths, collection: str) -> Path:
 def evaluate(run: RunPaths, cfg: RunConfig, progress: bool = True) -> dict:
     """Recall@K / MRR on the test pairs for the model, the baselines and the live champion."""
     from tandem.evaluate import RetrievalEvaluator
-    from tandem.model import DualEncoder
+    from tandem.models import load_model
 
     catalog, test = items(run), pairs(run, "test")
     evaluator = RetrievalEvaluator.from_pairs(test, catalog, cfg.eval)
-    model = DualEncoder.load(run / "model")
+    model = load_model(run / "model")
     metrics = {"model": evaluator.score_encoder(model, catalog, np.load(run / "vectors" / "items.npy"), progress)[0]}
-    metrics["untrained"] = evaluator.score_encoder(_new_model(cfg), catalog, progress=progress)[0]
+    metrics["untrained"] = evaluator.score_encoder(_new_model(cfg, catalog), catalog, progress=progress)[0]
     pop = pd.read_parquet(run / "pairs" / "popularity.parquet").set_index("item_id")["users"]
     metrics["popularity"] = evaluator.score_static(pop.reindex(catalog["item_id"]).fillna(0).to_numpy())
     with ItemIndex(cfg.index, run.workdir) as idx:
         live = idx.live()
     champion = live if live and live != run.collection else None
     if champion:
-        champion_model = DualEncoder.load(_champion_model(run, champion))
+        champion_model = load_model(_champion_model(run, champion))
         metrics["champion"] = evaluator.score_encoder(champion_model, catalog, progress=progress)[0]
     return run.save(
         "evaluate",
