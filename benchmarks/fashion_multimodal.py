@@ -44,7 +44,7 @@ EXTRA_COLOURS = ("navy", "off", "multi", "light", "dark", "fluorescent", "turquo
 # ------------------------------------------------------------------------------------- data
 def colour_pattern(colours: pd.Series) -> re.Pattern:
     words = {w for c in colours.dropna() for w in re.split(r"[\s-]+", c.lower()) if w} | set(EXTRA_COLOURS)
-    return re.compile(r"\b(" + "|".join(sorted(map(re.escape, words), key=len, reverse=True)) + r")\b", re.I)
+    return re.compile(r"\b(?:" + "|".join(sorted(map(re.escape, words), key=len, reverse=True)) + r")\b", re.I)
 
 
 def load_fashion(data: Path, train_items: int, test_items: int, seed: int) -> dict:
