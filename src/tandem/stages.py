@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+import shutil
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -204,6 +205,13 @@ def train(run: RunPaths, cfg: RunConfig, progress: bool = True) -> dict:
     from tandem.trainer import fit
 
     catalog = items(run)
+    out = run / "training"
+    recipe = json.dumps({"model": asdict(cfg.model), "train": asdict(cfg.train)}, sort_keys=True)
+    if (out / "recipe.json").is_file() and (out / "recipe.json").read_text() != recipe:
+        log.info("the model or training settings changed since %s was written: training from scratch", out)
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "recipe.json").write_text(recipe)  # same recipe = an interrupted run: the trainer resumes
     model = _new_model(cfg, catalog)
     stats = fit(
         model,
@@ -213,7 +221,7 @@ def train(run: RunPaths, cfg: RunConfig, progress: bool = True) -> dict:
         cfg.train,
         valid_pairs=pairs(run, "valid"),
         eval_cfg=cfg.eval,
-        out_dir=run / "training",
+        out_dir=out,
         progress=progress,
     )
     model.save(run / "model")
