@@ -478,5 +478,5 @@ def test_clear_errors(cfg, tmp_path):
     with pytest.raises(ValueError, match="no saved HotelMatch"):
         hm.load(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"format": "tandem.DualEncoder", "format_version": 1}))
-    with pytest.raises(ValueError, match="not a tandem.HotelMatch v2"):
+    with pytest.raises(ValueError, match="not a tandem.HotelMatch model of version <= 2"):
         hm.load(tmp_path)

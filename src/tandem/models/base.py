@@ -9,6 +9,7 @@ embeddings (and auxiliary logits), the loss turns them into a number.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -144,3 +145,32 @@ def from_pretrained(auto_cls, spec: str, what: str, **kwargs):
             f"model.{what}: cannot load {spec!r} ({err.__class__.__name__}: {str(err).splitlines()[0]}); "
             "give a local folder with config + weights, or a Hugging Face id that is cached or reachable"
         ) from err
+
+
+def write_meta(directory: str | Path, fmt: str, version: int, cfg: ModelConfig, **extra) -> Path:
+    """Create `directory` and write its config.json: format, version, the ModelConfig, `extra`."""
+    from dataclasses import asdict
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    meta = {"format": fmt, "format_version": version, "model": asdict(cfg), **extra}
+    (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    return directory
+
+
+def read_meta(directory: str | Path, fmt: str, version: int, what: str) -> tuple[dict, ModelConfig]:
+    """The config.json of a saved `what` model and its ModelConfig (unknown keys ignored), or a
+    ValueError that says what the folder is not."""
+    from dataclasses import fields
+
+    path = Path(directory) / CONFIG_FILE
+    if not path.is_file():
+        raise ValueError(f"{directory} holds no saved {what} model (no {CONFIG_FILE}); save one with .save()")
+    meta = json.loads(path.read_text())
+    if meta.get("format") != fmt or meta.get("format_version", 0) > version:
+        raise ValueError(
+            f"{path} is not a {fmt} model of version <= {version} "
+            f"(format={meta.get('format')!r}, version={meta.get('format_version')!r}); retrain, re-save or upgrade"
+        )
+    known = {f.name for f in fields(ModelConfig)}
+    return meta, ModelConfig(**{k: v for k, v in meta["model"].items() if k in known})

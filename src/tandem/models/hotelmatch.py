@@ -25,10 +25,8 @@ from __future__ import annotations
 
 import copy
 import inspect
-import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -42,7 +40,6 @@ from tandem import losses
 from tandem.config import ModelConfig, TrainConfig
 from tandem.images import load_images
 from tandem.models.base import (
-    CONFIG_FILE,
     WEIGHTS_FILE,
     Encoder,
     PairExample,
@@ -50,6 +47,8 @@ from tandem.models.base import (
     embed_in_batches,
     from_pretrained,
     mean_pool,
+    read_meta,
+    write_meta,
 )
 from tandem.models.vision import build_vision, freeze, pool_images, vision_from_config
 from tandem.text import item_text_with_geography, query_text
@@ -463,18 +462,16 @@ class HotelMatch(Encoder):
         """config.json, the towers' configs, both tokenizers and one model.safetensors."""
         from safetensors.torch import save_model
 
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        meta = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "model": asdict(self.cfg),
-            "facilities": self.facilities,
-            "dim": self.dim,
-            "item_pooling": self.pooling,
-            "num_visual_tokens": self.num_visual_tokens,
-        }
-        (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        directory = write_meta(
+            directory,
+            FORMAT,
+            FORMAT_VERSION,
+            self.cfg,
+            facilities=self.facilities,
+            dim=self.dim,
+            item_pooling=self.pooling,
+            num_visual_tokens=self.num_visual_tokens,
+        )
         self.item_encoder.config.save_pretrained(directory / "item_encoder")
         self.query_encoder.config.save_pretrained(directory / "query_encoder")
         self.vision.config.save_pretrained(directory / "vision")
@@ -490,17 +487,7 @@ class HotelMatch(Encoder):
         from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPVisionConfig
 
         directory = Path(directory)
-        meta_path = directory / CONFIG_FILE
-        if not meta_path.is_file():
-            raise ValueError(f"{directory} holds no saved HotelMatch model (no {CONFIG_FILE}); save one with .save()")
-        meta = json.loads(meta_path.read_text())
-        if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(
-                f"{meta_path} is not a {FORMAT} v{FORMAT_VERSION} model "
-                f"(format={meta.get('format')!r}, version={meta.get('format_version')!r}); retrain or re-save it"
-            )
-        known = {f.name for f in fields(ModelConfig)}
-        cfg = ModelConfig(**{k: v for k, v in meta["model"].items() if k in known})
+        meta, cfg = read_meta(directory, FORMAT, FORMAT_VERSION, "HotelMatch")
         parts = Parts(
             item_encoder=_drop_pooler(AutoModel.from_config(AutoConfig.from_pretrained(directory / "item_encoder"))),
             item_tokenizer=AutoTokenizer.from_pretrained(directory / "item_tokenizer"),

@@ -36,10 +36,8 @@ Choices of ours, where the paper is silent or the setting differs:
 from __future__ import annotations
 
 import inspect
-import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +52,6 @@ from tandem.config import ModelConfig, TrainConfig
 from tandem.images import load_images
 from tandem.losses import LogitScale, contrastive, gather
 from tandem.models.base import (
-    CONFIG_FILE,
     WEIGHTS_FILE,
     Encoder,
     PairExample,
@@ -62,6 +59,8 @@ from tandem.models.base import (
     embed_in_batches,
     from_pretrained,
     last_pool,
+    read_meta,
+    write_meta,
 )
 from tandem.models.vision import build_vision, freeze, vision_from_config
 
@@ -435,17 +434,15 @@ class NoteLLM2(Encoder):
         """config.json, the LLM / vision configs, the tokenizer and one model.safetensors."""
         from safetensors.torch import save_model
 
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        meta = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "model": asdict(self.cfg),
-            "dim": self.dim,
-            "llm_hidden_size": self.llm.config.hidden_size,
-            "num_visual_tokens": self.num_visual,
-        }
-        (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        directory = write_meta(
+            directory,
+            FORMAT,
+            FORMAT_VERSION,
+            self.cfg,
+            dim=self.dim,
+            llm_hidden_size=self.llm.config.hidden_size,
+            num_visual_tokens=self.num_visual,
+        )
         self.llm.config.save_pretrained(directory / "llm")
         self.vision.config.save_pretrained(directory / "vision")
         self.tokenizer.save_pretrained(directory / "tokenizer")
@@ -458,16 +455,7 @@ class NoteLLM2(Encoder):
         from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPVisionConfig
 
         directory = Path(directory)
-        meta_path = directory / CONFIG_FILE
-        if not meta_path.is_file():
-            raise ValueError(f"{directory} holds no saved NoteLLM-2 model (no {CONFIG_FILE}); save one with .save()")
-        meta = json.loads(meta_path.read_text())
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{meta_path} is not a {FORMAT} config (format={meta.get('format')!r})")
-        if meta.get("format_version", 0) > FORMAT_VERSION:
-            raise ValueError(f"{meta_path} has format_version {meta['format_version']}; upgrade tandem to load it")
-        known = {f.name for f in fields(ModelConfig)}
-        cfg = ModelConfig(**{k: v for k, v in meta["model"].items() if k in known})
+        _, cfg = read_meta(directory, FORMAT, FORMAT_VERSION, "NoteLLM-2")
         llm = AutoModel.from_config(AutoConfig.from_pretrained(directory / "llm"), dtype=torch.float32)
         vision = vision_from_config(CLIPVisionConfig.from_pretrained(directory / "vision"))
         tokenizer = AutoTokenizer.from_pretrained(directory / "tokenizer")
