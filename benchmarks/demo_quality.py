@@ -63,7 +63,7 @@ def main() -> None:
         "",
         f"Trained / untrained Recall@100: {ratio:.2f}x. Training: {training['steps']} steps, "
         f"{training['pairs_per_s']:.0f} pairs/s, final loss {training['final_loss']:.3f}, "
-        f"validation loss {training.get('valid_loss', float('nan')):.3f}.",
+        f"best validation {report['eval']['primary_metric']} {training.get('best_metric') or float('nan'):.4f}.",
         "",
         "Stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in report["timings_s"].items()) + f"; total {total:.0f}.",
         "",

@@ -283,9 +283,15 @@ def test_param_groups_partition_with_learning_rates(cfg, catalog):
     assert set(grouped) == {id(p) for p in model.parameters() if p.requires_grad}
     ids = {g["name"]: {id(p) for p in g["params"]} for g in groups}
     assert id(model.item_encoder.get_input_embeddings().weight) in ids["item"]
-    new = [model.image_start, model.mlm_bias, model.facility_head.weight, model.image_proj.bias]
+    new = [
+        model.image_start,
+        model.mlm_bias,
+        model.facility_head.weight,
+        model.image_proj.bias,
+        model.query_proj.weight,
+    ]
     assert all(id(p) in ids["new"] for p in new)
-    assert id(model.query_proj.weight) in ids["query"]
+    assert id(next(model.query_encoder.parameters())) in ids["query"]
 
 
 # ------------------------------------------------------------------------ auxiliary tasks

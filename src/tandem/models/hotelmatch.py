@@ -414,10 +414,11 @@ class HotelMatch(Encoder):
 
     # --------------------------------------------------------------------------- training
     def param_groups(self, cfg: TrainConfig) -> list[dict]:
-        """AdamW groups: query (tower + projection), item (tower, incl. the tied MLM decoder),
-        vision (when trainable), new (image projection and markers, MLM transform and bias,
-        facility head). The logit scale belongs to the loss module."""
+        """AdamW groups: query (tower), item (tower, incl. the tied MLM decoder), vision (when
+        trainable), new (the newly initialised parts: query projection, image projection and
+        markers, MLM transform and bias, facility head). The logit scale belongs to the loss."""
         new: list[nn.Module | nn.Parameter | None] = [
+            self.query_proj,
             self.image_proj,
             self.image_start,
             self.image_end,
@@ -426,7 +427,7 @@ class HotelMatch(Encoder):
             self.facility_head,
         ]
         spec = [
-            ("query", [self.query_encoder, self.query_proj], cfg.lr_query),
+            ("query", [self.query_encoder], cfg.lr_query),
             ("item", [self.item_encoder], cfg.lr_item),
             ("vision", [self.vision], cfg.lr_vision),
             ("new", new, cfg.lr_new),
