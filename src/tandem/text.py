@@ -8,7 +8,7 @@ from collections.abc import Iterable
 SEPARATOR = " | "
 
 
-def _clean(text: object) -> str:
+def clean(text: object) -> str:
     """Collapse whitespace; None / NaN / non-strings become '' or their str()."""
     if text is None or (isinstance(text, float) and math.isnan(text)):
         return ""
@@ -17,19 +17,19 @@ def _clean(text: object) -> str:
 
 def item_text(title: str, topics: Iterable[str] | None, content: str) -> str:
     """'title | topic1, topic2 | content', leaving out the empty parts."""
-    topic_part = ", ".join(t for t in (_clean(t) for t in (topics if topics is not None else ())) if t)
-    parts = (_clean(title), topic_part, _clean(content))
+    topic_part = ", ".join(t for t in (clean(t) for t in (topics if topics is not None else ())) if t)
+    parts = (clean(title), topic_part, clean(content))
     return SEPARATOR.join(p for p in parts if p)
 
 
 def query_text(title: str) -> str:
     """The text the query tower sees: the (cleaned) title or the user's search text."""
-    return _clean(title)
+    return clean(title)
 
 
 def geography(city: object, country: object) -> str:
     """'city, country', leaving out the empty parts ('' when neither is known)."""
-    return ", ".join(p for p in (_clean(city), _clean(country)) if p)
+    return ", ".join(p for p in (clean(city), clean(country)) if p)
 
 
 def item_text_with_geography(
@@ -41,7 +41,7 @@ def item_text_with_geography(
     The geography goes right after the title, not at the end, so that truncating a long
     description does not cut it. Without geography the text is `item_text`'s.
     """
-    head, city, country = _clean(title), _clean(city), _clean(country)
+    head, city, country = clean(title), clean(city), clean(country)
     geo = geography(city, country)
     text = SEPARATOR.join(p for p in (head, geo, item_text("", topics, content)) if p)
     start = len(head) + len(SEPARATOR) if head and geo else 0

