@@ -232,6 +232,23 @@ class GateConfig:
 
 
 @dataclass(frozen=True)
+class RolloutConfig:
+    """Staged A/B rollout of a promoted challenger (owner: tandem.rollout)."""
+
+    stages: tuple[float, ...] = field(
+        default=(5.0, 25.0, 50.0, 100.0), metadata={"help": "challenger traffic shares in percent, in order"}
+    )
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """The search service (owner: tandem.serve)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+
+@dataclass(frozen=True)
 class RunConfig:
     contract: ContractConfig = ContractConfig()
     pairs: PairsConfig = PairsConfig()
@@ -241,6 +258,8 @@ class RunConfig:
     eval: EvalConfig = EvalConfig()
     index: IndexConfig = IndexConfig()
     gate: GateConfig = GateConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    serve: ServeConfig = ServeConfig()
 
 
 def _build(cls, values: dict, where: str):
