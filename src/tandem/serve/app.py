@@ -1,0 +1,279 @@
+"""The FastAPI app behind `tandem serve`: search, similar items, clicks, health; OpenAPI at /docs.
+
+Client input is checked before any work: a bad request gets a 4xx that says what to fix, never
+a 5xx. Every item shown is logged as an impression and every click with its request's query
+and arm (see `tandem.serve.events`), so that the next run learns from what was served.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Header, HTTPException, Query, Request, Response
+from fastapi import Path as PathParam
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.middleware.body_limit import RequestBodyLimitMiddleware
+
+from tandem.config import RunConfig
+from tandem.index import ItemIndex, filter_expression
+from tandem.serve.events import EventLog, RecentRequests, Served, events_dir
+from tandem.serve.routing import Router, Unavailable
+
+log = logging.getLogger(__name__)
+USER_HEADER = "X-User-Id"
+
+
+class Hit(BaseModel):
+    model_config = ConfigDict(extra="allow")  # plus the index's scalar fields (category, city, ...)
+
+    item_id: str
+    score: float = Field(description="cosine similarity to the query")
+    title: str = ""
+
+
+class Results(BaseModel):
+    request_id: str = Field(description="send it back with POST /click")
+    user_id: str = Field(description="the user served; anonymous users get a request-scoped id")
+    arm: str = Field(description="'champion' or 'challenger'")
+    collection: str
+    items: list[Hit]
+
+
+class Click(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: str = Field(min_length=1, description="the request_id of the results the item was shown in")
+    item_id: str = Field(min_length=1)
+    user_id: str | None = Field(default=None, min_length=1, description="default: the user of that request")
+
+
+class Clicked(BaseModel):
+    request_id: str
+    user_id: str
+    item_id: str
+    arm: str
+    position: int
+
+
+class Health(BaseModel):
+    status: str
+    live: str = Field(description="the champion's collection (the live alias)")
+    challenger: str | None = Field(description="the rollout's challenger collection while a rollout runs")
+    experiment: str
+    share: float = Field(description="percent of users routed to the challenger")
+    items: int = Field(description="items in the live collection")
+    family: str = Field(description="model family of the champion")
+    events_buffered: int
+    events_written: int
+
+
+def _user(value: str | None, header: str | None) -> str | None:
+    """The user from the query parameter, else the header; None (anonymous) when neither is given."""
+    user = (value if value is not None else header or "").strip()
+    return user or None
+
+
+def _timing(**seconds: float) -> str:
+    """A Server-Timing header (milliseconds): where a request's time went, for clients and benchmarks."""
+    return ", ".join(f"{name};dur={s * 1000:.2f}" for name, s in seconds.items())
+
+
+def create_app(workdir: str | Path, cfg: RunConfig = RunConfig()) -> FastAPI:
+    """The search service over WORKDIR's live collection (and the rollout's challenger)."""
+    workdir = Path(workdir).resolve()
+    s = cfg.serve
+    filterable = tuple(f for f in cfg.index.scalar_fields if f != "title")
+    if not cfg.index.milvus_uri and not (workdir / "milvus.db").exists():
+        raise ValueError(f"no Milvus Lite database in {workdir}: run `tandem run --workdir {workdir}` first")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        index = ItemIndex(cfg.index, workdir)
+        events = None
+        try:
+            router = Router(workdir, cfg, index)
+            router.refresh(force=True)  # fails the start (no live collection, no model) instead of each request
+            events = EventLog(events_dir(workdir), s.flush_rows, s.flush_seconds).start()
+            app.state.router, app.state.events, app.state.recent = router, events, RecentRequests(s.recent_requests)
+            app.state.index = index
+            yield
+        finally:
+            if events is not None:
+                events.close()
+            index.close()
+
+    app = FastAPI(
+        title="tandem search",
+        description="Text search and similar items over the live model's Milvus collection, with A/B routing; "
+        "impressions and clicks are logged for the next run.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(RequestBodyLimitMiddleware, max_body_size=s.max_body_bytes)
+
+    @app.exception_handler(ValueError)
+    async def bad_input(request: Request, exc: ValueError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    @app.exception_handler(Unavailable)
+    async def unavailable(request: Request, exc: Unavailable) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=503)
+
+    ids = {"min_length": 1, "max_length": s.max_id_chars}
+    k_query = Query(s.default_k, ge=1, le=s.max_k, description="how many items to return")
+    user_query = Query(None, description=f"the user (or header {USER_HEADER}); routes to an arm", **ids)
+    user_header = Header(None, alias=USER_HEADER, **ids)
+    standard = {"q", "k", "user_id"}
+    filter_docs = {
+        "parameters": [
+            {
+                "name": f,
+                "in": "query",
+                "required": False,
+                "description": f"only items whose {f} is this (repeat the parameter for any of several)",
+                "schema": {"type": "array", "items": {"type": "string"}},
+            }
+            for f in filterable
+        ]
+    }
+
+    def filters_of(request: Request) -> str:
+        given: dict[str, list[str]] = {}
+        for name, value in request.query_params.multi_items():
+            if name in standard:
+                continue
+            if not value or len(value) > s.max_id_chars or not value.isprintable():
+                raise HTTPException(422, f"filter {name}: give a printable value of 1 to {s.max_id_chars} characters")
+            given.setdefault(name, []).append(value)
+        try:
+            return filter_expression(given, filterable) if given else ""
+        except ValueError as e:  # an unknown field: the request, not the data, is wrong
+            raise HTTPException(422, f"{e} (filterable: {', '.join(filterable)})") from e
+
+    def serve(request: Request, routed: tuple, user: str | None, query: str, rows: list[dict], extra: list[dict]):
+        """Log the impressions (and `extra` events), remember the request for its clicks, answer."""
+        arm_name, arm, view = routed
+        request_id = uuid.uuid4().hex
+        user = user or f"anonymous-{request_id}"
+        experiment = view.experiment
+        common = {"user_id": user, "arm": arm_name, "experiment": experiment, "request_id": request_id}
+        request.app.state.events.add(
+            [common | e for e in extra]
+            + [
+                common | {"item_id": r["item_id"], "event": "impression", "query": query, "position": i}
+                for i, r in enumerate(rows)
+            ]
+        )
+        items = tuple(r["item_id"] for r in rows)
+        request.app.state.recent.put(request_id, Served(user, query, arm_name, experiment, items))
+        return Results(request_id=request_id, user_id=user, arm=arm_name, collection=arm.collection, items=rows)
+
+    @app.get("/healthz", response_model=Health)
+    def healthz(request: Request) -> Health:
+        """Liveness and what is served: the champion, the challenger and the traffic share."""
+        router: Router = request.app.state.router
+        try:
+            view = router.refresh()
+        except (ValueError, OSError) as e:
+            raise Unavailable(str(e)) from e
+        champion = router.arm(view.live)
+        events: EventLog = request.app.state.events
+        return Health(
+            status="ok",
+            live=view.live,
+            challenger=view.challenger,
+            experiment=view.experiment,
+            share=float(view.state.share) if view.running else 0.0,
+            items=champion.items,
+            family=champion.family,
+            events_buffered=events.buffered,
+            events_written=events.written,
+        )
+
+    @app.get("/search", response_model=Results, openapi_extra=filter_docs)
+    def search(
+        request: Request,
+        response: Response,
+        q: str = Query(..., min_length=1, max_length=s.max_query_chars, description="the search text"),
+        k: int = k_query,
+        user_id: str | None = user_query,
+        x_user_id: str | None = user_header,
+    ) -> Results:
+        """Items for a text query: the arm's query tower embeds q, Milvus finds the nearest items."""
+        if not q.strip():
+            raise HTTPException(422, "q is blank: send the words to search for")
+        expression, user = filters_of(request), _user(user_id, x_user_id)
+        routed = request.app.state.router.route(user)
+        arm = routed[1]
+        started = time.perf_counter()
+        vector = arm.model.embed_queries([q], batch_size=1, progress=False)
+        embedded = time.perf_counter()
+        rows = request.app.state.index.search_rows(arm.collection, vector, k=k, filter=expression)[0]
+        response.headers["Server-Timing"] = _timing(embed=embedded - started, search=time.perf_counter() - embedded)
+        return serve(request, routed, user, q, rows, [])
+
+    @app.get("/similar/{item_id}", response_model=Results, openapi_extra=filter_docs)
+    def similar(
+        request: Request,
+        response: Response,
+        item_id: str = PathParam(..., description="the item being viewed", **ids),
+        k: int = k_query,
+        user_id: str | None = user_query,
+        x_user_id: str | None = user_header,
+    ) -> Results:
+        """Items like this one (its stored vector's neighbours); logs a view of it."""
+        expression, user = filters_of(request), _user(user_id, x_user_id)
+        routed = request.app.state.router.route(user)
+        arm = routed[1]
+        index: ItemIndex = request.app.state.index
+        started = time.perf_counter()
+        vector = index.vectors_of(arm.collection, [item_id]).get(item_id)
+        if vector is None:
+            raise HTTPException(404, f"item {item_id!r} is not in collection {arm.collection}")
+        fetched = time.perf_counter()
+        rows = index.search_rows(arm.collection, vector[None, :], k=k + 1, filter=expression)[0]
+        response.headers["Server-Timing"] = _timing(fetch=fetched - started, search=time.perf_counter() - fetched)
+        rows = [r for r in rows if r["item_id"] != item_id][:k]
+        viewed = {"item_id": item_id, "event": "view", "query": "", "position": None}
+        return serve(request, routed, user, "", rows, [viewed])
+
+    @app.post("/click", response_model=Clicked)
+    def click(request: Request, body: Click) -> Clicked:
+        """A click on an item of earlier results; logged with that request's query and arm."""
+        for name in ("request_id", "item_id", "user_id"):
+            value = getattr(body, name)
+            if value is not None and len(value) > s.max_id_chars:
+                raise HTTPException(422, f"{name} is longer than {s.max_id_chars} characters")
+        served = request.app.state.recent.get(body.request_id)
+        if served is None:
+            raise HTTPException(
+                404, f"request_id {body.request_id!r} is unknown or too old: click items of a recent response"
+            )
+        if body.user_id is not None and body.user_id != served.user_id:
+            raise HTTPException(422, f"user_id {body.user_id!r} is not the user request {body.request_id} served")
+        if body.item_id not in served.items:
+            raise HTTPException(422, f"item {body.item_id!r} was not among the results of request {body.request_id}")
+        position = served.items.index(body.item_id)
+        request.app.state.events.add(
+            [
+                {
+                    "user_id": served.user_id,
+                    "item_id": body.item_id,
+                    "event": "click",
+                    "query": served.query,
+                    "arm": served.arm,
+                    "experiment": served.experiment,
+                    "request_id": body.request_id,
+                    "position": position,
+                }
+            ]
+        )
+        return Clicked(
+            request_id=body.request_id, user_id=served.user_id, item_id=body.item_id, arm=served.arm, position=position
+        )
+
+    return app

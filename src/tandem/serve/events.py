@@ -1,0 +1,152 @@
+"""What the search service logs: impressions, views and clicks, in the behaviour-log contract.
+
+Rows are buffered in memory and written as Parquet parts under `WORKDIR/serving/events/`, each
+part a new file that appears by an atomic rename, so a reader (the next run's `load_logs`, or
+the rollout's CTR) never sees half a file. The folder is a behaviour log as it stands.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+# The contract's columns first (DESIGN.md, "Behaviour log"), then where the event came from.
+EVENT_COLUMNS = ("user_id", "item_id", "event", "ts", "query", "arm", "experiment", "request_id", "position")
+_STRINGS = ("user_id", "item_id", "event", "query", "arm", "experiment", "request_id")
+
+
+def events_dir(workdir: str | Path) -> Path:
+    return Path(workdir) / "serving" / "events"
+
+
+def _typed(frame: pd.DataFrame) -> pd.DataFrame:
+    """The log's columns with fixed dtypes, so that every part has the same Parquet schema."""
+    frame = frame.reindex(columns=list(EVENT_COLUMNS))
+    for column in _STRINGS:
+        frame[column] = frame[column].fillna("").astype(str)
+    frame["ts"] = pd.to_datetime(frame["ts"], utc=True).astype("datetime64[us, UTC]")
+    frame["position"] = frame["position"].astype("Int32")  # empty for a view: it was not a result
+    return frame
+
+
+def read_events(workdir: str | Path) -> pd.DataFrame:
+    """Every served event written so far, oldest first (an empty frame with the columns when none)."""
+    import pyarrow.parquet as pq
+
+    files = sorted(str(p) for p in events_dir(workdir).rglob("*.parquet") if not p.name.startswith("."))
+    if not files:
+        return _typed(pd.DataFrame())
+    return _typed(pq.read_table(files).to_pandas()).sort_values("ts", kind="stable").reset_index(drop=True)
+
+
+class EventLog:
+    """A thread-safe buffer of event rows, flushed to a new Parquet part every `flush_rows` rows or
+    `flush_seconds` seconds (by a background thread, off the request path) and on `close`."""
+
+    def __init__(self, folder: str | Path, flush_rows: int = 1000, flush_seconds: float = 10.0):
+        self.folder = Path(folder)
+        self.flush_rows, self.flush_seconds = flush_rows, flush_seconds
+        self._rows: list[dict] = []
+        self._lock = threading.Lock()
+        self._write_lock = threading.Lock()  # parts are written one at a time, in order
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.written = 0
+
+    def start(self) -> EventLog:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._thread = threading.Thread(target=self._run, name="tandem-events", daemon=True)
+        self._thread.start()
+        return self
+
+    def add(self, rows: list[dict]) -> None:
+        now = datetime.now(UTC)
+        with self._lock:
+            self._rows.extend({**row, "ts": row.get("ts", now)} for row in rows)
+            full = len(self._rows) >= self.flush_rows
+        if full:
+            self._wake.set()
+
+    @property
+    def buffered(self) -> int:
+        with self._lock:
+            return len(self._rows)
+
+    def flush(self) -> Path | None:
+        """Write the buffered rows as one new part; returns its path (None when nothing was buffered)."""
+        with self._write_lock:
+            with self._lock:
+                rows, self._rows = self._rows, []
+            if not rows:
+                return None
+            self.folder.mkdir(parents=True, exist_ok=True)
+            name = f"part-{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}.parquet"
+            tmp = self.folder / f".{name}.tmp"  # hidden and not *.parquet: readers skip it
+            _typed(pd.DataFrame(rows)).to_parquet(tmp, index=False)
+            os.replace(tmp, self.folder / name)
+            self.written += len(rows)
+            return self.folder / name
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.flush_seconds)
+            self._wake.clear()
+            try:
+                self.flush()
+            except OSError:  # a full disk must not kill the flusher: the rows are lost, loudly
+                log.exception("could not write served events to %s", self.folder)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        self.flush()
+
+
+@dataclass(frozen=True)
+class Served:
+    """What a click is checked against: who was served what, for which query, by which arm."""
+
+    user_id: str
+    query: str
+    arm: str
+    experiment: str
+    items: tuple[str, ...]
+
+
+class RecentRequests:
+    """A bounded LRU of request_id -> Served (the oldest requests are forgotten first)."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._data: OrderedDict[str, Served] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def put(self, request_id: str, served: Served) -> None:
+        with self._lock:
+            self._data[request_id] = served
+            self._data.move_to_end(request_id)
+            while len(self._data) > self.size:
+                self._data.popitem(last=False)
+
+    def get(self, request_id: str) -> Served | None:
+        with self._lock:
+            served = self._data.get(request_id)
+            if served is not None:
+                self._data.move_to_end(request_id)
+            return served
+
+    def __len__(self) -> int:
+        return len(self._data)

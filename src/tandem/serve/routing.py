@@ -1,0 +1,141 @@
+"""Which collection, and which query tower, serves a user.
+
+The champion is whatever the live alias points at; while a rollout is running, the users that
+`tandem.rollout.arm` puts in the challenger arm get the rollout's challenger collection. The
+rollout state file is re-read whenever it changes (so `tandem rollout advance` takes effect
+without a restart) and the alias every `ServeConfig.refresh_seconds`. Each collection's model
+is loaded once and dropped when its collection leaves both arms.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tandem.config import RunConfig
+from tandem.index import ItemIndex, collection_name
+
+log = logging.getLogger(__name__)
+
+
+class Unavailable(RuntimeError):
+    """The service cannot serve right now (no live collection, a model that will not load): a 503."""
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One served collection and the run model whose query tower embeds into it."""
+
+    collection: str
+    run_id: str
+    model: object
+    family: str
+    items: int
+
+
+@dataclass(frozen=True)
+class View:
+    """A consistent snapshot of what serves whom (requests read it once, without a lock)."""
+
+    live: str
+    state: object | None  # tandem.rollout.RolloutState, or None when no rollout was ever started
+
+    @property
+    def running(self) -> bool:
+        return self.state is not None and self.state.status == "running"
+
+    @property
+    def challenger(self) -> str | None:
+        return self.state.challenger if self.running else None
+
+    @property
+    def experiment(self) -> str:
+        return self.state.experiment if self.running else ""
+
+
+def run_of(workdir: Path, collection: str) -> str:
+    """The run (under WORKDIR/runs) whose collection this is and which has a saved model."""
+    for run_dir in sorted((workdir / "runs").glob("*")):
+        if collection_name(run_dir.name) == collection and (run_dir / "model" / "config.json").is_file():
+            return run_dir.name
+    raise ValueError(
+        f"collection {collection} has no run with a saved model under {workdir / 'runs'}; serve the workdir "
+        "that trained it, or point the alias at a collection of this workdir"
+    )
+
+
+class Router:
+    def __init__(self, workdir: str | Path, cfg: RunConfig, index: ItemIndex):
+        self.workdir = Path(workdir)
+        self.cfg, self.index = cfg, index
+        self.state_file = self.workdir / "rollout" / "state.json"  # written by tandem.rollout.save_state
+        self._arms: dict[str, Arm] = {}
+        self._lock = threading.RLock()
+        self._signature: tuple | None = None
+        self._checked = float("-inf")
+        self.view: View | None = None
+
+    def _file_signature(self) -> tuple | None:
+        try:
+            st = self.state_file.stat()
+        except FileNotFoundError:
+            return None
+        return st.st_mtime_ns, st.st_size, st.st_ino
+
+    def refresh(self, force: bool = False) -> View:
+        """Re-read the rollout state when its file changed and the live alias when it is due."""
+        signature = self._file_signature()
+        due = time.monotonic() - self._checked >= self.cfg.serve.refresh_seconds
+        if not force and not due and signature == self._signature and self.view is not None:
+            return self.view
+        with self._lock:
+            from tandem.rollout import load_state
+
+            state = load_state(self.workdir)
+            live = self.index.live()
+            if live is None:
+                raise ValueError(
+                    f"no live collection in {self.index.uri}: nothing has been promoted yet; run `tandem run` first"
+                )
+            view = View(live, state)
+            for collection in (view.live, view.challenger):
+                if collection:
+                    self.arm(collection)
+            for stale in set(self._arms) - {view.live, view.challenger}:
+                log.info("collection %s serves no arm any more: its model is unloaded", stale)
+                del self._arms[stale]
+            if self.view is None or (self.view.live, self.view.challenger) != (view.live, view.challenger):
+                log.info("serving champion %s, challenger %s", view.live, view.challenger)
+            self.view, self._signature, self._checked = view, signature, time.monotonic()
+            return view
+
+    def arm(self, collection: str) -> Arm:
+        """The collection's model, loaded on first use."""
+        arm = self._arms.get(collection)
+        if arm is not None:
+            return arm
+        with self._lock:
+            if collection not in self._arms:
+                from tandem.models import load_model
+
+                run_id = run_of(self.workdir, collection)
+                model = load_model(self.workdir / "runs" / run_id / "model")
+                family = getattr(getattr(model, "cfg", None), "family", type(model).__name__)
+                self._arms[collection] = Arm(collection, run_id, model, family, self.index.count(collection))
+                log.info("loaded the %s model of run %s for %s", family, run_id, collection)
+            return self._arms[collection]
+
+    def route(self, user_id: str | None) -> tuple[str, Arm, View]:
+        """(arm name, arm, view) for a user; anonymous users always get the champion."""
+        from tandem.rollout import arm as choose
+
+        try:
+            view = self.refresh()
+        except (ValueError, OSError) as e:  # the workdir, not the request, is at fault
+            raise Unavailable(str(e)) from e
+        name = choose(view.state if view.running else None, user_id) if user_id is not None else "champion"
+        collection = view.challenger if name == "challenger" and view.challenger else view.live
+        return ("challenger" if collection != view.live else "champion"), self.arm(collection), view

@@ -1,0 +1,306 @@
+"""The search service: results checked against numpy, 4xx for bad input, A/B routing that follows the
+rollout state, the event log, and served clicks coming back as the next run's pairs."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import TINY_VISION
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from tandem import rollout
+from tandem.cli import app as cli
+from tandem.config import EvalConfig, ModelConfig, RunConfig, ServeConfig, TrainConfig
+from tandem.contract import load_logs
+from tandem.evaluate import exact_top_k
+from tandem.models import load_model
+from tandem.run import run
+from tandem.serve import EVENT_COLUMNS, create_app, events_dir, read_events
+from tandem.serve.events import EventLog, RecentRequests, Served
+from tandem.synth import make_dataset
+
+CITIES = ("Paris", "Rome")
+A, B = "it0", "it1"  # different kinds: no user of the generated log touches both
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    logs, catalog = make_dataset(tmp_path_factory.mktemp("data"), n_items=48, n_users=80)
+    items = pd.read_csv(catalog)
+    items["city"] = [CITIES[i % 2] for i in range(len(items))]  # a scalar field to filter on
+    items.to_csv(catalog, index=False)
+    return logs, catalog
+
+
+@pytest.fixture(scope="module")
+def cfg(tiny_encoder_dir):
+    return RunConfig(
+        model=replace(ModelConfig(), item_encoder=tiny_encoder_dir, query_layers=1, **TINY_VISION),
+        train=replace(TrainConfig(), epochs=1, batch_size=16, lr_item=1e-3, lr_query=1e-3),
+        eval=replace(EvalConfig(), batch_size=32),
+        serve=replace(ServeConfig(), flush_rows=100_000, flush_seconds=3600.0),  # flushed by the tests
+    )
+
+
+@pytest.fixture(scope="module")
+def workdir(dataset, cfg, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("work")
+    run(*dataset, workdir, cfg, run_id="first", progress=False)
+    return workdir
+
+
+@pytest.fixture
+def client(workdir, cfg):
+    with TestClient(create_app(workdir, cfg)) as client:
+        yield client
+
+
+def run_vectors(workdir, run_id: str = "first") -> tuple[list[str], np.ndarray]:
+    ids = pd.read_parquet(workdir / "runs" / run_id / "data" / "catalog.parquet")["item_id"].tolist()
+    return ids, np.load(workdir / "runs" / run_id / "vectors" / "items.npy")
+
+
+# ------------------------------------------------------------------------------------------ event log
+def test_event_log_writes_whole_typed_parts(tmp_path):
+    log = EventLog(events_dir(tmp_path), flush_rows=3, flush_seconds=3600).start()
+    row = {"user_id": "u", "arm": "champion", "experiment": "", "request_id": "r", "query": ""}
+    log.add([row | {"item_id": "a", "event": "view", "position": None}])
+    log.add([row | {"item_id": "b", "event": "impression", "position": 0}])
+    assert log.buffered == 2 and read_events(tmp_path).empty  # below flush_rows: nothing written yet
+    log.add([row | {"item_id": "b", "event": "click", "position": 0}])
+    deadline = time.monotonic() + 10
+    while log.written < 3 and time.monotonic() < deadline:  # the background thread writes the full buffer
+        time.sleep(0.02)
+    assert log.buffered == 0 and len(read_events(tmp_path)) == 3
+    log.add([row | {"item_id": "c", "event": "impression", "position": 1}])
+    log.close()  # the rest at shutdown
+    events = read_events(tmp_path)
+    assert list(events.columns) == list(EVENT_COLUMNS) and len(events) == 4
+    assert str(events["ts"].dt.tz) == "UTC" and events["ts"].is_monotonic_increasing
+    assert events["position"].isna().tolist() == [True, False, False, False]
+    assert len(list(events_dir(tmp_path).glob("part-*.parquet"))) == 2
+    assert not [p for p in events_dir(tmp_path).iterdir() if not p.name.startswith("part-")]  # no temp files left
+    assert list(read_events(tmp_path / "nothing").columns) == list(EVENT_COLUMNS)
+
+
+def test_recent_requests_forget_the_oldest():
+    recent = RecentRequests(2)
+    for n in range(3):
+        recent.put(f"r{n}", Served("u", "", "champion", "", (f"i{n}",)))
+    assert recent.get("r0") is None and recent.get("r1").items == ("i1",) and len(recent) == 2
+    recent.put("r3", Served("u", "", "champion", "", ()))  # r1 was just read: r2 is now the oldest
+    assert recent.get("r2") is None and recent.get("r1") is not None
+
+
+def test_contract_keeps_every_served_view_and_click(tmp_path):
+    log = EventLog(events_dir(tmp_path)).start()
+    row = {"user_id": "u", "arm": "challenger", "experiment": "e", "request_id": "r"}
+    log.add([row | {"item_id": "a", "event": "view", "query": "", "position": None}])
+    log.add([row | {"item_id": i, "event": "impression", "query": "red", "position": p} for p, i in enumerate("bc")])
+    log.add([row | {"item_id": "c", "event": "click", "query": "red", "position": 1}])
+    log.close()
+    loaded = load_logs(events_dir(tmp_path))
+    assert loaded.rows_in == 4
+    assert sorted(loaded.kept["event"]) == ["click", "view"]
+    assert loaded.kept.loc[loaded.kept["event"] == "click", "query"].tolist() == ["red"]
+    assert set(loaded.quarantined["event"]) <= {"impression"}  # impressions feed CTR, not pairs
+
+
+# ------------------------------------------------------------------------------------------ endpoints
+def test_health_and_docs(client):
+    health = client.get("/healthz").json()
+    assert health | {"events_buffered": 0, "events_written": 0} == {
+        "status": "ok",
+        "live": "tandem_first",
+        "challenger": None,
+        "experiment": "",
+        "share": 0.0,
+        "items": 48,
+        "family": "hotelmatch",
+        "events_buffered": 0,
+        "events_written": 0,
+    }
+    assert client.get("/docs").status_code == 200
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/search", "/similar/{item_id}", "/click", "/healthz"} <= set(paths)
+    assert "city" in [p["name"] for p in paths["/search"]["get"]["parameters"]]
+
+
+def test_search_matches_exact_numpy_and_logs_the_click_with_its_query(client, workdir):
+    result = client.get("/search", params={"q": "red lamp", "k": 5, "user_id": "alice"}).json()
+    ids, vectors = run_vectors(workdir)
+    query = load_model(workdir / "runs" / "first" / "model").embed_queries(["red lamp"], progress=False)
+    expected = [ids[j] for j in exact_top_k(query, vectors, 5)[0]]
+    assert [h["item_id"] for h in result["items"]] == expected
+    scores = (vectors @ query[0])[[ids.index(i) for i in expected]]
+    assert [h["score"] for h in result["items"]] == pytest.approx(scores, abs=1e-5)
+    assert result["arm"] == "champion" and result["user_id"] == "alice" and result["items"][0]["title"]
+    clicked = client.post("/click", json={"request_id": result["request_id"], "item_id": expected[2]}).json()
+    assert clicked == {
+        "request_id": result["request_id"],
+        "user_id": "alice",
+        "item_id": expected[2],
+        "arm": "champion",
+        "position": 2,
+    }
+    client.app.state.events.flush()
+    mine = read_events(workdir).query("request_id == @result['request_id']")
+    assert mine["event"].tolist() == ["impression"] * 5 + ["click"]
+    assert set(mine["query"]) == {"red lamp"} and set(mine["user_id"]) == {"alice"} and set(mine["arm"]) == {"champion"}
+    assert mine["position"].tolist() == [0, 1, 2, 3, 4, 2]
+
+
+def test_filters_restrict_results(client, workdir):
+    ids, _ = run_vectors(workdir)
+    paris = client.get("/search", params={"q": "shoe", "k": 48, "city": "Paris"}).json()["items"]
+    assert sorted(h["item_id"] for h in paris) == sorted(i for n, i in enumerate(ids) if CITIES[n % 2] == "Paris")
+    assert {h["city"] for h in paris} == {"Paris"}
+    both = client.get("/search", params=[("q", "shoe"), ("k", 48), ("city", "Paris"), ("city", "Rome")]).json()
+    assert len(both["items"]) == 48
+    assert client.get("/search", params={"q": "shoe", "city": 'Paris" or city != "'}).json()["items"] == []
+
+
+def test_similar_excludes_the_item_and_logs_a_view(client, workdir):
+    ids, vectors = run_vectors(workdir)
+    result = client.get(f"/similar/{A}", params={"k": 4}, headers={"X-User-Id": "bob"}).json()
+    neighbours = [ids[j] for j in exact_top_k(vectors[[0]], vectors, 5)[0] if ids[j] != A][:4]
+    assert [h["item_id"] for h in result["items"]] == neighbours and result["user_id"] == "bob"
+    client.app.state.events.flush()
+    mine = read_events(workdir).query("request_id == @result['request_id']")
+    assert mine["event"].tolist() == ["view"] + ["impression"] * 4 and mine["item_id"].iloc[0] == A
+
+
+def test_anonymous_users_get_a_request_scoped_id(client):
+    first, second = (client.get("/search", params={"q": "mug"}).json() for _ in range(2))
+    assert first["user_id"].startswith("anonymous-") and first["user_id"] != second["user_id"]
+    assert len(first["items"]) == ServeConfig().default_k
+
+
+MALFORMED = [
+    ("get", "/search", {}, 422),  # no q
+    ("get", "/search?q=", {}, 422),
+    ("get", "/search?q=%20%20", {}, 422),
+    ("get", "/search?q=" + "a" * 513, {}, 422),
+    ("get", "/search?q=a&k=0", {}, 422),
+    ("get", "/search?q=a&k=101", {}, 422),
+    ("get", "/search?q=a&k=ten", {}, 422),
+    ("get", "/search?q=a&k=1e3", {}, 422),
+    ("get", "/search?q=a&colour=red", {}, 422),  # not a filterable field
+    ("get", "/search?q=a&city=", {}, 422),
+    ("get", "/search?q=a&city=%00", {}, 422),
+    ("get", "/search?q=a&city=" + "x" * 300, {}, 422),
+    ("get", "/search?q=a&user_id=" + "u" * 300, {}, 422),
+    ("get", "/search?q=a", {"headers": {"X-User-Id": "u" * 300}}, 422),
+    ("get", "/similar/nope", {}, 404),
+    ("get", "/similar/a%22b'c%5C", {}, 404),
+    ("get", "/similar/" + "x" * 300, {}, 422),
+    ("get", f"/similar/{A}?k=0", {}, 422),
+    ("get", f"/similar/{A}?title=x", {}, 422),
+    ("get", "/click", {}, 405),
+    ("get", "/nowhere", {}, 404),
+    ("post", "/click", {"content": b"not json", "headers": {"content-type": "application/json"}}, 422),
+    ("post", "/click", {"json": {}}, 422),
+    ("post", "/click", {"json": [1, 2]}, 422),
+    ("post", "/click", {"json": {"request_id": 5, "item_id": A}}, 422),
+    ("post", "/click", {"json": {"request_id": "r", "item_id": A, "extra": 1}}, 422),
+    ("post", "/click", {"json": {"request_id": "", "item_id": A}}, 422),
+    ("post", "/click", {"json": {"request_id": "unknown", "item_id": A}}, 404),
+    ("post", "/click", {"json": {"request_id": "r" * 300, "item_id": A}}, 422),
+    ("post", "/click", {"json": {"request_id": "r", "item_id": "x" * 5000}}, 413),
+]
+
+
+def test_malformed_requests_get_a_4xx_that_says_why(client):
+    for method, url, kwargs, status in MALFORMED:
+        response = getattr(client, method)(url, **kwargs)
+        assert response.status_code == status, (method, url[:60], kwargs, response.text[:300])
+        if status != 413:
+            assert response.json()["detail"], url
+    served = client.get("/search", params={"q": "shirt", "k": 3, "user_id": "carol"}).json()
+    shown = {h["item_id"] for h in served["items"]}
+    unshown = next(i for i in run_vectors(client.app.state.router.workdir)[0] if i not in shown)
+    for body, status in (
+        ({"item_id": unshown}, 422),  # not among the results
+        ({"item_id": next(iter(shown)), "user_id": "mallory"}, 422),  # not the user served
+        ({"item_id": next(iter(shown)), "user_id": "carol"}, 200),
+    ):
+        response = client.post("/click", json={"request_id": served["request_id"], **body})
+        assert response.status_code == status, response.text
+    garbage = client.get("/search?q=%FF%FE%00%E2%98%83" + "%20x" * 50, headers={"X-User-Id": "\t"})
+    assert garbage.status_code == 200  # odd but valid text: searched, not a server error
+
+
+# ------------------------------------------------------------------------------------------ the loop
+@pytest.fixture(scope="module")
+def served_clicks(workdir, dataset, cfg, tmp_path_factory):
+    """Users open /similar/A and click B (never together in the original log); then the next run,
+    on the original log plus the served events."""
+    logs = pd.read_csv(dataset[0])
+    users_of = logs.groupby("item_id")["user_id"].agg(set)
+    assert not users_of[A] & users_of[B], "A and B must never share a user in the original log"
+    with TestClient(create_app(workdir, cfg)) as client:
+        for n in range(5):
+            shown = client.get(f"/similar/{A}", params={"k": 47, "user_id": f"loop{n}"}).json()
+            client.post("/click", json={"request_id": shown["request_id"], "item_id": B}).raise_for_status()
+        searched = client.get("/search", params={"q": "blue lamp", "user_id": "loop-search"}).json()
+        client.post("/click", json={"request_id": searched["request_id"], "item_id": searched["items"][0]["item_id"]})
+    # leaving the client flushed the buffer (shutdown); the contract reads one format, so the CSV becomes Parquet
+    original = tmp_path_factory.mktemp("logs") / "logs.parquet"
+    logs.assign(ts=pd.to_datetime(logs["ts"], utc=True)).to_parquet(original, index=False)
+    parts = sorted(events_dir(workdir).glob("*.parquet"))
+    report = run([original, *parts], dataset[1], workdir, cfg, run_id="second", progress=False)
+    return report, searched
+
+
+def test_served_clicks_become_the_next_runs_pairs(served_clicks, workdir):
+    report, searched = served_clicks
+    events = read_events(workdir)
+    click = events.query("request_id == @searched['request_id'] and event == 'click'")
+    assert click["query"].tolist() == ["blue lamp"]  # a search click carries its query text into the log
+    assert report["data"]["logs"]["rows_kept"] > 0
+    # The served events are "now", months after the generated log, so the time split puts them all in the
+    # test window (train = the original log): the new pair must be among the next run's test pairs.
+    test = pd.read_parquet(workdir / "runs" / "second" / "pairs" / "test.parquet")
+    pair = test[(test["item_id"] == A) & (test["related_item_id"] == B)]
+    assert len(pair) == 1 and pair["support"].iloc[0] == 5
+    train = pd.read_parquet(workdir / "runs" / "second" / "pairs" / "train.parquet")
+    assert train.query("item_id == @A and related_item_id == @B").empty
+
+
+def test_rollout_routes_users_and_follows_the_state_file(served_clicks, workdir, cfg):
+    with TestClient(create_app(workdir, cfg)) as client:
+        live = client.get("/healthz").json()["live"]
+        other = ({"tandem_first", "tandem_second"} - {live}).pop()
+        state = rollout.RolloutState("exp-test", "salt", live, other, (50.0, 100.0))
+        rollout.save_state(workdir, state)
+        users = [f"user{n}" for n in range(40)]
+        arms = {u: client.get("/search", params={"q": "red mug", "user_id": u}).json() for u in users}
+        for user, result in arms.items():
+            assert result["arm"] == rollout.arm(state, user)
+            assert result["collection"] == (other if result["arm"] == "challenger" else live)
+        assert {r["arm"] for r in arms.values()} == {"champion", "challenger"}
+        health = client.get("/healthz").json()
+        assert (health["challenger"], health["share"], health["experiment"]) == (other, 50.0, "exp-test")
+
+        rollout.save_state(workdir, replace(state, stage=1))  # `tandem rollout advance`: no restart needed
+        assert {client.get(f"/similar/{B}", params={"user_id": u}).json()["arm"] for u in users} == {"challenger"}
+        assert client.get("/search", params={"q": "red mug"}).json()["arm"] == "champion"  # anonymous
+
+        rollout.save_state(workdir, replace(state, status="aborted"))
+        assert client.get("/search", params={"q": "red mug", "user_id": users[0]}).json()["arm"] == "champion"
+        client.app.state.events.flush()
+    events = read_events(workdir).query("experiment == 'exp-test'")
+    assert set(events["arm"]) == {"champion", "challenger"} and set(events["event"]) == {"impression", "view"}
+
+
+def test_cli_serve(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(cli, ["serve", "--help"])
+    assert result.exit_code == 0 and "/search" in result.output
+    result = runner.invoke(cli, ["serve", "--workdir", str(tmp_path)])
+    assert result.exit_code == 2 and "no Milvus Lite database" in result.output
