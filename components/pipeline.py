@@ -143,7 +143,7 @@ def evaluate(
         config,
         run_id,
         [data.path, pairs.path, features.path, model.path, vectors.path],
-        {report.path: ["evaluate.json"]},
+        {report.path: ["evaluate.json", "evaluate"]},  # evaluate/: per-pair arrays for the gate
         workdir=workdir,
         progress=False,
     )

@@ -135,6 +135,18 @@ def test_logs_parquet_typed_columns(tmp_path):
     assert kept["item_id"].tolist() == ["10", "11"] and kept["user_id"].tolist() == ["1", "2"]
 
 
+def test_logs_from_a_file_and_a_folder_keep_served_impressions(tmp_path):
+    """The service's events (a folder of parts with extra columns and 'impression' rows) join the logs."""
+    base = pd.DataFrame({"user_id": ["u1"], "item_id": ["1"], "event": ["view"], "ts": pd.to_datetime(["2024-01-01"])})
+    base.to_parquet(tmp_path / "logs.parquet")
+    served = tmp_path / "events" / "date=2024-01-02"
+    served.mkdir(parents=True)
+    part = base.assign(event=["impression"], arm=["champion"], ts=pd.to_datetime(["2024-01-02"], utc=True))
+    part.to_parquet(served / "part-0.parquet")
+    loaded = load_logs([tmp_path / "logs.parquet", tmp_path / "events"])
+    assert loaded.kept["event"].tolist() == ["view", "impression"] and loaded.quarantined.empty
+
+
 def test_logs_errors(tmp_path):
     with pytest.raises(ContractError, match=r"logs\.csv has no column 'ts'.*rename"):
         load_logs(write_csv(tmp_path / "logs.csv", "user_id,item_id,event\n1,2,view\n"))

@@ -4,6 +4,7 @@ import json
 from dataclasses import replace
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import yaml
 from conftest import TINY_VISION
@@ -89,10 +90,12 @@ def test_gate_component_on_its_own(tmp_path):
     """A component body is plain Python: `.python_func` with a stand-in for the input artifact."""
     gate = pipelines.definitions().components(pipelines.DEFAULT_IMAGE)["gate"]
     report = tmp_path / "report"
-    report.mkdir()
-    metrics = {"recall@100": 0.5, "mrr@10": 0.1}
+    (report / "evaluate").mkdir(parents=True)
+    metrics = {"recall@100": 0.5, "short_query/recall@100": 0.5, "mrr@10": 0.1}
     evaluation = {"metrics": {"model": metrics, "champion": metrics}, "champion_collection": "tandem_old"}
     (report / "evaluate.json").write_text(json.dumps(evaluation))
+    hits = np.tile([1.0, 0.0], 50)  # both arms the same per-pair results (the evaluate stage's per_pair.npz)
+    np.savez(report / "evaluate" / "per_pair.npz", **{f"{a}|{m}": hits for a in ("model", "champion") for m in metrics})
     args = dict(config="{}", run_id="r1", workdir=str(tmp_path / "work"), report=SimpleNamespace(path=str(report)))
     assert gate.python_func(**args) == "reject"  # equal is not better
     lenient = json.dumps({"gate": {"min_improvement": -1.0}})

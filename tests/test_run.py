@@ -7,14 +7,18 @@ import pytest
 from conftest import TINY_VISION
 from typer.testing import CliRunner
 
+from tandem import rollout
 from tandem.cli import app
 from tandem.config import EvalConfig, GateConfig, ModelConfig, RunConfig, TrainConfig
 from tandem.contract import load_catalog
+from tandem.evaluate import load_per_pair
 from tandem.index import ItemIndex
 from tandem.run import run
 from tandem.synth import make_dataset
 
-METRICS = {"recall@10", "recall@100", "recall@1000", "mrr@10"}
+BASE_METRICS = {"recall@10", "recall@100", "recall@1000", "mrr@10", "ndcg@10"}
+# the synthetic items' texts are all short: both subsets hold every pair
+METRICS = BASE_METRICS | {f"{s}/{m}" for s in ("short_query", "short_target") for m in BASE_METRICS}
 
 
 @pytest.fixture(scope="module")
@@ -41,12 +45,24 @@ def test_report_has_metrics_gate_and_index(first, dataset):
     workdir, report = first
     on_disk = json.loads((workdir / "runs" / "first" / "report.json").read_text())
     assert on_disk["metrics"] == report["metrics"]
-    assert set(report["metrics"]) == {"model", "untrained", "popularity"}
+    assert set(report["metrics"]) == {"model", "untrained", "popularity", "bm25", "cooccurrence"}
     for values in report["metrics"].values():
         assert set(values) == METRICS
         assert all(0.0 <= v <= 1.0 for v in values.values())
         assert values["recall@10"] <= values["recall@100"] <= values["recall@1000"]
-        assert values["mrr@10"] <= values["recall@10"]
+        assert values["mrr@10"] <= values["ndcg@10"] <= values["recall@10"]
+        assert values["short_query/recall@100"] == values["recall@100"]
+    evaluated = json.loads((workdir / "runs" / "first" / "evaluate.json").read_text())
+    assert evaluated["protocol"] == "hotelmatch" and evaluated["counts"]["pool_size"] == 48
+    assert set(evaluated["latency_ms"]) == {"model"} and evaluated["latency_ms"]["model"] > 0
+    for name, values in report["metrics"].items():
+        for metric, mean in values.items():
+            lo, hi = evaluated["ci"][name][metric]
+            assert lo - 1e-9 <= mean <= hi + 1e-9
+    per_pair = load_per_pair(workdir / "runs" / "first" / "evaluate" / "per_pair.npz")
+    assert set(per_pair) == set(report["metrics"])
+    assert per_pair["model"]["recall@100"].shape == (evaluated["counts"]["pairs_evaluated"],)
+    assert "| 1.0000 [1.000, 1.000] |" in (workdir / "runs" / "first" / "report.md").read_text()  # mean [CI]
     assert report["gate"]["decision"] == "promote" and report["gate"]["champion"] is None
     assert report["index"]["collection"] == "tandem_first" and report["index"]["alias"] == "live"
     assert report["index"]["live_collection"] == "tandem_first"
@@ -81,11 +97,17 @@ def test_gate_keeps_champion_unless_challenger_wins(first, dataset, cfg):
     assert again["gate"]["decision"] == "reject"
     assert again["metrics"]["champion"] == pytest.approx(again["metrics"]["model"])
     assert again["index"]["live_collection"] == "tandem_first"
-    # A negative margin lets an equal challenger through: the alias moves.
-    lenient = replace(cfg, gate=GateConfig(min_improvement=-1.0))
+    # A negative margin lets an equal challenger through: a staged rollout starts, live stays on the champion
+    # until the rollout completes (forced here: no traffic was served), then the alias moves.
+    lenient = replace(cfg, gate=GateConfig(min_improvement=-1.0, max_latency_ratio=0.0))  # latency is noisy here
     moved = run(*dataset, workdir, lenient, run_id="moved", progress=False)
     assert moved["gate"]["decision"] == "promote" and moved["gate"]["champion_collection"] == "tandem_first"
-    assert moved["index"]["live_collection"] == "tandem_moved"
+    assert moved["index"]["live_collection"] == "tandem_first"
+    assert rollout.load_state(workdir).challenger == "tandem_moved"
+    while rollout.load_state(workdir).status == "running":
+        rollout.advance(workdir, None, lenient, force=True)
+    with ItemIndex(cfg.index, workdir) as index:
+        assert index.live() == "tandem_moved"
 
 
 def test_cli_help_and_bad_input(tmp_path, dataset):

@@ -318,6 +318,63 @@ def pairs_command(
     typer.echo(f"quarantine: {quarantine}")
 
 
+@app.command("export-onnx")
+def export_onnx_command(
+    model: Path = typer.Option(..., "--model", help="saved HotelMatch model folder, e.g. WORKDIR/runs/<run_id>/model"),
+    opset: int | None = typer.Option(None, help="ONNX opset [default: the exporter's]"),
+    int8: bool = typer.Option(True, "--int8/--no-int8", help="also write the dynamic int8 (QInt8 weights) graph"),
+    verbose: bool = VERBOSE,
+) -> None:
+    """Export a HotelMatch query tower (+ projection, L2 norm) to MODEL/onnx/ in fp32 and int8, for
+    tandem.models.onnx_export.OnnxQueryEncoder; tokenising stays in Python with the model's tokenizer."""
+    setup_logging(verbose)
+    from tandem.models.onnx_export import export_onnx
+
+    with _user_errors():
+        out = export_onnx(model, opset=opset, int8=int8)
+    import json
+
+    meta = json.loads((out / "export.json").read_text())
+    for precision, name in meta["files"].items():
+        check = meta["check_on_samples"][precision]
+        typer.echo(
+            f"{precision}: {out / name} ({(out / name).stat().st_size / 2**20:.1f} MiB; on sample queries vs torch "
+            f"max abs diff {check['max_abs_diff']:.1e}, min cosine {check['min_cosine']:.4f})"
+        )
+    typer.echo(f"opset {meta['opset']}, dim {meta['dim']}; metadata: {out / 'export.json'}")
+
+
+@app.command("serve")
+def serve_command(
+    workdir: Path = WORKDIR,
+    config: Path | None = CONFIG,
+    host: str | None = typer.Option(None, help="address to bind [default: 127.0.0.1]"),
+    port: int | None = typer.Option(None, help="TCP port [default: 8000]"),
+    query_encoder: str | None = typer.Option(
+        None, help="what embeds /search queries: torch, onnx-int8 or onnx-fp32 (HotelMatch) [default: torch]"
+    ),
+    batch_window_ms: float | None = typer.Option(
+        None, help="micro-batch concurrent requests for up to this many ms; 0 = off [default: 5]"
+    ),
+    milvus_uri: str | None = MILVUS,
+    verbose: bool = VERBOSE,
+) -> None:
+    """Serve the live model: GET /search, /similar/{item_id}, /healthz, POST /click; docs at /docs.
+    Impressions and clicks go to WORKDIR/serving/events/, a behaviour log for the next `tandem run`."""
+    setup_logging(verbose)
+    import uvicorn
+
+    from tandem.serve import create_app
+
+    with _user_errors():
+        cfg = _config(config, milvus_uri=milvus_uri)
+        given = {"host": host, "port": port, "query_encoder": query_encoder, "batch_window_ms": batch_window_ms}
+        cfg = replace(cfg, serve=replace(cfg.serve, **{k: v for k, v in given.items() if v is not None}))
+        app_ = create_app(workdir, cfg)
+    typer.echo(f"serving {workdir} on http://{cfg.serve.host}:{cfg.serve.port} (docs: /docs)")
+    uvicorn.run(app_, host=cfg.serve.host, port=cfg.serve.port, log_level="debug" if verbose else "warning")
+
+
 # ------------------------------------------------------------------------------ tandem kfp
 kfp_app = typer.Typer(
     help="Kubeflow Pipelines: compile the pipeline (components/), run it locally with kfp.local, submit it.",
@@ -422,6 +479,140 @@ def kfp_submit(
         )
         result = submit(host, arguments(logs, catalog, workdir, cfg, run_id, pvc), experiment, wait, package)
     typer.echo(json.dumps(result, indent=2))
+
+
+# ------------------------------------------------------------------------------ tandem rollout
+rollout_app = typer.Typer(
+    help="Staged A/B rollout of a promoted challenger (5 -> 25 -> 50 -> 100 % -> live): status, advance, abort, "
+    "rollback. A refused action exits with 1 and says why.",
+    no_args_is_help=True,
+)
+app.add_typer(rollout_app, name="rollout")
+
+
+@contextmanager
+def _rollout_errors():
+    """A refused action (stop rule, missing evidence, wrong state) exits 1; bad input exits 2."""
+    from tandem.rollout import RolloutRefused
+
+    with _user_errors():
+        try:
+            yield
+        except RolloutRefused as e:  # a ValueError too: caught before _user_errors sees it
+            typer.secho(f"refused: {e}", fg="red", err=True)
+            raise typer.Exit(1) from e
+
+
+def _show_rollout(report: dict) -> None:
+    if report["status"] == "none":
+        typer.echo("no rollout: a gate 'promote' over a live champion starts one (or `tandem rollout start`)")
+        return
+    stages = report["stages"]
+    typer.echo(f"experiment: {report['experiment']} ({report['status']})")
+    typer.echo(f"champion:   {report['champion']}\nchallenger: {report['challenger']}")
+    plan = " -> ".join(f"{s:g}" for s in stages)
+    typer.echo(f"stage {report['stage'] + 1}/{len(stages)} ({plan} %): challenger share {report['share']:g} %")
+    for arm, c in report["arms"].items():
+        ctr = "-" if c["ctr"] is None else f"{c['ctr']:.4f}"
+        where = f" ({c['window']})" if c.get("window") else ""
+        typer.echo(f"  {arm:<10} impressions {c['impressions']:>8}  clicks {c['clicks']:>7}  CTR {ctr}{where}")
+    if report["stop_rule"]:
+        typer.echo(f"stop rule: {report['stop_rule']['verdict']} ({report['stop_rule']['reason']})")
+
+
+ROLLOUT_MILVUS = typer.Option(None, "--milvus-uri", envvar="TANDEM_MILVUS_URI", help="Milvus server URI")
+
+
+@rollout_app.command("status")
+def rollout_status(
+    workdir: Path = WORKDIR,
+    config: Path | None = CONFIG,
+    enforce: bool = typer.Option(False, "--enforce", help="abort the rollout if its stop rule fired (for a cron)"),
+    as_json: bool = typer.Option(False, "--json", help="the full status (with history) as JSON"),
+    milvus_uri: str | None = ROLLOUT_MILVUS,
+) -> None:
+    """Stage, per-arm impressions / clicks / CTR from served events, and the stop-rule verdict."""
+    import json
+
+    from tandem import rollout
+
+    with _rollout_errors():
+        cfg = _config(config, milvus_uri=milvus_uri)
+        report = rollout.enforce(workdir, None, cfg) if enforce else rollout.status(workdir, None, cfg)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2, default=str))
+    else:
+        _show_rollout(report)
+
+
+@rollout_app.command("start")
+def rollout_start(
+    challenger: str = typer.Option(..., "--challenger", help="run id whose collection becomes the challenger"),
+    workdir: Path = WORKDIR,
+    config: Path | None = CONFIG,
+    milvus_uri: str | None = ROLLOUT_MILVUS,
+) -> None:
+    """Start a rollout by hand against the live champion (the pipeline starts one after a gate 'promote')."""
+    from tandem import rollout
+    from tandem.index import ItemIndex, collection_name
+
+    with _rollout_errors():
+        cfg = _config(config, milvus_uri=milvus_uri)
+        with ItemIndex(cfg.index, workdir) as idx:
+            if idx.live() is None:
+                raise ValueError(f"nothing is live in {idx.uri}: promote a first run before rolling one out")
+            rollout.start(workdir, idx.live(), collection_name(challenger), cfg, index=idx)
+        _show_rollout(rollout.status(workdir, None, cfg))
+
+
+@rollout_app.command("advance")
+def rollout_advance(
+    workdir: Path = WORKDIR,
+    config: Path | None = CONFIG,
+    force: bool = typer.Option(
+        False, "--force", help="advance without enough evidence ('hold'); never overrides a fired stop rule"
+    ),
+    milvus_uri: str | None = ROLLOUT_MILVUS,
+) -> None:
+    """Next stage if the stop rule allows it; after 100 % the challenger goes live."""
+    from tandem import rollout
+
+    with _rollout_errors():
+        cfg = _config(config, milvus_uri=milvus_uri)
+        state = rollout.advance(workdir, None, cfg, force=force)
+    if state.status == "completed":
+        typer.echo(f"rollout {state.experiment}: completed; {state.challenger} is live")
+    else:
+        typer.echo(f"rollout {state.experiment}: challenger at {state.share:g} %")
+
+
+@rollout_app.command("abort")
+def rollout_abort(
+    workdir: Path = WORKDIR,
+    config: Path | None = CONFIG,
+    reason: str = typer.Option("", "--reason", help="recorded in the rollout's history"),
+    milvus_uri: str | None = ROLLOUT_MILVUS,
+) -> None:
+    """Stop a running rollout: every user back on the champion, live unchanged."""
+    from tandem import rollout
+
+    with _rollout_errors():
+        state = rollout.abort(workdir, _config(config, milvus_uri=milvus_uri), reason)
+    typer.echo(f"rollout {state.experiment}: aborted; {state.champion} stays live")
+
+
+@rollout_app.command("rollback")
+def rollout_rollback(
+    workdir: Path = WORKDIR,
+    config: Path | None = CONFIG,
+    milvus_uri: str | None = ROLLOUT_MILVUS,
+) -> None:
+    """After a completed rollout: the live alias back to the previous champion."""
+    from tandem import rollout
+
+    with _rollout_errors():
+        state = rollout.rollback(workdir, _config(config, milvus_uri=milvus_uri))
+    typer.echo(f"rollout {state.experiment}: rolled back; {state.history[-1]['restored']} is live")
 
 
 if __name__ == "__main__":

@@ -105,15 +105,16 @@ def ts_sql(dtype: str, path: Path | str) -> str:
 
 
 def log_files(path: str | Path | list) -> tuple[list[str], str]:
-    """A log is one file, a folder of files (e.g. date partitions) or a list of files, one format."""
-    if isinstance(path, (list, tuple)):
-        files = [Path(p) for p in path]
-    elif Path(path).is_dir():
-        files = sorted(p for p in Path(path).rglob("*") if p.suffix.lower() in FORMATS and p.is_file())
-        if not files:
-            raise ContractError(f"logs folder {path} holds no .csv or .parquet files")
-    else:
-        files = [Path(path)]
+    """A log is one file, a folder of files (e.g. date partitions) or a list of files and folders, one format."""
+    files: list[Path] = []
+    for entry in path if isinstance(path, (list, tuple)) else [path]:
+        if Path(entry).is_dir():  # e.g. date partitions, or the search service's serving/events/
+            found = sorted(p for p in Path(entry).rglob("*") if p.suffix.lower() in FORMATS and p.is_file())
+            if not found:
+                raise ContractError(f"logs folder {entry} holds no .csv or .parquet files")
+            files += found
+        else:
+            files.append(Path(entry))
     formats = {_format(f, "logs") for f in files}
     if len(formats) != 1:
         raise ContractError(f"logs {path}: mixes formats {sorted(formats)}; convert them to one format")
@@ -145,7 +146,7 @@ def load_logs(
     except duckdb.Error as e:
         raise ContractError(f"logs {path} cannot be read as {fmt}: {e}") from e
     _require_columns(list(types), LOG_COLUMNS, path, "logs")
-    known = [*cfg.view_events, *cfg.click_events]
+    known = [*cfg.view_events, *cfg.click_events, *cfg.other_events]
     con.register("catalog_ids", pd.DataFrame({"item_id": catalog_ids if catalog_ids is not None else []}, dtype=str))
     query_sql = "NULLIF(trim(CAST(query AS VARCHAR)), '')" if "query" in types else "CAST(NULL AS VARCHAR)"
     con.execute(

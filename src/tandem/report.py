@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+
+from tandem.gate import markdown as gate_markdown
 
 
 def plot_recall(metrics: dict[str, dict[str, float]], path: Path) -> Path:
@@ -28,11 +31,59 @@ def plot_recall(metrics: dict[str, dict[str, float]], path: Path) -> Path:
     return path
 
 
-def _table(metrics: dict[str, dict[str, float]]) -> str:
-    columns = list(next(iter(metrics.values())))
+def _cell(mean: float | None, ci: list[float] | None) -> str:
+    if mean is None or mean != mean:  # NaN: no pair in that subset
+        return "-"
+    return f"{mean:.4f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci and ci[0] == ci[0] else "")
+
+
+def _table(metrics: dict[str, dict[str, float]], ci: dict | None = None, columns: list[str] | None = None) -> str:
+    """A row per model: the mean and, when known, its bootstrap interval, e.g. `0.4123 [0.390, 0.431]`."""
+    ci = ci or {}
+    columns = columns or list(next(iter(metrics.values())))
     lines = ["| model | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
-    lines += [f"| {name} | " + " | ".join(f"{v[c]:.4f}" for c in columns) + " |" for name, v in metrics.items()]
+    lines += [
+        f"| {name} | " + " | ".join(_cell(v.get(c), ci.get(name, {}).get(c)) for c in columns) + " |"
+        for name, v in metrics.items()
+    ]
     return "\n".join(lines)
+
+
+def _evaluation(report: dict, run_dir: Path) -> dict:
+    """The evaluate stage's summary (protocol, counts, ci, latency): from the report, else evaluate.json."""
+    path = run_dir / "evaluate.json"
+    saved = json.loads(path.read_text()) if path.is_file() else {}
+    return saved | report.get("eval", {}) | {k: report[k] for k in ("ci", "latency_ms") if k in report}
+
+
+def metrics_section(report: dict, run_dir: Path, plot: Path) -> list[str]:
+    """Markdown lines: the protocol and pool, the metric tables with intervals, query latency."""
+    ev, metrics = _evaluation(report, run_dir), report["metrics"]
+    ci, counts = ev.get("ci", {}), ev.get("counts", {})
+    names = list(next(iter(metrics.values())))
+    main, subsets = [c for c in names if "/" not in c], [c for c in names if "/" in c]
+    lines = [
+        f"## Retrieval on the test pairs ({ev['test_pairs']} pairs, pool: {ev['pool']})",
+        "",
+    ]
+    if counts:
+        dropped = ", ".join(f"{n} {why}" for why, n in counts.get("dropped", {}).items() if n) or "none"
+        lines += [
+            f"Protocol `{ev.get('protocol')}`: {counts['queries']} query items, {counts['pairs_evaluated']} of "
+            f"{counts['pairs_in']} pairs evaluated (dropped: {dropped}). Intervals: {ev.get('ci_method', 'none')}.",
+            "",
+        ]
+        if counts.get("ks_above_pool"):
+            lines += [f"**Note:** K = {counts['ks_above_pool']} is not below the pool size: recall there is 1.", ""]
+    lines += [_table(metrics, ci, main), ""]
+    if subsets:
+        sizes = ", ".join(f"{s} {counts[s]} pairs" for s in ("short_query", "short_target") if s in counts)
+        title = f"Short-text subsets ({sizes}; {counts.get('short_means', '')}):"
+        lines += [title, "", _table(metrics, ci, subsets), ""]
+    if ev.get("latency_ms"):
+        latency = ", ".join(f"{name} {ms:.1f} ms" for name, ms in ev["latency_ms"].items())
+        lines += [f"Median query embedding latency (one query): {latency}.", ""]
+    return lines + [f"![Recall@K]({plot.name})"]
 
 
 def write_report(report: dict, run_dir: Path) -> dict[str, Path]:
@@ -55,14 +106,9 @@ def write_report(report: dict, run_dir: Path) -> dict[str, Path]:
         f"(test window from {pairs['cutoff']})",
         f"- validation: {'passed' if valid['success'] else 'FAILED'}; Data Docs `{valid['data_docs']}`",
         "",
-        f"## Retrieval on the test pairs ({report['eval']['test_pairs']} pairs, pool: {report['eval']['pool']})",
+        *metrics_section(report, run_dir, plot),
         "",
-        _table(report["metrics"]),
-        "",
-        f"![Recall@K]({plot.name})",
-        "",
-        "## Gate",
-        f"**{gate['decision']}** on `{gate['primary_metric']}`: {gate['reason']}.",
+        *gate_markdown(gate),  # decision, reason, primary comparison with CI and p, guard table
         "",
         f"Collection `{idx['collection']}` ({idx['vectors']} vectors for {idx['items']} items); "
         f"alias `{idx['alias']}` -> `{idx['live_collection']}`.",

@@ -90,6 +90,8 @@ def write(run: stages.RunPaths, cfg: RunConfig, timings: dict[str, float] | None
         "validation": run.summary("validate"),
         "training": run.summary("train"),
         "metrics": ev["metrics"],
+        "ci": ev["ci"],
+        "latency_ms": ev["latency_ms"],
         "eval": {k: ev[k] for k in ("test_pairs", "query_items", "pool", "primary_metric")},
         "gate": run.summary("gate"),
         "index": idx | {"alias": promoted["alias"], "live_collection": promoted["live_collection"]},

@@ -240,13 +240,21 @@ def embed(run: RunPaths, cfg: RunConfig, progress: bool = True) -> dict:
 
 
 def index(run: RunPaths, cfg: RunConfig) -> dict:
-    """Write the item vectors to the run's Milvus collection (idempotent: upsert)."""
+    """Write the item vectors and their filter fields to the run's Milvus collection (idempotent:
+    upsert), then apply retention (`IndexConfig.keep_collections`; aliased collections stay)."""
+    from tandem.index import catalog_scalars
+
     catalog = items(run)
     vectors = np.load(run / "vectors" / "items.npy")
     with ItemIndex(cfg.index, run.workdir) as idx:
-        n = idx.write(run.collection, catalog["item_id"].tolist(), vectors, catalog["title"].tolist())
+        scalars = catalog_scalars(catalog, cfg.index.scalar_fields)
+        n = idx.write(run.collection, catalog["item_id"].tolist(), vectors, scalars)
+        dropped = idx.retain(cfg.index.keep_collections)
         uri = idx.uri
-    return run.save("index", {"uri": uri, "collection": run.collection, "vectors": n, "items": len(catalog)})
+    return run.save(
+        "index",
+        {"uri": uri, "collection": run.collection, "vectors": n, "items": len(catalog), "retention_dropped": dropped},
+    )
 
 
 def _champion_model(run: RunPaths, collection: str) -> Path:
@@ -260,56 +268,123 @@ def _champion_model(run: RunPaths, collection: str) -> Path:
 
 
 def evaluate(run: RunPaths, cfg: RunConfig, progress: bool = True) -> dict:
-    """Recall@K / MRR on the test pairs for the model, the baselines and the live champion."""
-    from tandem.evaluate import RetrievalEvaluator
+    """Recall@K / MRR@K / nDCG@K with bootstrap intervals on the test pairs, for the model, the
+    baselines and the live champion, under one protocol and pool (see tandem.evaluate); the
+    per-pair values go to evaluate/per_pair.npz for the gate's paired comparison."""
+    import torch
+
+    from tandem import baselines
+    from tandem.evaluate import EvalSet, query_latency_ms, resolve_protocol, save_per_pair, summarize
     from tandem.models import load_model
 
+    ecfg = cfg.eval
     catalog, test = items(run), pairs(run, "test")
-    evaluator = RetrievalEvaluator.from_pairs(test, catalog, cfg.eval)
     model = load_model(run / "model")
-    metrics = {"model": evaluator.score_encoder(model, catalog, np.load(run / "vectors" / "items.npy"), progress)[0]}
-    metrics["untrained"] = evaluator.score_encoder(_new_model(cfg, catalog), catalog, progress=progress)[0]
-    pop = pd.read_parquet(run / "pairs" / "popularity.parquet").set_index("item_id")["users"]
-    metrics["popularity"] = evaluator.score_static(pop.reindex(catalog["item_id"]).fillna(0).to_numpy())
+    ev = EvalSet.from_pairs(test, catalog, ecfg, resolve_protocol(ecfg.protocol, model.symmetric))
+    if ecfg.primary_metric not in ev.metric_names():
+        raise ValueError(
+            f"eval.primary_metric {ecfg.primary_metric!r} is not measured here; choose one of {ev.metric_names()}"
+        )
+    per_pair = {"model": ev.score_encoder(model, catalog, np.load(run / "vectors" / "items.npy"), progress)}
+    latency = {"model": query_latency_ms(model, ev, catalog, ecfg.latency_queries)}
+    pop = baselines.popularity_scores(catalog["item_id"], pd.read_parquet(run / "pairs" / "popularity.parquet"))
+    if "untrained" in ecfg.baselines:
+        per_pair["untrained"] = ev.score_encoder(_new_model(cfg, catalog), catalog, progress=progress)
+    if "popularity" in ecfg.baselines:
+        per_pair["popularity"] = ev.evaluate(baselines.static_scorer(ev, pop))
+    if "bm25" in ecfg.baselines:
+        per_pair["bm25"] = ev.evaluate(baselines.bm25_scorer(ev, catalog))
+    if "cooccurrence" in ecfg.baselines:
+        scorer = baselines.cooccurrence_scorer(ev, catalog["item_id"], pairs(run, "train"), pop)
+        per_pair["cooccurrence"] = ev.evaluate(scorer)
     with ItemIndex(cfg.index, run.workdir) as idx:
         live = idx.live()
     champion = live if live and live != run.collection else None
     if champion:
         champion_model = load_model(_champion_model(run, champion))
-        metrics["champion"] = evaluator.score_encoder(champion_model, catalog, progress=progress)[0]
+        per_pair["champion"] = ev.score_encoder(champion_model, catalog, progress=progress)
+        latency["champion"] = query_latency_ms(champion_model, ev, catalog, ecfg.latency_queries)
+    metrics, ci = summarize(per_pair, ecfg)
+    # with each pair's query item, so that the gate resamples a query's pairs together
+    query_of_pair = {"query": ev.query_item[ev.query_of_pair].astype(np.float64)}
+    per_pair_path = save_per_pair(run / "evaluate" / "per_pair.npz", per_pair | {"_pairs": query_of_pair})
     return run.save(
         "evaluate",
         {
             "metrics": metrics,
+            "ci": ci,
+            "latency_ms": latency,
+            "latency_threads": torch.get_num_threads(),
+            "protocol": ev.protocol,
+            "pool": ev.description,
+            "counts": ev.counts,
+            "ci_method": f"percentile bootstrap over test pairs, {ecfg.n_boot} resamples, level {ecfg.level}",
+            "primary_metric": ecfg.primary_metric,
             "champion_collection": champion,
-            "test_pairs": len(test),
-            "query_items": len(evaluator.query_texts),
-            "pool": "catalogue minus the query item",
-            "primary_metric": cfg.eval.primary_metric,
+            "test_pairs": ev.counts["pairs_evaluated"],
+            "query_items": ev.counts["queries"],
+            "per_pair": str(per_pair_path),
         },
     )
 
 
 def gate(run: RunPaths, cfg: RunConfig) -> dict:
-    """Promote only if the challenger beats the champion (evaluated on the same pairs)."""
+    """Promote only if the challenger beats the champion on the same test pairs: by the margin, significantly
+    (paired bootstrap over query items), with no guard metric or query latency regressing (tandem.gate)."""
     from tandem.gate import decide
 
     ev = run.summary("evaluate")
-    metrics = ev["metrics"]
+    champion = ev.get("champion_collection")
+    per_pair = run / "evaluate" / "per_pair.npz"
+    if per_pair.is_file():
+        from tandem.evaluate import load_per_pair
+
+        values = load_per_pair(per_pair)
+    elif champion is None:  # a first run is promoted on its means alone
+        values = {"model": {m: np.atleast_1d(float(v)) for m, v in ev["metrics"]["model"].items()}}
+    else:
+        raise ValueError(f"no {per_pair}: the gate needs per-pair results against {champion}; rerun evaluate")
+    if champion and "champion" not in values:
+        raise ValueError(f"{per_pair} has no 'champion' results although {champion} is live; rerun evaluate")
+    # Pairs of one query are resampled together: the query of each evaluated pair ("_pairs|query" in the file), or
+    # the test pairs' own when none was dropped (evaluation only drops pairs, so equal lengths mean the same order).
+    queries = values.pop("_pairs", {}).get("query")
+    test = run / "pairs" / "test.parquet"
+    if queries is None and test.is_file():
+        queries = pd.read_parquet(test, columns=["item_id"])["item_id"].to_numpy()
+    n = len(next(iter(values["model"].values())))
     decision = decide(
-        cfg.eval.primary_metric, metrics["model"], metrics.get("champion"), ev["champion_collection"], cfg.gate
+        cfg.eval.primary_metric,
+        values["model"],
+        values["champion"] if champion else None,
+        champion,
+        cfg.gate,
+        ev.get("latency_ms"),
+        groups=queries if queries is not None and len(queries) == n else None,
     )
     return run.save("gate", decision.to_dict())
 
 
 def promote(run: RunPaths, cfg: RunConfig) -> dict:
-    """Move the live alias to this run's collection if the gate said so (idempotent)."""
+    """Act on the gate (idempotent): a first run goes live at once; a winner over a live champion starts a staged
+    A/B rollout (tandem.rollout; live unchanged) unless cfg.rollout.enabled is False, then it goes live at once.
+    A rollout already running for another challenger is left alone: experiments are not restarted by daily runs."""
+    from tandem import rollout
+
     decision = run.summary("gate")["decision"]
+    state, note = None, ""
     with ItemIndex(cfg.index, run.workdir) as idx:
         previous = idx.live()
         if decision == "promote" and previous != run.collection:
-            idx.promote(run.collection)
+            running = rollout.load_state(run.workdir)
+            if previous is None or not cfg.rollout.enabled:
+                idx.promote(run.collection)
+            elif running is not None and running.status == "running" and running.challenger != run.collection:
+                note = f"rollout {running.experiment} of {running.challenger} is running; {run.collection} waits"
+                log.warning(note)
+            else:
+                state = rollout.start(run.workdir, previous, run.collection, cfg, index=idx).to_dict()
         live = idx.live()
-    return run.save(
-        "promote", {"decision": decision, "previous": previous, "live_collection": live, "alias": cfg.index.alias}
-    )
+        idx.retain(cfg.index.keep_collections)  # never drops an aliased collection (live, challenger)
+    summary = {"decision": decision, "previous": previous, "live_collection": live, "alias": cfg.index.alias}
+    return run.save("promote", summary | {"rollout": state} | ({"note": note} if note else {}))

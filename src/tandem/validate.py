@@ -57,7 +57,7 @@ def _expectations(
     """Suite name -> (the frame GX sees, its expectations)."""
     import great_expectations.expectations as gxe
 
-    events = sorted(set(contract.view_events) | set(contract.click_events))
+    events = sorted({*contract.view_events, *contract.click_events, *contract.other_events})
     # Bounds must be tz-aware datetimes: GX coerces strings to `date` and naive datetimes fail
     # to compare against a UTC column (the expectation then errors instead of checking).
     ts_min = dt.datetime(1990, 1, 1, tzinfo=dt.UTC)
