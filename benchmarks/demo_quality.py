@@ -43,7 +43,15 @@ def main() -> None:
 
     metrics, training = report["metrics"], report["training"]
     ratio = metrics["model"]["recall@100"] / max(metrics["untrained"]["recall@100"], 1e-9)
-    columns = list(metrics["model"])
+    wanted = ("recall@10", "recall@100", "recall@1000", "mrr@10", "ndcg@10", "short_query/recall@100")
+    columns = [c for c in wanted if c in metrics["model"]]
+    ci = report.get("ci", {})
+
+    def cell(name: str, metric: str) -> str:
+        value = metrics[name].get(metric, float("nan"))
+        lo_hi = ci.get(name, {}).get(metric)
+        return f"{value:.4f}" + (f" [{lo_hi[0]:.3f}, {lo_hi[1]:.3f}]" if lo_hi and metric == "recall@100" else "")
+
     lines = [
         "# Demo quality: Complete Journey",
         "",
@@ -59,7 +67,11 @@ def main() -> None:
         "",
         "| model | " + " | ".join(columns) + " |",
         "|---" * (len(columns) + 1) + "|",
-        *(f"| {name} | " + " | ".join(f"{v[c]:.4f}" for c in columns) + " |" for name, v in metrics.items()),
+        *(f"| {name} | " + " | ".join(cell(name, c) for c in columns) + " |" for name in metrics),
+        "",
+        f"Protocol {report.get('eval', {}).get('protocol', 'hotelmatch')}; recall@100 with its 95 % bootstrap "
+        "interval over test pairs; short_query = query item text under 50 tokens. "
+        f"Gate: {report['gate']['decision']} ({report['gate']['reason']}).",
         "",
         f"Trained / untrained Recall@100: {ratio:.2f}x. Training: {training['steps']} steps, "
         f"{training['pairs_per_s']:.0f} pairs/s, final loss {training['final_loss']:.3f}, "

@@ -80,6 +80,8 @@ def test_notellm2_runs_the_whole_loop(dataset, tiny_encoder_dir, tmp_path):
     )  # fmt: skip
     report = run(*dataset, tmp_path, cfg, run_id="nl", progress=False)
     assert report["training"]["family"] == "notellm2"
-    assert set(report["metrics"]) == {"model", "untrained", "popularity"}
+    assert set(report["metrics"]) == {"model", "untrained", "popularity", "bm25", "cooccurrence"}
+    evaluation = json.loads((tmp_path / "runs" / "nl" / "evaluate.json").read_text())
+    assert evaluation["protocol"] == "notellm2"  # 'auto' picks item-to-item for a symmetric model
     assert 0.0 <= report["metrics"]["model"]["recall@10"] <= 1.0
     assert load_model(tmp_path / "runs" / "nl" / "model").family == "notellm2"

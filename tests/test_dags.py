@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tandem import schedule
+from tandem import rollout, schedule
 
 REPO = Path(__file__).resolve().parents[1]
 HARNESS = Path(__file__).with_name("dag_harness.py")
@@ -85,7 +85,7 @@ def airflow_runs(tmp_path_factory, tiny_encoder_dir):
 def test_dagbag_imports_both_dags_without_heavy_modules(airflow_runs):
     bag = airflow_runs["result"]["dagbag"]
     assert bag["import_errors"] == {}
-    assert {"tandem_daily", "tandem_index_audit"} <= set(bag["dag_ids"])
+    assert {"tandem_daily", "tandem_index_audit", "tandem_rollout_guard"} <= set(bag["dag_ids"])
     heavy = {"torch", "transformers", "great_expectations", "feast", "pymilvus", "milvus_lite", "kfp"}
     assert not heavy & set(bag["heavy_modules"]), bag["heavy_modules"]
 
@@ -117,7 +117,7 @@ def test_daily_dag_runs_the_loop_end_to_end(airflow_runs):
     assert report["index"]["live_collection"] == "tandem_daily_20240131"
     assert report["index"]["uri"] == str(airflow_runs["milvus"])  # from the tandem_milvus connection
     assert report["config"]["index"]["token"] == ""
-    assert len(report["inputs"]["logs"].split(",")) >= 31  # the whole look-back window was read
+    assert len(report["inputs"]["logs"]) >= 31  # the whole look-back window was read
     partitions = sorted(p.name for p in (airflow_runs["workdir"] / "warehouse" / "logs").iterdir())
     assert len(partitions) == 31 and partitions[0] == "date=2024-01-01" and partitions[-1] == "date=2024-01-31"
 
@@ -140,7 +140,7 @@ def test_rerunning_the_interval_keeps_pairs_and_vector_count(airflow_runs):
     with ItemIndex(IndexConfig(milvus_uri=str(airflow_runs["milvus"]))) as index:
         assert index.count("tandem_daily_20240131") == first_count == items
         assert index.live() == "tandem_daily_20240131"
-        assert index.client.list_collections() == ["tandem_daily_20240131"]
+        assert index.run_collections() == ["tandem_daily_20240131"]
 
 
 def test_audit_dag_checks_the_live_index(airflow_runs):
@@ -160,6 +160,123 @@ def test_failing_validation_fails_the_validate_task_and_names_the_data_docs(airf
     assert all(tasks[t].endswith("upstream_failed") for t in ("features", "train", "promote"))
     assert "Data validation failed" in airflow_runs["output"] and "index.html" in airflow_runs["output"]
     assert not (airflow_runs["workdir"] / "runs" / "daily-20990131" / "model").exists()
+
+
+# ------------------------------------------------------------------ the rollout guard
+GUARD_RECIPE = "index: {index_type: FLAT}\nrollout: {min_impressions: 200, salt: test}\n"
+CHAMPION, CHALLENGER = "tandem_daily_20240130", "tandem_daily_20240131"
+IMPRESSIONS = 1000  # per arm, well above min_impressions
+
+
+def _served(experiment: str, clicks: dict[str, int]):
+    """A Parquet part as the search service writes it, stamped now (inside the rollout's first stage). The arms
+    are given, not routed: routing is tested in tests/test_rollout.py; here only the counts matter."""
+    import pandas as pd
+
+    rows, now = [], pd.Timestamp.now(tz="UTC")
+    for side, n_clicks in clicks.items():
+        for n in range(IMPRESSIONS):
+            user = f"{side}-{n}"
+            base = {"user_id": user, "item_id": f"i{n % 20}", "ts": now, "query": "red dress", "arm": side}
+            base |= {"experiment": experiment, "request_id": f"r-{user}", "position": 0}
+            rows.append(base | {"event": "impression"})
+            if n < n_clicks:
+                rows.append(base | {"event": "click"})
+    return pd.DataFrame(rows, columns=list(rollout.EVENT_COLUMNS))
+
+
+def _running_rollout(workdir: Path, cfg, clicks: dict[str, int]):
+    """Two tiny runs in the workdir's Milvus Lite file, the first live, a rollout of the second, served events."""
+    import numpy as np
+
+    from tandem.index import ItemIndex
+
+    rng = np.random.default_rng(0)
+    with ItemIndex(cfg.index, workdir) as index:  # closed before Airflow opens the same Milvus Lite file
+        for name in (CHAMPION, CHALLENGER):
+            index.write(name, [f"i{n}" for n in range(20)], rng.normal(size=(20, 8)).astype(np.float32))
+        index.promote(CHAMPION)
+        state = rollout.start(workdir, CHAMPION, CHALLENGER, cfg, index=index)
+    events = _served(state.experiment, clicks)
+    folder = workdir / "serving" / "events"
+    folder.mkdir(parents=True)
+    events.to_parquet(folder / "part-000001.parquet", index=False)
+    return state, rollout.arm_counts(events, state.experiment)
+
+
+@pytest.fixture(scope="module")
+def guard_runs(tmp_path_factory):
+    from tandem.config import load_config
+
+    tmp = tmp_path_factory.mktemp("guard")
+    (tmp / "recipe.yaml").write_text(GUARD_RECIPE)
+    cfg = load_config(tmp / "recipe.yaml")
+    workdirs = {name: tmp / name for name in ("worse", "equal", "none")}
+    for workdir in workdirs.values():
+        workdir.mkdir()
+    worse = _running_rollout(workdirs["worse"], cfg, {"champion": 120, "challenger": 40})  # CTR 12 % vs 4 %
+    equal = _running_rollout(workdirs["equal"], cfg, {"champion": 120, "challenger": 120})
+    env = _airflow_env(
+        tmp,
+        tandem_workdir=str(workdirs["none"]),
+        tandem_logs_source=str(tmp / "unused"),  # required settings, shared with tandem_daily; the guard reads neither
+        tandem_catalog=str(tmp / "unused"),
+        tandem_config=str(tmp / "recipe.yaml"),
+    )
+    env["HARNESS_GUARD_WORKDIRS"] = json.dumps({k: str(v) for k, v in workdirs.items()})
+    result, output = _harness(tmp / "result.json", env, "guard")
+    return {"result": result, "output": output, "cfg": cfg, "workdirs": workdirs, "worse": worse, "equal": equal}
+
+
+def _guarded(guard_runs, name: str) -> dict:
+    run = guard_runs["result"].get("guard", {}).get(name)
+    assert run, guard_runs["output"][-6000:]
+    assert run["state"].endswith("success") and set(run["tasks"]) == {"enforce"}, guard_runs["output"][-6000:]
+    assert run["tasks"]["enforce"].endswith("success"), (run, guard_runs["output"][-6000:])
+    return run["returned"]
+
+
+def test_guard_dag_parses_without_heavy_modules(guard_runs):
+    bag = guard_runs["result"]["dagbag"]
+    assert bag["import_errors"] == {} and "tandem_rollout_guard" in bag["dag_ids"]
+    heavy = {"torch", "transformers", "great_expectations", "feast", "pymilvus", "milvus_lite", "kfp", "pandas"}
+    assert not heavy & set(bag["heavy_modules"]), bag["heavy_modules"]
+
+
+def test_guard_aborts_a_significantly_worse_challenger_and_keeps_live(guard_runs):
+    from tandem.index import ItemIndex
+
+    workdir, cfg = guard_runs["workdirs"]["worse"], guard_runs["cfg"]
+    started, counts = guard_runs["worse"]
+    returned = _guarded(guard_runs, "worse")
+    assert (returned["status"], returned["action"], returned["share"]) == ("aborted", "aborted", 0.0)
+    assert returned["experiment"] == started.experiment and returned["stage"] == 0
+    assert returned["stop_rule"]["verdict"] == "stop" and returned["stop_rule"]["p_value"] < cfg.rollout.alpha
+    assert returned["arms"] == counts  # the evidence judged: this stage's events, as written
+    assert "ROLLOUT ABORTED" in guard_runs["output"] and "WARNING" in guard_runs["output"]
+    state = rollout.load_state(workdir)
+    assert state.status == "aborted" and state.history[-1]["reason"].startswith("stop rule: ")
+    with ItemIndex(cfg.index, workdir) as index:
+        assert index.live() == CHAMPION and cfg.index.challenger_alias not in index.aliases()
+
+
+def test_guard_never_advances_a_rollout_the_stop_rule_passes(guard_runs):
+    from tandem.index import ItemIndex
+
+    workdir, cfg = guard_runs["workdirs"]["equal"], guard_runs["cfg"]
+    started, counts = guard_runs["equal"]
+    returned = _guarded(guard_runs, "equal")
+    assert (returned["status"], returned["action"], returned["stage"]) == ("running", "none", 0)
+    assert returned["share"] == cfg.rollout.stages[0] and returned["stop_rule"]["verdict"] == "ok"
+    assert returned["arms"] == counts
+    assert rollout.load_state(workdir) == started  # untouched: advancing is a human decision
+    with ItemIndex(cfg.index, workdir) as index:
+        assert index.live() == CHAMPION and index.aliases()[cfg.index.challenger_alias] == CHALLENGER
+
+
+def test_guard_without_a_rollout_does_nothing(guard_runs):
+    assert _guarded(guard_runs, "none") == {"status": "none", "action": "none"}
+    assert not (guard_runs["workdirs"]["none"] / "rollout").exists()
 
 
 # ------------------------------------------------------------------ tandem.schedule, no Airflow

@@ -60,7 +60,7 @@ def test_report_has_metrics_gate_and_index(first, dataset):
             lo, hi = evaluated["ci"][name][metric]
             assert lo - 1e-9 <= mean <= hi + 1e-9
     per_pair = load_per_pair(workdir / "runs" / "first" / "evaluate" / "per_pair.npz")
-    assert set(per_pair) == set(report["metrics"])
+    assert set(per_pair) == set(report["metrics"]) | {"_pairs"}  # _pairs: each pair's query item, for the gate
     assert per_pair["model"]["recall@100"].shape == (evaluated["counts"]["pairs_evaluated"],)
     assert "| 1.0000 [1.000, 1.000] |" in (workdir / "runs" / "first" / "report.md").read_text()  # mean [CI]
     assert report["gate"]["decision"] == "promote" and report["gate"]["champion"] is None

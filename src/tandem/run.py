@@ -92,7 +92,7 @@ def write(run: stages.RunPaths, cfg: RunConfig, timings: dict[str, float] | None
         "metrics": ev["metrics"],
         "ci": ev["ci"],
         "latency_ms": ev["latency_ms"],
-        "eval": {k: ev[k] for k in ("test_pairs", "query_items", "pool", "primary_metric")},
+        "eval": {k: ev[k] for k in ("test_pairs", "query_items", "pool", "primary_metric", "protocol", "counts")},
         "gate": run.summary("gate"),
         "index": idx | {"alias": promoted["alias"], "live_collection": promoted["live_collection"]},
         "timings_s": timings or {},

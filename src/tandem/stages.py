@@ -114,7 +114,10 @@ def load(run: RunPaths, logs_path: str | Path, catalog_path: str | Path, cfg: Ru
     return run.save(
         "load",
         {
-            "inputs": {"logs": str(logs_path), "catalog": str(catalog_path)},
+            "inputs": {
+                "logs": [str(p) for p in logs_path] if isinstance(logs_path, (list, tuple)) else str(logs_path),
+                "catalog": str(catalog_path),
+            },
             "logs": logs.counts(),
             "catalog": catalog.counts() | {"images_dropped": len(catalog.dropped_images)},
             "quarantine_dir": str(run / "quarantine"),

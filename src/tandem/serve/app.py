@@ -1,8 +1,10 @@
 """The FastAPI app behind `tandem serve`: search, similar items, clicks, health; OpenAPI at /docs.
 
 Client input is checked before any work: a bad request gets a 4xx that says what to fix, never
-a 5xx. Every item shown is logged as an impression and every click with its request's query
-and arm (see `tandem.serve.events`), so that the next run learns from what was served.
+a 5xx. Concurrent /search (and /similar) requests for the same arm and filter are micro-batched
+into one query-tower call and one Milvus search (see `tandem.serve.batching`). Every item shown
+is logged as an impression and every click with its request's query and arm (see
+`tandem.serve.events`), so that the next run learns from what was served.
 """
 
 from __future__ import annotations
@@ -10,19 +12,24 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from fastapi import FastAPI, Header, HTTPException, Query, Request, Response
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
 from tandem.config import RunConfig
 from tandem.index import ItemIndex, filter_expression
+from tandem.serve.batching import MicroBatcher
 from tandem.serve.events import EventLog, RecentRequests, Served, events_dir
-from tandem.serve.routing import Router, Unavailable
+from tandem.serve.routing import Arm, Router, Unavailable
 
 log = logging.getLogger(__name__)
 USER_HEADER = "X-User-Id"
@@ -83,6 +90,50 @@ def _timing(**seconds: float) -> str:
     return ", ".join(f"{name};dur={s * 1000:.2f}" for name, s in seconds.items())
 
 
+@dataclass(frozen=True)
+class Ask:
+    """One request of a batch: the query text (/search) or the viewed item id (/similar), and its k."""
+
+    text: str
+    k: int
+
+
+@dataclass(frozen=True)
+class Answer:
+    rows: list[dict]
+    seconds: dict[str, float]  # of the whole batch: embed or fetch, search
+    batch: int  # requests answered by the same calls
+
+
+def answer(index: ItemIndex, key: tuple[str, Arm, str], asks: Sequence[Ask]) -> list[Answer | Exception]:
+    """A batch of requests of one kind, arm and filter: one embedding (or vector fetch) call and one
+    Milvus search for all, with the largest k (each request keeps its own first k; at k > index.search_ef
+    HNSW searches a wider list, so a batch can only find more of the true neighbours, never fewer)."""
+    kind, arm, expression = key
+    started = time.perf_counter()
+    if kind == "search":
+        vectors = arm.queries.embed_queries([a.text for a in asks], batch_size=len(asks), progress=False)
+        found, first = list(range(len(asks))), "embed"
+    else:  # similar: the items' stored vectors; an unknown item is that request's 404
+        stored = index.vectors_of(arm.collection, [a.text for a in asks])
+        found, first = [n for n, a in enumerate(asks) if a.text in stored], "fetch"
+        vectors = np.stack([stored[asks[n].text] for n in found]) if found else None
+    ready = time.perf_counter()
+    extra = int(kind != "search")  # /similar asks for one more: the item itself is dropped from its results
+    k = max((asks[n].k for n in found), default=0) + extra
+    hits = index.search_rows(arm.collection, vectors, k=k, filter=expression) if found else []
+    seconds = {first: ready - started, "search": time.perf_counter() - ready}
+    rows = dict(zip(found, hits, strict=True))
+    out: list[Answer | Exception] = []
+    for n, a in enumerate(asks):
+        if n not in rows:
+            out.append(HTTPException(404, f"item {a.text!r} is not in collection {arm.collection}"))
+        else:
+            mine = [r for r in rows[n] if r["item_id"] != a.text] if extra else rows[n]
+            out.append(Answer(mine[: a.k], seconds, len(asks)))
+    return out
+
+
 def create_app(workdir: str | Path, cfg: RunConfig = RunConfig()) -> FastAPI:
     """The search service over WORKDIR's live collection (and the rollout's challenger)."""
     workdir = Path(workdir).resolve()
@@ -101,6 +152,7 @@ def create_app(workdir: str | Path, cfg: RunConfig = RunConfig()) -> FastAPI:
             events = EventLog(events_dir(workdir), s.flush_rows, s.flush_seconds).start()
             app.state.router, app.state.events, app.state.recent = router, events, RecentRequests(s.recent_requests)
             app.state.index = index
+            app.state.batcher = MicroBatcher(lambda key, asks: answer(index, key, asks), s.batch_window_ms, s.max_batch)
             yield
         finally:
             if events is not None:
@@ -194,8 +246,18 @@ def create_app(workdir: str | Path, cfg: RunConfig = RunConfig()) -> FastAPI:
             events_written=events.written,
         )
 
+    async def batched(request: Request, response: Response, kind: str, arm: Arm, expression: str, ask: Ask) -> Answer:
+        """The request's answer from its batch; Server-Timing tells the batch's calls, the wait and its size."""
+        started = time.perf_counter()
+        got: Answer = await request.app.state.batcher.submit((kind, arm, expression), ask)
+        waited = time.perf_counter() - started - sum(got.seconds.values())
+        response.headers["Server-Timing"] = (
+            _timing(**got.seconds, wait=max(waited, 0.0)) + f', batch;desc="{got.batch}"'
+        )
+        return got
+
     @app.get("/search", response_model=Results, openapi_extra=filter_docs)
-    def search(
+    async def search(
         request: Request,
         response: Response,
         q: str = Query(..., min_length=1, max_length=s.max_query_chars, description="the search text"),
@@ -207,17 +269,12 @@ def create_app(workdir: str | Path, cfg: RunConfig = RunConfig()) -> FastAPI:
         if not q.strip():
             raise HTTPException(422, "q is blank: send the words to search for")
         expression, user = filters_of(request), _user(user_id, x_user_id)
-        routed = request.app.state.router.route(user)
-        arm = routed[1]
-        started = time.perf_counter()
-        vector = arm.model.embed_queries([q], batch_size=1, progress=False)
-        embedded = time.perf_counter()
-        rows = request.app.state.index.search_rows(arm.collection, vector, k=k, filter=expression)[0]
-        response.headers["Server-Timing"] = _timing(embed=embedded - started, search=time.perf_counter() - embedded)
-        return serve(request, routed, user, q, rows, [])
+        routed = await run_in_threadpool(request.app.state.router.route, user)  # may load a model: off the loop
+        got = await batched(request, response, "search", routed[1], expression, Ask(q, k))
+        return serve(request, routed, user, q, got.rows, [])
 
     @app.get("/similar/{item_id}", response_model=Results, openapi_extra=filter_docs)
-    def similar(
+    async def similar(
         request: Request,
         response: Response,
         item_id: str = PathParam(..., description="the item being viewed", **ids),
@@ -227,19 +284,10 @@ def create_app(workdir: str | Path, cfg: RunConfig = RunConfig()) -> FastAPI:
     ) -> Results:
         """Items like this one (its stored vector's neighbours); logs a view of it."""
         expression, user = filters_of(request), _user(user_id, x_user_id)
-        routed = request.app.state.router.route(user)
-        arm = routed[1]
-        index: ItemIndex = request.app.state.index
-        started = time.perf_counter()
-        vector = index.vectors_of(arm.collection, [item_id]).get(item_id)
-        if vector is None:
-            raise HTTPException(404, f"item {item_id!r} is not in collection {arm.collection}")
-        fetched = time.perf_counter()
-        rows = index.search_rows(arm.collection, vector[None, :], k=k + 1, filter=expression)[0]
-        response.headers["Server-Timing"] = _timing(fetch=fetched - started, search=time.perf_counter() - fetched)
-        rows = [r for r in rows if r["item_id"] != item_id][:k]
+        routed = await run_in_threadpool(request.app.state.router.route, user)
+        got = await batched(request, response, "similar", routed[1], expression, Ask(item_id, k))
         viewed = {"item_id": item_id, "event": "view", "query": "", "position": None}
-        return serve(request, routed, user, "", rows, [viewed])
+        return serve(request, routed, user, "", got.rows, [viewed])
 
     @app.post("/click", response_model=Clicked)
     def click(request: Request, body: Click) -> Clicked:

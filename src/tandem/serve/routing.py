@@ -1,4 +1,4 @@
-"""Which collection, and which query tower, serves a user.
+"""Which collection, and which query tower (torch, or its ONNX export), serves a user.
 
 The champion is whatever the live alias points at; while a rollout is running, the users that
 `tandem.rollout.arm` puts in the challenger arm get the rollout's challenger collection. The
@@ -34,6 +34,7 @@ class Arm:
     model: object
     family: str
     items: int
+    queries: object  # what embeds /search queries: the model itself, or its ONNX query encoder
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,27 @@ def run_of(workdir: Path, collection: str) -> str:
         f"collection {collection} has no run with a saved model under {workdir / 'runs'}; serve the workdir "
         "that trained it, or point the alias at a collection of this workdir"
     )
+
+
+def query_encoder(model_dir: Path, model, setting: str):
+    """What embeds the queries: the model itself for "torch", else an OnnxQueryEncoder of its query
+    tower (serve.query_encoder "onnx-int8" or "onnx-fp32"), exported first when missing or stale."""
+    if setting == "torch":
+        return model
+    from tandem.models.onnx_export import OnnxQueryEncoder, check_export, export_onnx
+
+    if getattr(model, "symmetric", False):
+        raise ValueError(
+            f"serve.query_encoder={setting!r} (--query-encoder): {model_dir} is a symmetric NoteLLM-2 model, "
+            "whose queries are items embedded by the LLM; it has no query tower to export. Serve it with 'torch'"
+        )
+    precision = setting.removeprefix("onnx-")
+    try:
+        check_export(model_dir, precision)
+    except ValueError as e:
+        log.info("exporting the query tower of %s to ONNX: %s", model_dir, e)
+        export_onnx(model_dir)
+    return OnnxQueryEncoder(model_dir, precision)
 
 
 class Router:
@@ -122,10 +144,18 @@ class Router:
                 from tandem.models import load_model
 
                 run_id = run_of(self.workdir, collection)
-                model = load_model(self.workdir / "runs" / run_id / "model")
+                model_dir = self.workdir / "runs" / run_id / "model"
+                model = load_model(model_dir)
                 family = getattr(getattr(model, "cfg", None), "family", type(model).__name__)
-                self._arms[collection] = Arm(collection, run_id, model, family, self.index.count(collection))
-                log.info("loaded the %s model of run %s for %s", family, run_id, collection)
+                queries = query_encoder(model_dir, model, self.cfg.serve.query_encoder)
+                self._arms[collection] = Arm(collection, run_id, model, family, self.index.count(collection), queries)
+                log.info(
+                    "loaded the %s model of run %s for %s (queries: %s)",
+                    family,
+                    run_id,
+                    collection,
+                    self.cfg.serve.query_encoder,
+                )
             return self._arms[collection]
 
     def route(self, user_id: str | None) -> tuple[str, Arm, View]:
