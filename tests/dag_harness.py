@@ -1,10 +1,12 @@
 """Run by tests/test_dags.py in its own interpreter, so that Airflow's settings (AIRFLOW_HOME,
 Variables and Connections as environment variables, the SQLite metadata DB) never leak into
-other tests. Usage: python dag_harness.py OUT_JSON [daily|bag-only]; prints nothing useful.
+other tests. Usage: python dag_harness.py OUT_JSON [daily|guard|bag-only]; prints nothing useful.
 
 Steps: parse the DAG folder (recording which heavy modules got imported), migrate the DB, then
 `dag.test()` tandem_daily twice for the same interval, tandem_index_audit once, and tandem_daily
 once more on logs that fail validation. Results (task states, timings) go to OUT_JSON.
+Mode `guard`: `dag.test()` tandem_rollout_guard once per workdir of HARNESS_GUARD_WORKDIRS (a JSON
+mapping name -> workdir), recording each run's task states and the task's returned summary.
 """
 
 from __future__ import annotations
@@ -49,6 +51,9 @@ def main(out_path: str, mode: str) -> None:
     out["migrate_s"] = round(time.perf_counter() - t, 1)
     save()
 
+    if mode == "guard":
+        _guard(bag.dags["tandem_rollout_guard"], out, save)
+        return
     workdir = Path(os.environ["AIRFLOW_VAR_TANDEM_WORKDIR"])
     daily, audit = bag.dags["tandem_daily"], bag.dags["tandem_index_audit"]
     logical = datetime(2024, 2, 1, tzinfo=UTC)  # interval 2024-01-31 .. 2024-02-01, run daily-20240131
@@ -78,6 +83,24 @@ def main(out_path: str, mode: str) -> None:
     dr = daily.test(logical_date=datetime(2099, 2, 1, tzinfo=UTC))
     out["bad"] = {"state": str(dr.state), "tasks": _states(dr), "seconds": round(time.perf_counter() - t, 1)}
     save()
+
+
+def _guard(guard, out: dict, save) -> None:
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    out["guard"] = {}
+    for name, workdir in json.loads(os.environ["HARNESS_GUARD_WORKDIRS"]).items():
+        os.environ["AIRFLOW_VAR_TANDEM_WORKDIR"] = workdir  # Variables are read when the task runs
+        t = time.perf_counter()
+        dr = guard.test()
+        query = XComModel.get_many(run_id=dr.run_id, dag_ids=guard.dag_id, task_ids="enforce", key="return_value")
+        with create_session() as session:
+            row = session.scalars(query).first()
+            returned = XComModel.deserialize_value(row) if row is not None else None
+        run = {"state": str(dr.state), "tasks": _states(dr), "returned": returned}
+        out["guard"][name] = run | {"seconds": round(time.perf_counter() - t, 1)}
+        save()
 
 
 if __name__ == "__main__":
