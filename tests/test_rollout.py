@@ -187,6 +187,9 @@ def test_abort_leaves_live_unchanged(tmp_path, index):
     assert state.status == "aborted" and state.history[-1]["reason"] == "manual"
     assert index.live() == CHAMPION and CFG.index.challenger_alias not in index.aliases()
     assert arm(rollout.load_state(tmp_path), "u1") == "champion"
+    index.set_alias(CFG.index.challenger_alias, CHALLENGER)  # as if the drop had failed: aborting again cleans up
+    again = rollout.abort(tmp_path, CFG, index=index)
+    assert again.history == state.history and CFG.index.challenger_alias not in index.aliases()
     with pytest.raises(RolloutRefused, match="aborted"):
         rollout.rollback(tmp_path, CFG, index=index)
     with pytest.raises(ValueError, match="tandem_zzz"):

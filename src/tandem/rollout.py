@@ -312,10 +312,13 @@ def advance(
 def abort(
     workdir: str | Path, cfg: RunConfig = RunConfig(), reason: str = "", index: ItemIndex | None = None
 ) -> RolloutState:
-    """Stop the experiment: every user back on the champion, the challenger alias dropped, live unchanged."""
-    state = _running(workdir, "abort")
-    state = replace(state, status="aborted", history=[*state.history, _entry("abort", state, None, reason=reason)])
-    save_state(workdir, state)  # first stop routing, then drop the alias the challenger arm searched
+    """Stop the experiment: every user back on the champion, the challenger alias dropped, live unchanged.
+    Aborting an aborted rollout again only finishes the clean-up (an alias left by a failed drop)."""
+    state = load_state(workdir)
+    if state is None or state.status != "aborted":
+        state = _running(workdir, "abort")
+        state = replace(state, status="aborted", history=[*state.history, _entry("abort", state, None, reason=reason)])
+        save_state(workdir, state)  # first stop routing, then drop the alias the challenger arm searched
     with _index(cfg, workdir, index) as idx:
         if cfg.index.challenger_alias in idx.aliases():
             idx.drop_alias(cfg.index.challenger_alias)
