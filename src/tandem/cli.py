@@ -618,5 +618,95 @@ def rollout_rollback(
     typer.echo(f"rollout {state.experiment}: rolled back; {state.history[-1]['restored']} is live")
 
 
+promptgen_app = typer.Typer(help="Prompt generator (issue 7): teacher data -> relabel -> GPT-2 + intent detector.")
+app.add_typer(promptgen_app, name="promptgen")
+
+
+@promptgen_app.command("train")
+def promptgen_train(
+    out: Path = typer.Option(..., "--out", help="folder for generator/, intent/ and promptgen.json"),
+    catalog: Path | None = typer.Option(None, "--catalog", help="catalogue: OFFLINE DEMO teacher from its templates"),
+    n: int = typer.Option(600, "-n", help="examples the catalogue teacher writes"),
+    teacher_jsonl: Path | None = typer.Option(None, "--teacher-jsonl", help="teacher outputs, one JSON a line"),
+    hf_teacher: str | None = typer.Option(
+        None, "--hf-teacher", help="HF causal LM that rewrites the prompts of --teacher-jsonl's intents (few-shot)"
+    ),
+    preset: str = typer.Option("tiny", "--preset", help="generator size: tiny or base (~100M, GPU)"),
+    epochs: int | None = typer.Option(None, "--epochs", help="passes over the examples [default: 3]"),
+    seed: int = typer.Option(0, "--seed", help="seed for the teacher and training"),
+) -> None:
+    """Teacher examples -> hindsight relabelling -> generator + intent detector in --out."""
+    from tandem.promptgen import teacher
+    from tandem.promptgen.model import GeneratorTrainConfig
+    from tandem.promptgen.train import preset_config, train_generator
+
+    setup_logging(False)
+    with _user_errors():
+        preset_config(preset)  # fail on a bad preset before any work
+        if (catalog is None) == (teacher_jsonl is None):
+            raise ValueError("give exactly one of --catalog (demo teacher) or --teacher-jsonl")
+        if hf_teacher and teacher_jsonl is None:
+            raise ValueError("--hf-teacher needs --teacher-jsonl for the intents it writes prompts for")
+        if catalog is not None:
+            from tandem.contract import load_catalog
+
+            examples = teacher.catalogue_teacher(load_catalog(catalog).kept, n, seed=seed)
+        else:
+            examples, bad = teacher.read_teacher_jsonl(teacher_jsonl)
+            if len(bad):
+                typer.echo(
+                    f"teacher JSONL: {len(bad)} rows quarantined, e.g. line {bad.iloc[0]['line']}: "
+                    f"{bad.iloc[0]['reason']}"
+                )
+            if hf_teacher:
+                examples = teacher.hf_teacher(
+                    hf_teacher,
+                    examples["intent"].tolist(),
+                    examples["task"].tolist(),
+                    examples["target_items"].tolist(),
+                    seed=seed,
+                )
+        train_cfg = GeneratorTrainConfig(seed=seed, **({"epochs": epochs} if epochs is not None else {}))
+        meta = train_generator(examples, out, preset, train_cfg)
+    fit = meta["generator"]["fit"]
+    typer.echo(f"examples: {meta['examples']}; relevance thresholds {meta['thresholds']}")
+    typer.echo(f"generator: {fit['parameters']} parameters, loss {fit['epoch_loss'][-1]:.4f}")
+    typer.echo(f"out: {out}")
+
+
+@app.command("generate")
+def generate_command(
+    model: Path = typer.Option(..., "--model", help="folder written by `tandem promptgen train`"),
+    intent: str = typer.Option(..., "--intent", help="what the user wants, in their words"),
+    task: str = typer.Option("auto", "--task", help="auto (intent detector), search, recommendation or image"),
+    length: str = typer.Option("medium", "--length", help="short, medium or long"),
+    relevance: str = typer.Option("high", "--relevance", help="low, medium or high"),
+    n: int = typer.Option(3, "-n", help="prompts to write"),
+    temperature: float = typer.Option(0.8, "--temperature", help="sampling temperature (> 0)"),
+    top_p: float = typer.Option(0.95, "--top-p", help="nucleus sampling mass in (0, 1]"),
+    seed: int | None = typer.Option(None, "--seed", help="seed for reproducible samples"),
+) -> None:
+    """Write n prompts for an intent with the trained prompt generator."""
+    from tandem.promptgen import TASKS, command
+    from tandem.promptgen.train import load
+
+    setup_logging(False)
+    with _user_errors():
+        if task != "auto" and task not in TASKS:
+            raise ValueError(f"--task {task!r} is not auto or one of {TASKS}")
+        if not intent.strip():
+            raise ValueError("--intent is empty; describe what the user wants")
+        command(task if task != "auto" else TASKS[0], length, relevance)  # check before loading the model
+        generator, detector, _ = load(model)
+        if task == "auto":
+            task = detector.predict([intent])[0]
+        prompts = generator.generate(
+            [intent], task, length, relevance, n=n, temperature=temperature, top_p=top_p, seed=seed
+        )[0]
+    typer.echo(f"task: {task}")
+    for i, p in enumerate(prompts, start=1):
+        typer.echo(f"{i}. {p}")
+
+
 if __name__ == "__main__":
     app()
