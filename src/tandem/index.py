@@ -31,6 +31,18 @@ def collection_name(run_id: str) -> str:
     return PREFIX + re.sub(r"[^0-9A-Za-z_]", "_", run_id)
 
 
+def model_dir_of(workdir: str | Path, collection: str) -> Path:
+    """WORKDIR/runs/<run>/model of the run that built `collection` (the evaluator's champion, the service's arms)."""
+    runs = Path(workdir) / "runs"
+    for run_dir in sorted(runs.glob("*")):
+        if collection_name(run_dir.name) == collection and (run_dir / "model" / "config.json").is_file():
+            return run_dir / "model"
+    raise ValueError(
+        f"collection {collection} has no run with a saved model under {runs}; use the workdir that trained it, "
+        "or point the alias at a collection of this workdir"
+    )
+
+
 def _quote(value: str) -> str:
     """A Milvus string literal: backslashes, quotes and line breaks escaped."""
     escaped = value.replace("\\", "\\\\").replace('"', '\\"')

@@ -23,7 +23,7 @@ import pandas as pd
 
 from tandem.config import RunConfig
 from tandem.contract import load_catalog, load_logs
-from tandem.index import ItemIndex, collection_name
+from tandem.index import ItemIndex, collection_name, model_dir_of
 from tandem.pairs import popularity, split_pairs
 
 log = logging.getLogger(__name__)
@@ -261,13 +261,7 @@ def index(run: RunPaths, cfg: RunConfig) -> dict:
 
 
 def _champion_model(run: RunPaths, collection: str) -> Path:
-    for run_dir in sorted((run.workdir / "runs").glob("*")):
-        if collection_name(run_dir.name) == collection and (run_dir / "model").is_dir():
-            return run_dir / "model"
-    raise ValueError(
-        f"the live alias points at {collection}, whose model is not under {run.workdir}/runs; "
-        "run with the workdir that trained it, or re-point the alias"
-    )
+    return model_dir_of(run.workdir, collection)
 
 
 def evaluate(run: RunPaths, cfg: RunConfig, progress: bool = True) -> dict:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tandem.config import RunConfig
-from tandem.index import ItemIndex, collection_name
+from tandem.index import ItemIndex, model_dir_of
 
 log = logging.getLogger(__name__)
 
@@ -55,17 +55,6 @@ class View:
     @property
     def experiment(self) -> str:
         return self.state.experiment if self.running else ""
-
-
-def run_of(workdir: Path, collection: str) -> str:
-    """The run (under WORKDIR/runs) whose collection this is and which has a saved model."""
-    for run_dir in sorted((workdir / "runs").glob("*")):
-        if collection_name(run_dir.name) == collection and (run_dir / "model" / "config.json").is_file():
-            return run_dir.name
-    raise ValueError(
-        f"collection {collection} has no run with a saved model under {workdir / 'runs'}; serve the workdir "
-        "that trained it, or point the alias at a collection of this workdir"
-    )
 
 
 def query_encoder(model_dir: Path, model, setting: str):
@@ -143,8 +132,8 @@ class Router:
             if collection not in self._arms:
                 from tandem.models import load_model
 
-                run_id = run_of(self.workdir, collection)
-                model_dir = self.workdir / "runs" / run_id / "model"
+                model_dir = model_dir_of(self.workdir, collection)
+                run_id = model_dir.parent.name
                 model = load_model(model_dir)
                 family = getattr(getattr(model, "cfg", None), "family", type(model).__name__)
                 queries = query_encoder(model_dir, model, self.cfg.serve.query_encoder)
