@@ -32,9 +32,7 @@ from tandem.promptgen.train import load, train_generator
 
 RESULTS = Path(__file__).parent / "results" / "promptgen_eval.md"
 FASHION = Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion-small"
-SMALL = GeneratorConfig(
-    n_layer=4, n_head=4, n_embd=256, n_positions=128, vocab_size=4000, max_intent_tokens=32, max_prompt_tokens=48
-)
+SMALL = GeneratorConfig.small()
 
 
 def catalogue(workdir: Path, items: int) -> tuple[pd.DataFrame, str]:

@@ -631,7 +631,9 @@ def promptgen_train(
     hf_teacher: str | None = typer.Option(
         None, "--hf-teacher", help="HF causal LM that rewrites the prompts of --teacher-jsonl's intents (few-shot)"
     ),
-    preset: str = typer.Option("tiny", "--preset", help="generator size: tiny or base (~100M, GPU)"),
+    preset: str = typer.Option(
+        "tiny", "--preset", help="generator size: tiny (tests), small (~3.9M, CPU) or base (~100M, GPU)"
+    ),
     epochs: int | None = typer.Option(None, "--epochs", help="passes over the examples [default: 3]"),
     seed: int = typer.Option(0, "--seed", help="seed for the teacher and training"),
 ) -> None:

@@ -70,6 +70,14 @@ class GeneratorConfig:
         return cls()
 
     @classmethod
+    def small(cls) -> GeneratorConfig:
+        """For CPU runs and demos: 4 layers x 4 heads x 256, ~3.9M parameters (trains in minutes)."""
+        return cls(
+            n_layer=4, n_head=4, n_embd=256, n_positions=128, vocab_size=4000, max_intent_tokens=32,
+            max_prompt_tokens=48,
+        )  # fmt: skip
+
+    @classmethod
     def tiny(cls) -> GeneratorConfig:
         """For tests: 2 layers, 2 heads, 64 wide."""
         return cls(

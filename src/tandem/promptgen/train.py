@@ -18,14 +18,14 @@ from tandem.promptgen import LENGTHS, RELEVANCE, TASKS
 from tandem.promptgen.model import GeneratorConfig, GeneratorTrainConfig
 
 META_FILE = "promptgen.json"
-PRESETS = ("tiny", "base")
+PRESETS = ("tiny", "small", "base")
 
 
 def preset_config(preset: str) -> GeneratorConfig:
-    """`tiny` (tests, smoke runs) or `base` (GPT-2 small shape, ~100M parameters)."""
+    """`tiny` (tests), `small` (CPU, ~3.9M parameters) or `base` (GPT-2 small shape, ~100M parameters)."""
     if preset not in PRESETS:
         raise ValueError(f"preset {preset!r} is not one of {PRESETS}")
-    return GeneratorConfig.tiny() if preset == "tiny" else GeneratorConfig.base()
+    return getattr(GeneratorConfig, preset)()
 
 
 def train_generator(
