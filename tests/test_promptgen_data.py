@@ -50,9 +50,20 @@ def test_catalogue_teacher_rows(catalog):
 
 
 def test_off_target_prompts_score_lower(catalog, scorer):
-    on = catalogue_teacher(catalog, n=45, seed=2, off_target=0.0)
-    off = catalogue_teacher(catalog, n=45, seed=2, off_target=1.0)
+    on = catalogue_teacher(catalog, n=45, seed=2, off_target=0.0, partial=0.0)
+    off = catalogue_teacher(catalog, n=45, seed=2, off_target=1.0, partial=0.0)
     assert scorer.score(off).mean() < scorer.score(on).mean() - 0.1
+    sibling = catalogue_teacher(catalog, n=45, seed=2, off_target=0.0, partial=1.0)
+    # never the item itself; where another item shares its first topic (the two kitchen items), that one
+    titles = dict(zip(catalog["item_id"], catalog["title"], strict=True))
+    kitchen = {"it1": "ceramic", "it7": "espresso"}  # item -> first title word of its sibling
+    for prompt, (target,) in zip(sibling["prompt"], sibling["target_items"], strict=True):
+        assert titles[target] not in prompt
+        if target in kitchen:
+            assert kitchen[target] in prompt.split()
+    assert set(kitchen) & {t[0] for t in sibling["target_items"]}
+    with pytest.raises(ValueError, match="partial"):
+        catalogue_teacher(catalog, n=5, off_target=0.6, partial=0.6)
 
 
 def test_relabel_terciles_and_reuse(catalog, scorer):

@@ -299,7 +299,8 @@ class PromptGenerator:
         eos = self.tokenizer.eos_token_id
         if eos in ids:
             ids = ids[: ids.index(eos)]
-        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+        # a prompt is one line: newlines and runs of spaces a sampled byte sequence may hold become one space
+        return " ".join(self.tokenizer.decode(ids, skip_special_tokens=True).split())
 
     # -- persistence --------------------------------------------------------------------------
 

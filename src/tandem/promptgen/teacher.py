@@ -8,8 +8,9 @@ Three sources, all giving the example table (intent, task, prompt, target_items,
   are quarantined with their reason, as every loader in tandem does.
 - `catalogue_teacher`: an OFFLINE DEMO teacher built from the catalogue with templates, for
   tests and smoke runs where no LLM is at hand. It is not an LLM and its prompts are not of
-  teacher quality; it deliberately mixes lengths and writes a share of prompts from a
-  *different* item, so that hindsight relabelling finds low-relevance examples too.
+  teacher quality; it deliberately mixes lengths and writes a share of prompts from a *sibling*
+  item (same first topic) and a share from an *unrelated* item, so that hindsight relabelling
+  finds graded relevance (on-target, partial, off-target) as a real teacher's varying quality gives.
 """
 
 from __future__ import annotations
@@ -118,19 +119,30 @@ def _other_index(catalog: pd.DataFrame, i: int, rng: np.random.Generator) -> int
     return int(rng.choice(candidates))
 
 
-def catalogue_teacher(catalog: pd.DataFrame, n: int, seed: int = 0, off_target: float = 0.3) -> pd.DataFrame:
+def _sibling_index(catalog: pd.DataFrame, i: int, rng: np.random.Generator, first_topics: list[str]) -> int:
+    """Another item with item i's first topic (same kind, different product) where one exists: a
+    partially relevant prompt source; else an unrelated item."""
+    candidates = [j for j, t in enumerate(first_topics) if j != i and t == first_topics[i]]
+    return int(rng.choice(candidates)) if candidates else _other_index(catalog, i, rng)
+
+
+def catalogue_teacher(
+    catalog: pd.DataFrame, n: int, seed: int = 0, off_target: float = 0.3, partial: float = 0.3
+) -> pd.DataFrame:
     """`n` OFFLINE DEMO examples from catalogue templates (see the module docstring): tasks in turn,
-    lengths drawn at random, and a share `off_target` of prompts written from another item while
-    target_items stays the intent's own item, so those examples score low on relevance."""
+    lengths drawn at random; a share `partial` of prompts is written from a sibling item (same first
+    topic) and a share `off_target` from an unrelated item, while target_items stays the intent's own
+    item, so those examples score lower on relevance."""
     if "item_id" not in catalog.columns or "title" not in catalog.columns:
         raise ValueError("catalog needs the columns item_id and title (catalogue contract); pass a loaded catalogue")
     if len(catalog) < 2:
         raise ValueError(f"catalog has {len(catalog)} items; catalogue_teacher needs at least 2")
     if n < 1:
         raise ValueError(f"n={n}; ask for at least 1 example")
-    if not 0.0 <= off_target <= 1.0:
-        raise ValueError(f"off_target={off_target}; use a share between 0 and 1")
+    if not (0.0 <= off_target <= 1.0 and 0.0 <= partial <= 1.0 and off_target + partial <= 1.0):
+        raise ValueError(f"off_target={off_target}, partial={partial}; use shares in [0, 1] whose sum is <= 1")
     catalog = catalog.reset_index(drop=True)
+    first_topics = [_item_words(row)[1] for _, row in catalog.iterrows()]
     rng = np.random.default_rng(seed)
     rows = []
     for k in range(n):
@@ -139,7 +151,13 @@ def catalogue_teacher(catalog: pd.DataFrame, n: int, seed: int = 0, off_target: 
         title, topic, _ = _item_words(catalog.iloc[i])
         templates = _INTENTS[task]
         intent = templates[int(rng.integers(len(templates)))].format(title=title, topic=topic)
-        source_row = catalog.iloc[_other_index(catalog, i, rng)] if rng.random() < off_target else catalog.iloc[i]
+        draw = rng.random()
+        if draw < off_target:
+            source_row = catalog.iloc[_other_index(catalog, i, rng)]
+        elif draw < off_target + partial:
+            source_row = catalog.iloc[_sibling_index(catalog, i, rng, first_topics)]
+        else:
+            source_row = catalog.iloc[i]
         prompt = _prompt(task, source_row, int(rng.integers(3)))
         rows.append((intent, task, prompt, [str(catalog.iloc[i]["item_id"])], CATALOGUE_SOURCE))
     return pd.DataFrame(rows, columns=COLUMNS)

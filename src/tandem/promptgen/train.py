@@ -43,7 +43,8 @@ def train_generator(
     from tandem.promptgen.relabel import SimilarityScorer, relabel
 
     config = preset if isinstance(preset, GeneratorConfig) else preset_config(preset)
-    table, thresholds = relabel(examples, scorer or SimilarityScorer())
+    scorer = scorer or SimilarityScorer()
+    table, thresholds = relabel(examples, scorer)
     out = Path(out_dir)
     generator = PromptGenerator(config)
     fit_stats = generator.fit(table, train_cfg, progress=progress)
@@ -56,6 +57,7 @@ def train_generator(
 
     meta = {
         "thresholds": list(thresholds),
+        "scorer": describe_scorer(scorer),
         "examples": len(table),
         "counts": {"task": counts("task", TASKS), "length": counts("length", LENGTHS)},
         "relevance_counts": counts("relevance", RELEVANCE),
@@ -63,6 +65,28 @@ def train_generator(
     }
     (out / META_FILE).write_text(json.dumps(meta, indent=2, default=float))
     return meta
+
+
+def describe_scorer(scorer) -> dict:
+    """What relabelled the data, so generation can verify its prompts with the same measure."""
+    from tandem.promptgen.relabel import SimilarityScorer
+
+    if isinstance(scorer, SimilarityScorer):
+        return {"kind": "similarity", "encoder_path": scorer.encoder_path}
+    return {"kind": type(scorer).__name__}
+
+
+def verifier(meta: dict):
+    """The relabelling scorer of a trained folder, rebuilt for verified generation (best of N)."""
+    from tandem.promptgen.relabel import SimilarityScorer
+
+    spec = meta.get("scorer", {"kind": "similarity", "encoder_path": None})  # folders from before the field
+    if spec["kind"] != "similarity":
+        raise ValueError(
+            f"this generator was relabelled with {spec['kind']}, which needs each intent's target items; "
+            "verified generation (candidates > 1) works with the similarity scorer only: use candidates=1"
+        )
+    return SimilarityScorer(spec.get("encoder_path"))
 
 
 def load(out_dir: str | Path):
