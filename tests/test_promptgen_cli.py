@@ -46,9 +46,10 @@ def test_train_writes_generator_detector_and_meta(trained):
     assert (out / "generator" / "generator.json").exists()
     assert (out / "intent" / "intent.json").exists()
     meta = json.loads((out / "promptgen.json").read_text())
-    lo, hi = meta["thresholds"]
-    assert lo <= hi
+    assert set(meta["thresholds"]) == {"short", "medium", "long"}
+    assert all(lo <= hi for lo, hi in meta["thresholds"].values())
     assert meta["examples"] == 60
+    assert meta["scorer"] == {"kind": "similarity", "encoder_path": None}  # generate verifies with the same
     assert sum(meta["relevance_counts"].values()) == 60
     assert len(meta["generator"]["fit"]["epoch_loss"]) == 2
     generator, detector, loaded_meta = load(out)
@@ -67,6 +68,22 @@ def test_generate_prints_n_prompts(trained):
     assert [line.split(".")[0] for line in lines[1:]] == ["1", "2", "3", "4"]
     fixed = runner.invoke(app, args + ["--task", "image"])
     assert fixed.stdout.splitlines()[0] == "task: image"
+
+
+def test_generate_verified_picks_from_the_same_samples(trained):
+    """Default: best n of --candidates samples; --candidates 1 = the generator alone. With n equal to the
+    candidates, verification only reorders the very same samples."""
+    out, _ = trained
+    args = ["generate", "--model", str(out), "--intent", "oak table", "--task", "search", "-n", "4", "--seed", "3"]
+    verified = runner.invoke(app, args + ["--candidates", "4"])
+    alone = runner.invoke(app, args + ["--candidates", "1"])
+    assert verified.exit_code == 0 and alone.exit_code == 0, verified.output + alone.output
+
+    def prompts(result):
+        return sorted(line.split(". ", 1)[1] for line in result.stdout.splitlines()[1:])
+
+    assert len(prompts(verified)) == 4
+    assert set(prompts(verified)) <= set(prompts(alone))
 
 
 def test_generate_same_seed_same_prompts(trained):

@@ -65,6 +65,18 @@ def test_rrf_ties_keep_first_appearance_and_duplicates_count_once():
         reciprocal_rank_fusion([["a"]], k=-1)
 
 
+def test_weighted_rrf_scales_each_list():
+    fused = dict(reciprocal_rank_fusion([["a", "b"], ["b", "c"]], k=1, weights=[3, 1]))
+    assert fused == pytest.approx({"a": 3 / 2, "b": 3 / 3 + 1 / 2, "c": 1 / 3})
+    # weight 1 everywhere = plain RRF
+    plain = reciprocal_rank_fusion([["a", "b"], ["b", "c"]])
+    assert reciprocal_rank_fusion([["a", "b"], ["b", "c"]], weights=[1, 1]) == plain
+    with pytest.raises(ValueError, match="weights"):
+        reciprocal_rank_fusion([["a"], ["b"]], weights=[1])
+    with pytest.raises(ValueError, match="weights"):
+        reciprocal_rank_fusion([["a"]], weights=[-1])
+
+
 def _reference_rrf(rankings, k):
     items = []
     for ranking in rankings:

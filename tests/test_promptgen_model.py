@@ -104,6 +104,17 @@ def test_sampling_shape_and_seed(fitted):
     assert a == b
 
 
+def test_train_device_is_reported_and_a_missing_gpu_is_a_clear_error(fitted):
+    import torch
+
+    _, df, stats = fitted
+    assert stats["device"].split(":")[0] == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert stats["bf16"] is False or torch.cuda.is_available()
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            PromptGenerator(GeneratorConfig.tiny()).fit(df.head(4), GeneratorTrainConfig(epochs=1, device="cuda"))
+
+
 def test_save_load_round_trip(fitted, tmp_path):
     gen, df, _ = fitted
     gen.save(tmp_path)

@@ -359,6 +359,10 @@ def serve_command(
     batch_window_ms: float | None = typer.Option(
         None, help="micro-batch concurrent requests for up to this many ms; 0 = off [default: 5]"
     ),
+    promptgen: Path | None = typer.Option(
+        None, "--promptgen", help="a `tandem promptgen train` folder: enables /search?expand=true (query expansion)"
+    ),
+    expand_k: int = typer.Option(4, "--expand-k", help="prompts generated per query for expand=true (1..8)"),
     milvus_uri: str | None = MILVUS,
     verbose: bool = VERBOSE,
 ) -> None:
@@ -373,7 +377,7 @@ def serve_command(
         cfg = _config(config, milvus_uri=milvus_uri)
         given = {"host": host, "port": port, "query_encoder": query_encoder, "batch_window_ms": batch_window_ms}
         cfg = replace(cfg, serve=replace(cfg.serve, **{k: v for k, v in given.items() if v is not None}))
-        app_ = create_app(workdir, cfg)
+        app_ = create_app(workdir, cfg, promptgen=promptgen, expand_k=expand_k)
     typer.echo(f"serving {workdir} on http://{cfg.serve.host}:{cfg.serve.port} (docs: /docs)")
     uvicorn.run(app_, host=cfg.serve.host, port=cfg.serve.port, log_level="debug" if verbose else "warning")
 
@@ -396,22 +400,48 @@ def _kfp_config(config: Path | None, **flags) -> RunConfig:
     return replace(cfg, index=replace(cfg.index, token=""))
 
 
+PIPELINE = typer.Option("tandem", "--pipeline", help="tandem (the loop) or promptgen (the prompt generator, issue 7)")
+TEACHER = typer.Option(
+    "catalogue",
+    "--teacher-model",
+    help="promptgen: HF causal LM id or path (few-shot, GPU task), '' (--teacher-jsonl as it is) "
+    "or 'catalogue' (OFFLINE DEMO teacher from --catalog)",
+)
+INTENTS = typer.Option(None, "--intents", help="promptgen: intents JSONL (intent, task[, target_items]) for an LM")
+TEACHER_JSONL = typer.Option(None, "--teacher-jsonl", help="promptgen: teacher outputs, one JSON a line")
+FEW_SHOT = typer.Option("", "--few-shot", help='promptgen: {"search": [[intent, prompt], ...], ...} as JSON or a file')
+PRESET = typer.Option("small", "--preset", help="promptgen: generator size tiny, small (~3.9M) or base (~100M)")
+N_EXAMPLES = typer.Option(600, "-n", help="promptgen: examples (or intents) taken from the catalogue templates")
+
+
+def _needs(pipeline: str, **given) -> None:
+    """The loop needs its inputs; typer cannot make an option required for one --pipeline only."""
+    if pipeline not in ("tandem", "promptgen"):
+        raise ValueError(f"--pipeline {pipeline!r} is not tandem or promptgen")
+    missing = [f"--{k}" for k, v in given.items() if pipeline == "tandem" and not v]
+    if missing:
+        raise ValueError(f"the tandem pipeline needs {' and '.join(missing)}")
+
+
 @kfp_app.command("compile")
 def kfp_compile(
-    output: Path | None = typer.Option(None, "--output", "-o", help="default: components/pipeline.yaml"),
+    output: Path | None = typer.Option(
+        None, "--output", "-o", help="default: components/pipeline.yaml (promptgen: components/promptgen.yaml)"
+    ),
     image: str = IMAGE,
+    pipeline: str = PIPELINE,
 ) -> None:
-    """Compile the pipeline to KFP IR YAML (commit components/pipeline.yaml after changing components/)."""
+    """Compile a pipeline to KFP IR YAML (commit components/*.yaml after changing components/)."""
     from tandem.pipelines import compile as compile_pipeline
 
     with _user_errors():
-        typer.echo(f"compiled: {compile_pipeline(output, image=image)}")
+        typer.echo(f"compiled: {compile_pipeline(output, image=image, pipeline=pipeline)}")
 
 
 @kfp_app.command("run-local")
 def kfp_run_local(
-    logs: Path = typer.Option(..., "--logs", help="behaviour log: CSV or Parquet"),
-    catalog: Path = typer.Option(..., "--catalog", help="catalogue: CSV, Parquet or JSONL"),
+    logs: Path | None = typer.Option(None, "--logs", help="behaviour log: CSV or Parquet (tandem pipeline)"),
+    catalog: Path | None = typer.Option(None, "--catalog", help="catalogue: CSV, Parquet or JSONL"),
     workdir: Path = WORKDIR,
     run_id: str | None = typer.Option(None, help="run id (default: a new one)"),
     config: Path | None = CONFIG,
@@ -421,12 +451,39 @@ def kfp_run_local(
     item_encoder: str | None = ENCODER,
     min_improvement: float | None = MARGIN,
     verbose: bool = VERBOSE,
+    pipeline: str = PIPELINE,
+    teacher_model: str = TEACHER,
+    intents: Path | None = INTENTS,
+    teacher_jsonl: Path | None = TEACHER_JSONL,
+    few_shot: str = FEW_SHOT,
+    preset: str = PRESET,
+    n: int = N_EXAMPLES,
 ) -> None:
-    """Run the whole pipeline with kfp.local (a subprocess per component, no cluster, no Docker)."""
+    """Run a whole pipeline with kfp.local (a subprocess per component, no cluster, no Docker)."""
     setup_logging(verbose)
-    from tandem.pipelines import run_local
+    from tandem.pipelines import run_local, run_local_promptgen
 
+    if pipeline == "promptgen":
+        with _user_errors(RuntimeError):
+            result = run_local_promptgen(
+                workdir,
+                teacher_model=teacher_model,
+                catalog=catalog or "",
+                intents=intents or "",
+                teacher_jsonl=teacher_jsonl or "",
+                n=n,
+                few_shot=few_shot,
+                preset=preset,
+                **({"epochs": epochs} if epochs is not None else {}),
+            )
+        taught = result["teacher"]
+        typer.echo(f"teacher ({taught['source']}): {taught['examples']} examples, {taught['quarantined']} quarantined")
+        typer.echo(f"generator loss: {result['promptgen']['generator']['fit']['epoch_loss'][-1]:.4f}")
+        typer.echo(f"model: {result['model']}")
+        typer.echo(f"kfp artifacts: {result['pipeline_root']}")
+        return
     with _user_errors(RuntimeError):  # RuntimeError: a task failed; its log is above
+        _needs(pipeline, logs=logs, catalog=catalog)
         cfg = _kfp_config(
             config,
             epochs=epochs,
@@ -448,8 +505,8 @@ def kfp_submit(
     host: str = typer.Option(
         ..., "--host", envvar="TANDEM_KFP_HOST", help="KFP API endpoint, e.g. http://ml-pipeline-ui.kubeflow:80"
     ),
-    logs: str = typer.Option(..., "--logs", help="logs path as the pods see it (on the workdir volume)"),
-    catalog: str = typer.Option(..., "--catalog", help="catalogue path as the pods see it"),
+    logs: str = typer.Option("", "--logs", help="logs path as the pods see it (on the workdir volume)"),
+    catalog: str = typer.Option("", "--catalog", help="catalogue path as the pods see it"),
     workdir: str = typer.Option("/mnt/tandem", "--workdir", help="the shared volume's mount path (or a folder in it)"),
     pvc: str = typer.Option("tandem-workdir", help="PersistentVolumeClaim (ReadWriteMany) mounted as the workdir"),
     run_id: str = typer.Option("", help="run id (default: the load step makes a new one)"),
@@ -463,24 +520,44 @@ def kfp_submit(
     milvus_uri: str | None = MILVUS,
     item_encoder: str | None = ENCODER,
     min_improvement: float | None = MARGIN,
+    pipeline: str = PIPELINE,
+    teacher_model: str = TEACHER,
+    intents: str = typer.Option("", "--intents", help="promptgen: intents JSONL path as the pods see it"),
+    teacher_jsonl: str = typer.Option("", "--teacher-jsonl", help="promptgen: teacher JSONL path as the pods see it"),
+    few_shot: str = FEW_SHOT,
+    preset: str = PRESET,
+    n: int = N_EXAMPLES,
+    allow_download: bool = typer.Option(
+        False, "--allow-download", help="promptgen: the teacher may download a hub model (cached on the volume)"
+    ),
 ) -> None:
-    """Submit the compiled pipeline to a Kubeflow cluster. Credentials stay with the kfp client (kubeconfig,
-    service account); the Milvus token comes from the cluster's Secret `tandem-milvus`, never from here."""
+    """Submit a compiled pipeline to a Kubeflow cluster. Credentials stay with the kfp client (kubeconfig,
+    service account); the Milvus token comes from the cluster's Secret `tandem-milvus`, the Hub token for
+    a gated teacher from `tandem-hf`, never from here."""
     import json
 
-    from tandem.pipelines import arguments, submit
+    from tandem.pipelines import arguments, promptgen_arguments, submit
 
+    if experiment == "tandem" and pipeline == "promptgen":
+        experiment = "tandem-promptgen"
     with _user_errors():
-        cfg = _kfp_config(
-            config,
-            epochs=epochs,
-            max_steps=max_steps,
-            batch_size=batch_size,
-            milvus_uri=milvus_uri,
-            item_encoder=item_encoder,
-            min_improvement=min_improvement,
-        )
-        result = submit(host, arguments(logs, catalog, workdir, cfg, run_id, pvc), experiment, wait, package)
+        _needs(pipeline, logs=logs, catalog=catalog)
+        if pipeline == "promptgen":
+            options = {"n": n, "few_shot": few_shot, "preset": preset, "allow_download": allow_download}
+            options |= {"epochs": epochs} if epochs is not None else {}
+            args = promptgen_arguments(teacher_model, catalog, intents, teacher_jsonl, workdir, pvc, **options)
+        else:
+            cfg = _kfp_config(
+                config,
+                epochs=epochs,
+                max_steps=max_steps,
+                batch_size=batch_size,
+                milvus_uri=milvus_uri,
+                item_encoder=item_encoder,
+                min_improvement=min_improvement,
+            )
+            args = arguments(logs, catalog, workdir, cfg, run_id, pvc)
+        result = submit(host, args, experiment, wait, package, pipeline=pipeline)
     typer.echo(json.dumps(result, indent=2))
 
 
@@ -687,10 +764,14 @@ def generate_command(
     temperature: float = typer.Option(0.8, "--temperature", help="sampling temperature (> 0)"),
     top_p: float = typer.Option(0.95, "--top-p", help="nucleus sampling mass in (0, 1]"),
     seed: int | None = typer.Option(None, "--seed", help="seed for reproducible samples"),
+    candidates: int = typer.Option(
+        4, "--candidates", help="sample this many and keep the n that best land in the requested buckets (1 = off)"
+    ),
 ) -> None:
     """Write n prompts for an intent with the trained prompt generator."""
     from tandem.promptgen import TASKS, command
-    from tandem.promptgen.train import load
+    from tandem.promptgen.control import generate_verified
+    from tandem.promptgen.train import load, verifier
 
     setup_logging(False)
     with _user_errors():
@@ -699,12 +780,18 @@ def generate_command(
         if not intent.strip():
             raise ValueError("--intent is empty; describe what the user wants")
         command(task if task != "auto" else TASKS[0], length, relevance)  # check before loading the model
-        generator, detector, _ = load(model)
+        generator, detector, meta = load(model)
         if task == "auto":
             task = detector.predict([intent])[0]
-        prompts = generator.generate(
-            [intent], task, length, relevance, n=n, temperature=temperature, top_p=top_p, seed=seed
-        )[0]
+        sampling = {"temperature": temperature, "top_p": top_p, "seed": seed}
+        if candidates > 1:
+            scorer, thresholds = verifier(meta), meta["thresholds"]
+            candidates = max(candidates, n)
+            prompts = generate_verified(
+                generator, scorer, thresholds, [intent], task, length, relevance, n, candidates, **sampling
+            )[0]
+        else:
+            prompts = generator.generate([intent], task, length, relevance, n=n, **sampling)[0]
     typer.echo(f"task: {task}")
     for i, p in enumerate(prompts, start=1):
         typer.echo(f"{i}. {p}")

@@ -4,6 +4,8 @@ The components and the pipeline are defined in `components/pipeline.py` at the r
 (the project's place for orchestration code); this module loads that file by path, so
 `tandem kfp ...` works from a checkout (or an editable install, or the image, which sets
 `TANDEM_COMPONENTS_DIR`). Importing this module is cheap: kfp is imported inside functions.
+The prompt generator's pipeline (`tandem-promptgen`: teacher -> train_promptgen, both GPU
+tasks) lives in `components/promptgen.py`, loaded the same way (`pipeline="promptgen"`).
 
 Each component calls `step`, which runs one stage of `tandem.stages` over a run folder:
 
@@ -39,6 +41,11 @@ DEFAULT_PVC = "tandem-workdir"
 MOUNT_PATH = "/mnt/tandem"  # where the shared volume is mounted in every task; the default workdir
 MILVUS_SECRET = "tandem-milvus"  # optional Kubernetes Secret with key `token` -> TANDEM_MILVUS_TOKEN
 PIPELINE_YAML = "pipeline.yaml"
+# pipeline name -> (definition file, compiled YAML), both in components/
+PIPELINES = {"tandem": ("pipeline.py", PIPELINE_YAML), "promptgen": ("promptgen.py", "promptgen.yaml")}
+PROMPTGEN_OPTIONS = (  # the promptgen pipeline's parameters besides its source, workdir and pvc
+    "n", "few_shot", "max_new_tokens", "teacher_batch_size", "temperature", "allow_download", "preset", "epochs", "seed"
+)  # fmt: skip
 
 
 # ------------------------------------------------------------------------- the definitions
@@ -54,11 +61,17 @@ def components_dir() -> Path:
     return directory
 
 
-def definitions():
-    """The module `components/pipeline.py` (imports kfp), loaded once."""
-    name = "tandem_kfp_components"
+def _pipeline_files(pipeline: str) -> tuple[str, str]:
+    if pipeline not in PIPELINES:
+        raise ValueError(f"pipeline {pipeline!r} is not one of {sorted(PIPELINES)}")
+    return PIPELINES[pipeline]
+
+
+def definitions(pipeline: str = "tandem"):
+    """The module `components/pipeline.py` (or `promptgen.py` for "promptgen"; imports kfp), loaded once."""
+    name = "tandem_kfp_components" if pipeline == "tandem" else f"tandem_kfp_{pipeline}"
     if name not in sys.modules:
-        path = components_dir() / "pipeline.py"
+        path = components_dir() / _pipeline_files(pipeline)[0]
         spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module  # before exec: inspect.getsource (used by kfp) looks it up
@@ -70,18 +83,21 @@ def definitions():
     return sys.modules[name]
 
 
-def build_pipeline(image: str = DEFAULT_IMAGE):
-    """The `tandem` pipeline (a kfp GraphComponent) whose components run in `image`."""
-    return definitions().build(image=image, mount_path=MOUNT_PATH, milvus_secret=MILVUS_SECRET)
+def build_pipeline(image: str = DEFAULT_IMAGE, pipeline: str = "tandem"):
+    """The `tandem` (or `tandem-promptgen`) pipeline, a kfp GraphComponent whose components run in `image`."""
+    if pipeline == "promptgen":
+        return definitions("promptgen").build(image=image, mount_path=MOUNT_PATH)
+    return definitions(pipeline).build(image=image, mount_path=MOUNT_PATH, milvus_secret=MILVUS_SECRET)
 
 
-def compile(path: str | Path | None = None, image: str = DEFAULT_IMAGE) -> Path:
-    """Compile the pipeline to IR YAML; by default to the committed `components/pipeline.yaml`."""
+def compile(path: str | Path | None = None, image: str = DEFAULT_IMAGE, pipeline: str = "tandem") -> Path:
+    """Compile a pipeline to IR YAML; by default to the committed `components/pipeline.yaml`
+    (`components/promptgen.yaml` for pipeline="promptgen")."""
     from kfp import compiler
 
-    path = Path(path) if path else components_dir() / PIPELINE_YAML
+    path = Path(path) if path else components_dir() / _pipeline_files(pipeline)[1]
     path.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(build_pipeline(image), str(path))
+    compiler.Compiler().compile(build_pipeline(image, pipeline), str(path))
     return path
 
 
@@ -140,6 +156,65 @@ def run_local(
     return {"run_id": run_id, "run_dir": str(run_dir), "pipeline_root": str(root), **summaries}
 
 
+def promptgen_arguments(
+    teacher_model: str = "catalogue",
+    catalog: str | Path = "",
+    intents: str | Path = "",
+    teacher_jsonl: str | Path = "",
+    workdir: str | Path = MOUNT_PATH,
+    pvc: str = DEFAULT_PVC,
+    **options,
+) -> dict:
+    """The promptgen pipeline's parameters; `options` are its other parameters (n, few_shot,
+    max_new_tokens, teacher_batch_size, temperature, allow_download, preset, epochs, seed).
+    The source is checked here, so a bad combination fails before anything runs."""
+    from tandem.promptgen.pipeline_steps import check_source
+    from tandem.promptgen.train import preset_config
+
+    paths = {"catalog": catalog, "intents": intents, "teacher_jsonl": teacher_jsonl}
+    paths = {k: str(v) if v else "" for k, v in paths.items()}
+    check_source(teacher_model, **paths)
+    unknown = set(options) - set(PROMPTGEN_OPTIONS)
+    if unknown:
+        raise ValueError(f"unknown promptgen pipeline parameters {sorted(unknown)}; use some of {PROMPTGEN_OPTIONS}")
+    preset_config(options.get("preset", "small"))
+    for name in ("n", "epochs", "max_new_tokens", "teacher_batch_size"):
+        if name in options and int(options[name]) < 1:
+            raise ValueError(f"promptgen parameter {name}={options[name]}; use 1 or more")
+    return {"teacher_model": teacher_model, **paths, "workdir": str(workdir), "pvc": pvc, **options}
+
+
+def run_local_promptgen(workdir: str | Path, **arguments) -> dict:
+    """Run the promptgen pipeline with kfp.local (`arguments`: as `promptgen_arguments`).
+
+    Returns `model` (the trained folder, loadable with `tandem.promptgen.train.load`),
+    `examples` (the teacher's folder), `teacher` (its summary), `promptgen` (the training
+    metadata) and `pipeline_root` (`WORKDIR/kfp/`).
+    """
+    import kfp.local
+
+    from tandem.promptgen.pipeline_steps import SUMMARY_FILE
+    from tandem.promptgen.train import META_FILE
+
+    workdir = Path(workdir).resolve()
+    args = promptgen_arguments(workdir=workdir, **arguments)
+    root = workdir / "kfp"
+    root.mkdir(parents=True, exist_ok=True)
+    kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
+    with warnings.catch_warnings():  # this interpreter stands in for the image, on purpose
+        warnings.filterwarnings("ignore", "You may be attemping to run a task that uses custom")
+        run = build_pipeline(pipeline="promptgen")(**args)
+    model = Path(run.output.path)
+    examples = model.parents[1] / "teacher" / "examples"  # kfp.local: <root>/<run>/<task>/<output>
+    return {
+        "model": str(model),
+        "examples": str(examples),
+        "teacher": json.loads((examples / SUMMARY_FILE).read_text()),
+        "promptgen": json.loads((model / META_FILE).read_text()),
+        "pipeline_root": str(root),
+    }
+
+
 def submit(
     host: str,
     arguments: Mapping[str, object],
@@ -148,15 +223,16 @@ def submit(
     package: str | Path | None = None,
     run_name: str | None = None,
     timeout_s: int = 6 * 3600,
+    pipeline: str = "tandem",
 ) -> dict:
-    """Submit a run to the KFP API at `host` (the committed YAML unless `package` is given).
+    """Submit a run to the KFP API at `host` (the committed YAML of `pipeline` unless `package` is given).
 
     Authentication is the kfp client's: a kubeconfig / in-cluster service account, or
     `KF_PIPELINES_SA_TOKEN_PATH`; nothing is stored here.
     """
     import kfp
 
-    package = Path(package) if package else components_dir() / PIPELINE_YAML
+    package = Path(package) if package else components_dir() / _pipeline_files(pipeline)[1]
     if not package.is_file():
         raise ValueError(f"no compiled pipeline at {package}; run `tandem kfp compile` first")
     client = kfp.Client(host=host)  # contacts the server: created only when submitting

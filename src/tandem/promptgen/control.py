@@ -17,13 +17,13 @@ import numpy as np
 import pandas as pd
 
 from tandem.promptgen import LENGTHS, RELEVANCE
-from tandem.promptgen.relabel import Scorer, length_bucket
+from tandem.promptgen.relabel import Scorer, Thresholds, cuts_for, length_bucket
 
 
-def band_distance(score: float, relevance: str, thresholds: tuple[float, float]) -> float:
+def band_distance(score: float, relevance: str, cuts: tuple[float, float]) -> float:
     """How far `score` lies outside the requested relevance band (0 inside), minus how deep inside it
     lies (capped at the band's half-width), so lower = safer: deep inside beats near an edge."""
-    lo, hi = thresholds
+    lo, hi = cuts
     edges = {"low": (-np.inf, lo), "medium": (lo, hi), "high": (hi, np.inf)}[relevance]
     below, above = edges[0] - score, score - edges[1]
     if below > 0 or above >= 0:
@@ -37,14 +37,16 @@ def pick(
     scores: Sequence[float],
     length: str,
     relevance: str,
-    thresholds: tuple[float, float],
+    thresholds: Thresholds,
     n: int,
 ) -> list[str]:
-    """The best `n` distinct candidates: both buckets right first, then one right, by band distance."""
+    """The best `n` distinct candidates: both buckets right first, then one right, by band distance
+    (measured with the cut points of the candidate's own length, as `relabel` buckets it)."""
     ranked = []
     for order, (text, score) in enumerate(zip(candidates, scores, strict=True)):
-        misses = int(length_bucket(len(text.split())) != length)
-        distance = band_distance(float(score), relevance, thresholds)
+        achieved = length_bucket(len(text.split()))
+        misses = int(achieved != length)
+        distance = band_distance(float(score), relevance, cuts_for(thresholds, achieved))
         misses += int(distance > 0)
         ranked.append((misses, distance, order, text))
     out: list[str] = []
@@ -62,7 +64,7 @@ def pick(
 def generate_verified(
     generator,
     scorer: Scorer,
-    thresholds: tuple[float, float],
+    thresholds: Thresholds,
     intents: Sequence[str],
     task: str,
     length: str = "medium",

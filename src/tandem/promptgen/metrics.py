@@ -56,9 +56,10 @@ def control_accuracy(requested: Sequence[str], achieved: Sequence[str]) -> float
 
 
 def reciprocal_rank_fusion(
-    rankings: Sequence[Sequence[str]], k: int = 60, limit: int | None = None
+    rankings: Sequence[Sequence[str]], k: int = 60, limit: int | None = None, weights: Sequence[float] | None = None
 ) -> list[tuple[str, float]]:
-    """Fuse ranked item lists (best first) into one: score(item) = sum over rankings of 1 / (k + rank), rank 1-based.
+    """Fuse ranked item lists (best first) into one: score(item) = sum over rankings of w / (k + rank),
+    rank 1-based, w = the ranking's weight (default 1 each: plain RRF).
 
     An item repeated within one ranking counts once, at its best rank. Ties keep the order of
     first appearance, reading the rankings one after the other. Returns (item, score) pairs,
@@ -67,13 +68,16 @@ def reciprocal_rank_fusion(
         raise ValueError(f"k must be >= 0 (60 is the usual value), got {k}")
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0 or None, got {limit}")
+    weights = [1.0] * len(rankings) if weights is None else [float(w) for w in weights]
+    if len(weights) != len(rankings) or any(w < 0 for w in weights):
+        raise ValueError(f"weights must be one number >= 0 per ranking ({len(rankings)}), got {weights}")
     scores: dict[str, float] = {}  # insertion order = first appearance
-    for ranking in rankings:
+    for ranking, weight in zip(rankings, weights, strict=True):
         seen = set()
         for rank, item in enumerate(ranking, start=1):
             if item in seen:
                 continue
             seen.add(item)
-            scores[item] = scores.get(item, 0.0) + 1.0 / (k + rank)
+            scores[item] = scores.get(item, 0.0) + weight / (k + rank)
     fused = sorted(scores.items(), key=lambda kv: -kv[1])  # stable sort keeps first-appearance order on ties
     return fused if limit is None else fused[:limit]

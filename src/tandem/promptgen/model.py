@@ -95,6 +95,8 @@ class GeneratorTrainConfig:
     warmup_ratio: float = field(default=0.05, metadata={"help": "share of steps with linear warm-up, then cosine"})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
     grad_clip: float = field(default=1.0, metadata={"help": "max gradient L2 norm (0 = no clipping)"})
+    device: str = field(default="", metadata={"help": "torch device to train on; '' = cuda when available, else cpu"})
+    bf16: bool = field(default=True, metadata={"help": "bf16 autocast on a GPU that supports it (never on CPU)"})
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1:
@@ -187,11 +189,16 @@ class PromptGenerator:
         for r in rows:
             command(r["task"], r["length"], r["relevance"])  # ValueError names the bad column value
 
+        device = torch.device(tc.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"generator train device {tc.device!r}: no CUDA device here; use '' or 'cpu'")
+        # bf16 autocast keeps fp32 master weights; the GPU only speeds the matmuls up
+        bf16 = tc.bf16 and device.type == "cuda" and torch.cuda.is_bf16_supported()
         torch.manual_seed(tc.seed)
         cfg = self.config
         self.tokenizer = train_tokenizer([r["intent"] for r in rows] + [r["prompt"] for r in rows], cfg.vocab_size)
         tok = self.tokenizer
-        self.model = GPT2LMHeadModel(gpt2_config(cfg, len(tok), tok.eos_token_id, tok.pad_token_id))
+        self.model = GPT2LMHeadModel(gpt2_config(cfg, len(tok), tok.eos_token_id, tok.pad_token_id)).to(device)
         encoded = [self.encode_example(r["intent"], r["task"], r["length"], r["relevance"], r["prompt"]) for r in rows]
 
         steps_per_epoch = math.ceil(len(encoded) / tc.batch_size)
@@ -213,8 +220,9 @@ class PromptGenerator:
             epoch_loss = 0.0
             for s in range(steps_per_epoch):
                 batch = [encoded[i] for i in order[s * tc.batch_size : (s + 1) * tc.batch_size]]
-                ids, labels, mask = _pad_right(batch, tok.pad_token_id)
-                loss = self.model(input_ids=ids, attention_mask=mask, labels=labels).loss
+                ids, labels, mask = (t.to(device) for t in _pad_right(batch, tok.pad_token_id))
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                    loss = self.model(input_ids=ids, attention_mask=mask, labels=labels).loss
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if tc.grad_clip > 0:
@@ -234,6 +242,8 @@ class PromptGenerator:
             "examples": len(encoded),
             "parameters": sum(p.numel() for p in self.model.parameters()),
             "vocab_size": len(tok),
+            "device": str(device),
+            "bf16": bf16,
             "seconds": time.perf_counter() - start,
         }
 
@@ -286,7 +296,7 @@ class PromptGenerator:
         out: list[list[str]] = []
         for b in range(0, len(intents), batch_size):
             contexts = [self.encode_context(str(i), task, length, relevance) for i in intents[b : b + batch_size]]
-            ids, mask = _pad_left(contexts, tok.pad_token_id)
+            ids, mask = (t.to(self.model.device) for t in _pad_left(contexts, tok.pad_token_id))
             with torch.no_grad():
                 seqs = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=gen_cfg)
             texts = [self._decode(row) for row in seqs[:, ids.shape[1] :].tolist()]

@@ -4,12 +4,15 @@ achieved, so the generator can later be asked for an outcome (task, length, rele
 Relevance comes from a scorer, an object with `score(df) -> np.ndarray` (one float per row,
 higher = more relevant):
 - `SimilarityScorer`: cosine(intent, prompt) under a sentence encoder (bundled all-MiniLM-L6-v2);
-- `RetrievalScorer`: reciprocal rank of the intent's target items when the prompt is the query.
+- `RetrievalScorer`: reciprocal rank of the intent's target items when the prompt is the query,
+  over item vectors in memory (exact search);
+- `IndexRetrievalScorer`: the same through the project's own Milvus index (a collection written by
+  `tandem run`, e.g. the live alias), so relevance means "this prompt finds the item in our search".
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -102,20 +105,63 @@ class RetrievalScorer:
         sims = queries @ self.item_vectors.T
         # stable sort on -sim: ties keep catalogue order, so scores are reproducible
         top = np.argsort(-sims, axis=1, kind="stable")[:, : self.k]
-        scores = np.zeros(len(df))
-        for r, targets in enumerate(df["target_items"]):
-            wanted = {str(t) for t in (targets if targets is not None else [])}
-            hits = [rank for rank, j in enumerate(top[r], start=1) if self.item_ids[j] in wanted]
-            scores[r] = 1.0 / hits[0] if hits else 0.0
-        return scores
+        return _reciprocal_ranks(self.item_ids[top].tolist(), df["target_items"].tolist())
+
+
+def _reciprocal_ranks(ranked: Sequence[Sequence[str]], targets: Sequence) -> np.ndarray:
+    """1/rank of the first target found in each ranked id list (0 when none is)."""
+    scores = np.zeros(len(ranked))
+    for r, (ids, wanted) in enumerate(zip(ranked, targets, strict=True)):
+        wanted = {str(t) for t in (wanted if wanted is not None else [])}
+        rank = next((n for n, item in enumerate(ids, start=1) if str(item) in wanted), None)
+        scores[r] = 1.0 / rank if rank else 0.0
+    return scores
+
+
+class IndexRetrievalScorer:
+    """Relevance = reciprocal rank (0 beyond k) of the first of the row's target_items when the prompt
+    is searched in `collection` (name or alias, e.g. "live") of a `tandem.index.ItemIndex`; `embed_fn`
+    must be the query encoder of the model that wrote the collection."""
+
+    def __init__(self, index, collection: str, embed_fn: Callable[[list[str]], np.ndarray], k: int = 10):
+        if k < 1:
+            raise ValueError(f"k={k}; use k >= 1")
+        self.index, self.collection, self.embed_fn, self.k = index, collection, embed_fn, k
+
+    def score(self, df: pd.DataFrame) -> np.ndarray:
+        if not len(df):
+            return np.zeros(0)
+        queries = np.asarray(self.embed_fn(df["prompt"].tolist()), dtype=np.float32)
+        hits = self.index.search(self.collection, queries, k=self.k)
+        return _reciprocal_ranks([[item for item, _ in row] for row in hits], df["target_items"].tolist())
+
+
+Cuts = tuple[float, float]
+Thresholds = Mapping[str, Sequence[float]] | Sequence[float]
+
+
+def cuts_for(thresholds: Thresholds, length: str) -> Cuts:
+    """The (low/medium, medium/high) cut points that apply to a prompt of `length`: per length bucket
+    when `thresholds` maps buckets to pairs (what `relabel` computes), else one pair for all."""
+    pair = thresholds.get(length) if isinstance(thresholds, Mapping) else thresholds
+    if pair is None:
+        raise ValueError(f"thresholds hold no cut points for length {length!r}: give one pair per bucket {LENGTHS}")
+    if len(pair) != 2 or pair[0] > pair[1]:
+        raise ValueError(f"thresholds={pair} for {length!r}: give two increasing cut points (low/medium, medium/high)")
+    return float(pair[0]), float(pair[1])
 
 
 def relabel(
-    df: pd.DataFrame, scorer: Scorer, thresholds: tuple[float, float] | None = None
-) -> tuple[pd.DataFrame, tuple[float, float]]:
-    """Add length, relevance_score and relevance to a copy of the example table. Relevance buckets:
-    low < thresholds[0] <= medium < thresholds[1] <= high; by default the terciles of the scores.
-    Returns (table, thresholds): keep the thresholds so evaluation buckets generated prompts alike."""
+    df: pd.DataFrame, scorer: Scorer, thresholds: Thresholds | None = None
+) -> tuple[pd.DataFrame, dict[str, Cuts]]:
+    """Add length, relevance_score and relevance to a copy of the example table.
+
+    Relevance buckets: low < lo <= medium < hi <= high, with (lo, hi) the terciles of the scores *of
+    the same length bucket* by default: how relevant a prompt can be depends on its length (a 3-word
+    query shares less with a sentence-long intent than a 12-word one), so "high" means among the most
+    relevant prompts of that length, and every (length, relevance) command is reachable. Returns
+    (table, thresholds per length bucket): keep them so evaluation buckets generated prompts alike.
+    A length bucket without examples gets the terciles of all scores."""
     missing = [c for c in ("intent", "task", "prompt") if c not in df.columns]
     if missing:
         raise ValueError(f"example table lacks columns {missing}; build it with tandem.promptgen.teacher")
@@ -124,14 +170,21 @@ def relabel(
     scores = np.asarray(scorer.score(df), dtype=float)
     if scores.shape != (len(df),):
         raise ValueError(f"scorer returned shape {scores.shape}; it must give one score per row ({len(df)})")
+    lengths = np.asarray([length_bucket(len(str(p).split())) for p in df["prompt"]])
     if thresholds is None:
-        lo, hi = np.quantile(scores, [1 / 3, 2 / 3])
-        thresholds = (float(lo), float(hi))
-    if len(thresholds) != 2 or thresholds[0] > thresholds[1]:
-        raise ValueError(f"thresholds={thresholds}; give two increasing cut points (low/medium, medium/high)")
+
+        def terciles(values: np.ndarray) -> Cuts:
+            lo, hi = np.quantile(values, [1 / 3, 2 / 3])
+            return float(lo), float(hi)
+
+        overall = terciles(scores)
+        thresholds = {b: terciles(scores[lengths == b]) if (lengths == b).any() else overall for b in LENGTHS}
+    table = {b: cuts_for(thresholds, b) for b in LENGTHS}
+    lo = np.array([table[b][0] for b in lengths])
+    hi = np.array([table[b][1] for b in lengths])
     out = df.copy()
-    out["length"] = [length_bucket(len(str(p).split())) for p in out["prompt"]]
+    out["length"] = lengths
     out["relevance_score"] = scores
-    idx = (scores >= thresholds[0]).astype(int) + (scores >= thresholds[1]).astype(int)
+    idx = (scores >= lo).astype(int) + (scores >= hi).astype(int)
     out["relevance"] = [RELEVANCE[i] for i in idx]
-    return out, (float(thresholds[0]), float(thresholds[1]))
+    return out, table

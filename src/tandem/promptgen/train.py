@@ -3,7 +3,8 @@ intent detector, saved side by side in one folder:
 
     out_dir/generator/     PromptGenerator.save (HF GPT-2 + tokenizer)
     out_dir/intent/        IntentDetector.save
-    out_dir/promptgen.json relevance thresholds (reuse them to bucket generated prompts), bucket counts, fit stats
+    out_dir/promptgen.json relevance cut points per length bucket (reuse them to bucket generated
+                           prompts), the relabelling scorer, bucket counts, fit stats
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def train_generator(
         return {v: int((table[col] == v).sum()) for v in values}
 
     meta = {
-        "thresholds": list(thresholds),
+        "thresholds": {b: list(c) for b, c in thresholds.items()},
         "scorer": describe_scorer(scorer),
         "examples": len(table),
         "counts": {"task": counts("task", TASKS), "length": counts("length", LENGTHS)},

@@ -19,8 +19,11 @@ if TYPE_CHECKING:
 __all__ = ["EVENT_COLUMNS", "create_app", "events_dir", "read_events"]
 
 
-def create_app(workdir: str | Path, cfg: RunConfig = RunConfig()) -> FastAPI:
-    """The FastAPI app serving WORKDIR's live collection (see `tandem.serve.app`)."""
+def create_app(
+    workdir: str | Path, cfg: RunConfig = RunConfig(), promptgen: str | Path | None = None, expand_k: int = 4
+) -> FastAPI:
+    """The FastAPI app serving WORKDIR's live collection (see `tandem.serve.app`); with `promptgen`
+    (a `tandem promptgen train` folder), /search?expand=true expands queries into `expand_k` prompts."""
     from tandem.serve.app import create_app as build
 
-    return build(workdir, cfg)
+    return build(workdir, cfg, promptgen=promptgen, expand_k=expand_k)

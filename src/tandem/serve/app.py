@@ -5,6 +5,11 @@ a 5xx. Concurrent /search (and /similar) requests for the same arm and filter ar
 into one query-tower call and one Milvus search (see `tandem.serve.batching`). Every item shown
 is logged as an impression and every click with its request's query and arm (see
 `tandem.serve.events`), so that the next run learns from what was served.
+
+Query expansion (`tandem serve --promptgen DIR`, `/search?q=...&expand=true`): the prompt generator
+writes k search prompts for q (`tandem.promptgen.expand`), q and the prompts are embedded in one
+call and searched in one Milvus call, and the lists are fused by reciprocal rank fusion. Expanded
+requests skip the micro-batcher (each already is a batch of k + 1 queries).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
 from tandem.config import RunConfig
 from tandem.index import ItemIndex, filter_expression
+from tandem.promptgen.expand import MAX_K, QueryExpander, parse_expand
 from tandem.serve.batching import MicroBatcher
 from tandem.serve.events import EventLog, RecentRequests, Served, events_dir
 from tandem.serve.routing import Arm, Router, Unavailable
@@ -36,7 +42,7 @@ USER_HEADER = "X-User-Id"
 
 
 class Hit(BaseModel):
-    model_config = ConfigDict(extra="allow")  # plus the index's scalar fields (category, city, ...)
+    model_config = ConfigDict(extra="allow")  # plus the index's scalar fields (category, city, ...); rrf with expand
 
     item_id: str
     score: float = Field(description="cosine similarity to the query")
@@ -48,7 +54,13 @@ class Results(BaseModel):
     user_id: str = Field(description="the user served; anonymous users get a request-scoped id")
     arm: str = Field(description="'champion' or 'challenger'")
     collection: str
-    items: list[Hit]
+    items: list[Hit] = Field(
+        description="best first; with expand, ordered by the fused score `rrf`, and `score` is the item's best "
+        "cosine similarity to any of the queries"
+    )
+    expansion: list[str] | None = Field(
+        default=None, description="with expand: every query searched and fused, q first, then the generated prompts"
+    )
 
 
 class Click(BaseModel):
@@ -134,13 +146,40 @@ def answer(index: ItemIndex, key: tuple[str, Arm, str], asks: Sequence[Ask]) -> 
     return out
 
 
-def create_app(workdir: str | Path, cfg: RunConfig = RunConfig()) -> FastAPI:
-    """The search service over WORKDIR's live collection (and the rollout's challenger)."""
+def expanded(index: ItemIndex, arm: Arm, expression: str, queries: list[str], k: int, expander) -> Answer:
+    """One expanded request: all queries embedded in one call and searched in one Milvus call
+    (`expander.depth` items each, at least k), fused by RRF; each row keeps its best cosine as `score`
+    and gets its fused score as `rrf`."""
+    started = time.perf_counter()
+    vectors = arm.queries.embed_queries(queries, batch_size=len(queries), progress=False)
+    ready = time.perf_counter()
+    hits = index.search_rows(arm.collection, vectors, k=max(k, expander.depth), filter=expression)
+    searched = time.perf_counter()
+    best: dict[str, dict] = {}
+    for row in hits:
+        for r in row:
+            if r["item_id"] not in best or r["score"] > best[r["item_id"]]["score"]:
+                best[r["item_id"]] = r
+    fused = expander.fuse([[r["item_id"] for r in row] for row in hits], limit=k)
+    rows = [best[item] | {"rrf": score} for item, score in fused]
+    seconds = {"embed": ready - started, "search": searched - ready, "fuse": time.perf_counter() - searched}
+    return Answer(rows, seconds, 1)
+
+
+def create_app(
+    workdir: str | Path, cfg: RunConfig = RunConfig(), promptgen: str | Path | None = None, expand_k: int = 4
+) -> FastAPI:
+    """The search service over WORKDIR's live collection (and the rollout's challenger); with
+    `promptgen` (a folder written by `tandem promptgen train`), /search?expand=... expands queries
+    into `expand_k` generated prompts by default (see `tandem.promptgen.expand`)."""
     workdir = Path(workdir).resolve()
     s = cfg.serve
     filterable = tuple(f for f in cfg.index.scalar_fields if f != "title")
     if not cfg.index.milvus_uri and not (workdir / "milvus.db").exists():
         raise ValueError(f"no Milvus Lite database in {workdir}: run `tandem run --workdir {workdir}` first")
+    if not 1 <= expand_k <= MAX_K:
+        raise ValueError(f"--expand-k {expand_k}: give 1 to {MAX_K} prompts per query")
+    expander = QueryExpander.load(promptgen, k=expand_k) if promptgen is not None else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -179,7 +218,7 @@ def create_app(workdir: str | Path, cfg: RunConfig = RunConfig()) -> FastAPI:
     k_query = Query(s.default_k, ge=1, le=s.max_k, description="how many items to return")
     user_query = Query(None, description=f"the user (or header {USER_HEADER}); routes to an arm", **ids)
     user_header = Header(None, alias=USER_HEADER, **ids)
-    standard = {"q", "k", "user_id"}
+    standard = {"q", "k", "user_id", "expand"}
     filter_docs = {
         "parameters": [
             {
@@ -206,7 +245,15 @@ def create_app(workdir: str | Path, cfg: RunConfig = RunConfig()) -> FastAPI:
         except ValueError as e:  # an unknown field: the request, not the data, is wrong
             raise HTTPException(422, f"{e} (filterable: {', '.join(filterable)})") from e
 
-    def serve(request: Request, routed: tuple, user: str | None, query: str, rows: list[dict], extra: list[dict]):
+    def serve(
+        request: Request,
+        routed: tuple,
+        user: str | None,
+        query: str,
+        rows: list[dict],
+        extra: list[dict],
+        expansion: list[str] | None = None,
+    ):
         """Log the impressions (and `extra` events), remember the request for its clicks, answer."""
         arm_name, arm, view = routed
         request_id = uuid.uuid4().hex
@@ -222,7 +269,14 @@ def create_app(workdir: str | Path, cfg: RunConfig = RunConfig()) -> FastAPI:
         )
         items = tuple(r["item_id"] for r in rows)
         request.app.state.recent.put(request_id, Served(user, query, arm_name, experiment, items))
-        return Results(request_id=request_id, user_id=user, arm=arm_name, collection=arm.collection, items=rows)
+        return Results(
+            request_id=request_id,
+            user_id=user,
+            arm=arm_name,
+            collection=arm.collection,
+            items=rows,
+            expansion=expansion,
+        )
 
     @app.get("/healthz", response_model=Health)
     def healthz(request: Request) -> Health:
@@ -264,14 +318,40 @@ def create_app(workdir: str | Path, cfg: RunConfig = RunConfig()) -> FastAPI:
         k: int = k_query,
         user_id: str | None = user_query,
         x_user_id: str | None = user_header,
+        expand: str | None = Query(
+            None,
+            max_length=20,
+            description=f"query expansion (service started with --promptgen): true = {expand_k} generated prompts, "
+            f"or their number 0..{MAX_K}; false or 0 = plain search",
+        ),
     ) -> Results:
-        """Items for a text query: the arm's query tower embeds q, Milvus finds the nearest items."""
+        """Items for a text query: the arm's query tower embeds q, Milvus finds the nearest items.
+        With expand, generated prompts are searched beside q and the lists fused by reciprocal rank fusion."""
         if not q.strip():
             raise HTTPException(422, "q is blank: send the words to search for")
+        try:
+            n_prompts = parse_expand(expand, expand_k)
+        except ValueError as e:
+            raise HTTPException(422, str(e)) from e
+        if n_prompts and expander is None:
+            raise HTTPException(
+                400,
+                "expand: query expansion is off on this service; start the service with --promptgen DIR "
+                "(a folder written by `tandem promptgen train`), or leave expand out",
+            )
         expression, user = filters_of(request), _user(user_id, x_user_id)
         routed = await run_in_threadpool(request.app.state.router.route, user)  # may load a model: off the loop
-        got = await batched(request, response, "search", routed[1], expression, Ask(q, k))
-        return serve(request, routed, user, q, got.rows, [])
+        if not n_prompts:
+            got = await batched(request, response, "search", routed[1], expression, Ask(q, k))
+            return serve(request, routed, user, q, got.rows, [])
+        started = time.perf_counter()
+        queries = (await run_in_threadpool(expander.prompts, [q], n_prompts))[0]
+        generated = time.perf_counter() - started
+        index = request.app.state.index
+        got = await run_in_threadpool(expanded, index, routed[1], expression, queries, k, expander)
+        timing = _timing(generate=generated, **got.seconds)
+        response.headers["Server-Timing"] = timing + f', queries;desc="{len(queries)}"'
+        return serve(request, routed, user, q, got.rows, [], expansion=queries)
 
     @app.get("/similar/{item_id}", response_model=Results, openapi_extra=filter_docs)
     async def similar(
