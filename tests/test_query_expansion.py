@@ -3,6 +3,8 @@ against a simple reference, and /search?expand=... in the service checked agains
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -208,3 +210,43 @@ def test_cli_serve_checks_the_promptgen_options(workdir, promptgen_dir, tmp_path
         cli, ["serve", "--workdir", str(workdir), "--promptgen", str(promptgen_dir), "--expand-k", str(MAX_K + 1)]
     )
     assert result.exit_code == 2 and "--expand-k" in result.output
+
+
+# ------------------------------------------------------------------------------ relevance via the index
+def test_index_relevance_scorer_on_the_live_collection(workdir, cfg, dataset):  # noqa: F811
+    from tandem.promptgen.relabel import IndexRetrievalScorer
+
+    catalog = pd.read_csv(dataset[1])
+    ids, titles = catalog["item_id"].astype(str).tolist(), catalog["title"].tolist()
+    df = pd.DataFrame({"intent": titles, "task": "search", "prompt": titles, "target_items": [[i] for i in ids]})
+    scorer = IndexRetrievalScorer.live(workdir, cfg, k=10)
+    try:
+        own = scorer.score(df)
+        shifted = scorer.score(df.assign(target_items=[[i] for i in np.roll(ids, 7)]))
+        hits = scorer.index.search(scorer.collection, scorer.embed_fn(titles[:3]), k=10)
+    finally:
+        scorer.close()
+    allowed = {0.0} | {1 / r for r in range(1, 11)}
+    assert all(min(abs(s - a) for a in allowed) < 1e-12 for s in own)
+    # a title finds its own item more often than another item's (the searched collection is the live one)
+    assert own.mean() > shifted.mean()
+    for r, row in enumerate(hits):  # the score is the reciprocal rank in that very search
+        ranked = [item for item, _ in row]
+        assert own[r] == (1 / (ranked.index(ids[r]) + 1) if ids[r] in ranked else 0.0)
+
+
+def test_promptgen_train_with_index_relevance(workdir, dataset, tmp_path):  # noqa: F811
+    out = tmp_path / "pg"
+    base = ["promptgen", "train", "--catalog", str(dataset[1]), "-n", "30", "--out", str(out), "--epochs", "1"]
+    runner = CliRunner()
+    result = runner.invoke(cli, base + ["--relevance", "index", "--workdir", str(workdir)])
+    assert result.exit_code == 0, result.output
+    meta = json.loads((out / "promptgen.json").read_text())
+    assert meta["scorer"] == {"kind": "IndexRetrievalScorer"} and meta["examples"] == 30
+    # verified generation needs the scorer again, which needs target items: a clear refusal
+    refused = runner.invoke(cli, ["generate", "--model", str(out), "--intent", "a lamp", "--candidates", "4"])
+    assert refused.exit_code == 2 and "candidates" in refused.output
+    alone = runner.invoke(cli, ["generate", "--model", str(out), "--intent", "a lamp", "--candidates", "1"])
+    assert alone.exit_code == 0, alone.output
+    missing = runner.invoke(cli, base + ["--relevance", "index"])
+    assert missing.exit_code == 2 and "--workdir" in missing.output

@@ -713,6 +713,14 @@ def promptgen_train(
     ),
     epochs: int | None = typer.Option(None, "--epochs", help="passes over the examples [default: 3]"),
     seed: int = typer.Option(0, "--seed", help="seed for the teacher and training"),
+    relevance: str = typer.Option(
+        "similarity",
+        "--relevance",
+        help="relevance scorer: similarity (MiniLM cosine intent-prompt) or index (reciprocal rank of the "
+        "intent's target items when the prompt is searched in --workdir's live collection)",
+    ),
+    workdir: Path | None = typer.Option(None, "--workdir", help="with --relevance index: a workdir `tandem run` built"),
+    config: Path | None = CONFIG,
 ) -> None:
     """Teacher examples -> hindsight relabelling -> generator + intent detector in --out."""
     from tandem.promptgen import teacher
@@ -722,6 +730,10 @@ def promptgen_train(
     setup_logging(False)
     with _user_errors():
         preset_config(preset)  # fail on a bad preset before any work
+        if relevance not in ("similarity", "index"):
+            raise ValueError(f"--relevance {relevance!r} is not similarity or index")
+        if (relevance == "index") != (workdir is not None):
+            raise ValueError("--relevance index needs --workdir (and --workdir is only for --relevance index)")
         if (catalog is None) == (teacher_jsonl is None):
             raise ValueError("give exactly one of --catalog (demo teacher) or --teacher-jsonl")
         if hf_teacher and teacher_jsonl is None:
@@ -746,7 +758,16 @@ def promptgen_train(
                     seed=seed,
                 )
         train_cfg = GeneratorTrainConfig(seed=seed, **({"epochs": epochs} if epochs is not None else {}))
-        meta = train_generator(examples, out, preset, train_cfg)
+        if relevance == "index":
+            from tandem.promptgen.relabel import IndexRetrievalScorer
+
+            scorer = IndexRetrievalScorer.live(workdir, _config(config))
+            try:
+                meta = train_generator(examples, out, preset, train_cfg, scorer)
+            finally:
+                scorer.close()
+        else:
+            meta = train_generator(examples, out, preset, train_cfg)
     fit = meta["generator"]["fit"]
     typer.echo(f"examples: {meta['examples']}; relevance thresholds {meta['thresholds']}")
     typer.echo(f"generator: {fit['parameters']} parameters, loss {fit['epoch_loss'][-1]:.4f}")

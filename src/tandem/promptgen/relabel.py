@@ -128,6 +128,29 @@ class IndexRetrievalScorer:
             raise ValueError(f"k={k}; use k >= 1")
         self.index, self.collection, self.embed_fn, self.k = index, collection, embed_fn, k
 
+    @classmethod
+    def live(cls, workdir, cfg=None, k: int = 10) -> IndexRetrievalScorer:
+        """The scorer over WORKDIR's live collection, embedding prompts with the query tower of the run
+        that built it (what `tandem serve` answers with). Call `close()` when done."""
+        from tandem.config import RunConfig
+        from tandem.index import ItemIndex, model_dir_of
+        from tandem.models import load_model
+
+        cfg = cfg or RunConfig()
+        index = ItemIndex(cfg.index, workdir)
+        try:
+            live = index.live()
+            if live is None:
+                raise ValueError(f"no live collection in {index.uri}: run `tandem run --workdir {workdir}` first")
+            model = load_model(model_dir_of(workdir, live))
+        except BaseException:
+            index.close()
+            raise
+        return cls(index, live, lambda texts: model.embed_queries(texts, progress=False), k)
+
+    def close(self) -> None:
+        self.index.close()
+
     def score(self, df: pd.DataFrame) -> np.ndarray:
         if not len(df):
             return np.zeros(0)
