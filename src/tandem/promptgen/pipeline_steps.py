@@ -37,36 +37,9 @@ QUARANTINE_COLUMNS = ["where", "line", "reason", "raw"]
 def read_intents_jsonl(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Intents for a teacher LM, one JSON object a line (keys intent, task; optional target_items):
     (kept rows with intent, task, target_items; quarantined rows with line, raw, reason)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"intents JSONL {path} does not exist; pass a file with one {{intent, task}} object a line")
-    kept, bad = [], []
-    with path.open(encoding="utf-8") as f:
-        for n, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            try:
-                row = json.loads(raw)
-                reason = None if isinstance(row, dict) else "not a JSON object"
-            except json.JSONDecodeError as e:
-                row, reason = None, f"bad JSON: {e.msg}"
-            if reason is None:
-                if "intent" not in row or "task" not in row:
-                    reason = f"missing key {'intent' if 'intent' not in row else 'task'!r}"
-                elif row["task"] not in TASKS:
-                    reason = f"unknown task {row['task']!r} (use one of {TASKS})"
-                elif not str(row["intent"] or "").strip():
-                    reason = "empty intent"
-                elif not isinstance(row.get("target_items", []), list):
-                    reason = "target_items is not a list"
-            if reason is not None:
-                bad.append({"line": n, "raw": raw.rstrip("\n"), "reason": reason})
-                continue
-            kept.append((str(row["intent"]).strip(), row["task"], [str(t) for t in row.get("target_items", [])]))
-    return (
-        pd.DataFrame(kept, columns=["intent", "task", "target_items"]),
-        pd.DataFrame(bad, columns=["line", "raw", "reason"]),
-    )
+    from tandem.promptgen.teacher import read_teacher_jsonl
+
+    return read_teacher_jsonl(path, prompts=False)
 
 
 def parse_few_shot(value: str) -> dict[str, list[tuple[str, str]]] | None:

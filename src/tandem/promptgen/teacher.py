@@ -231,12 +231,16 @@ def hf_teacher(
     )
 
 
-def read_teacher_jsonl(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+def read_teacher_jsonl(path: str | Path, prompts: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Teacher outputs from JSONL (keys intent, task, prompt; optional target_items, source):
-    (kept examples, quarantined rows with `line`, `raw` and `reason`)."""
+    (kept examples, quarantined rows with `line`, `raw` and `reason`). With `prompts=False` the file
+    holds intents for a teacher to write prompts for: `prompt` is neither required nor kept (the
+    kept table then has the columns intent, task, target_items)."""
     path = Path(path)
-    if not path.exists():
-        raise ValueError(f"teacher JSONL {path} does not exist; pass the path of a file written by the teacher")
+    what = "teacher JSONL" if prompts else "intents JSONL"
+    if not path.is_file():
+        raise ValueError(f"{what} {path} does not exist; pass a file with one JSON object a line")
+    required = ("intent", "task", "prompt") if prompts else ("intent", "task")
     kept, bad = [], []
     with path.open(encoding="utf-8") as f:
         for n, raw in enumerate(f, start=1):
@@ -250,13 +254,13 @@ def read_teacher_jsonl(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
             if reason is None and not isinstance(row, dict):
                 reason = "not a JSON object"
             if reason is None:
-                missing = [k for k in ("intent", "task", "prompt") if k not in row]
+                missing = [k for k in required if k not in row]
                 targets = row.get("target_items", [])
                 if missing:
                     reason = f"missing key {missing[0]!r}"
                 elif row["task"] not in TASKS:
                     reason = f"unknown task {row['task']!r} (use one of {TASKS})"
-                elif not str(row["prompt"] or "").strip():
+                elif prompts and not str(row["prompt"] or "").strip():
                     reason = "empty prompt"
                 elif not str(row["intent"] or "").strip():
                     reason = "empty intent"
@@ -266,12 +270,13 @@ def read_teacher_jsonl(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
                 bad.append({"line": n, "raw": raw.rstrip("\n"), "reason": reason})
                 continue
             kept.append(
-                (
-                    str(row["intent"]).strip(),
-                    row["task"],
-                    str(row["prompt"]).strip(),
-                    [str(t) for t in row.get("target_items", [])],
-                    str(row.get("source", f"jsonl:{path.name}")),
-                )
+                {
+                    "intent": str(row["intent"]).strip(),
+                    "task": row["task"],
+                    "prompt": str(row["prompt"]).strip() if prompts else None,
+                    "target_items": [str(t) for t in targets],
+                    "source": str(row.get("source", f"jsonl:{path.name}")),
+                }
             )
-    return pd.DataFrame(kept, columns=COLUMNS), pd.DataFrame(bad, columns=["line", "raw", "reason"])
+    columns = COLUMNS if prompts else ["intent", "task", "target_items"]
+    return pd.DataFrame(kept, columns=columns), pd.DataFrame(bad, columns=["line", "raw", "reason"])
