@@ -25,7 +25,7 @@ from tandem.run import run
 from tandem.serve import EVENT_COLUMNS, create_app, events_dir, read_events
 from tandem.serve.batching import MicroBatcher
 from tandem.serve.events import EventLog, RecentRequests, Served
-from tandem.serve.routing import query_encoder
+from tandem.serve.routing import check_query_encoder, preflight, query_encoder
 from tandem.synth import make_dataset
 
 CITIES = ("Paris", "Rome")
@@ -360,6 +360,10 @@ def test_symmetric_models_cannot_use_onnx(tmp_path):
     with pytest.raises(ValueError, match=r"serve.query_encoder='onnx-int8' \(--query-encoder\).*NoteLLM-2"):
         query_encoder(tmp_path / "notellm2", model, "onnx-int8")
     assert not (tmp_path / "notellm2" / "onnx").exists()
+    # the same check from the saved config alone (what `tandem serve` runs before the server starts)
+    check_query_encoder(tmp_path / "notellm2", "torch")
+    with pytest.raises(ValueError, match="NoteLLM-2"):
+        check_query_encoder(tmp_path / "notellm2", "onnx-fp32")
     with pytest.raises(ValueError, match="serve.query_encoder"):
         ServeConfig(query_encoder="tensorflow")
     with pytest.raises(ValueError, match="serve.batch_window_ms"):
@@ -435,3 +439,11 @@ def test_cli_serve(tmp_path):
     assert result.exit_code == 0 and "/search" in result.output
     result = runner.invoke(cli, ["serve", "--workdir", str(tmp_path)])
     assert result.exit_code == 2 and "no Milvus Lite database" in result.output
+
+
+def test_preflight_finds_the_live_collection_and_checks_the_encoder(workdir, cfg, tmp_path):
+    live = preflight(workdir, cfg)
+    assert live == "tandem_first"
+    preflight(workdir, replace(cfg, serve=replace(cfg.serve, query_encoder="onnx-fp32")))  # HotelMatch: fine
+    with pytest.raises(ValueError, match="no live collection"):
+        preflight(tmp_path, cfg)

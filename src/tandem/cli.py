@@ -378,6 +378,9 @@ def serve_command(
         given = {"host": host, "port": port, "query_encoder": query_encoder, "batch_window_ms": batch_window_ms}
         cfg = replace(cfg, serve=replace(cfg.serve, **{k: v for k, v in given.items() if v is not None}))
         app_ = create_app(workdir, cfg, promptgen=promptgen, expand_k=expand_k)
+        from tandem.serve.routing import preflight
+
+        preflight(workdir, cfg)
     typer.echo(f"serving {workdir} on http://{cfg.serve.host}:{cfg.serve.port} (docs: /docs)")
     uvicorn.run(app_, host=cfg.serve.host, port=cfg.serve.port, log_level="debug" if verbose else "warning")
 

@@ -9,6 +9,7 @@ is loaded once and dropped when its collection leaves both arms.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -57,6 +58,30 @@ class View:
         return self.state.experiment if self.running else ""
 
 
+def check_query_encoder(model_dir: Path, setting: str) -> None:
+    """ValueError when the saved model in `model_dir` cannot embed queries with `setting` (read from its
+    config.json, without loading the weights)."""
+    family = json.loads((Path(model_dir) / "config.json").read_text()).get("model", {}).get("family", "hotelmatch")
+    if setting != "torch" and family == "notellm2":
+        raise ValueError(
+            f"serve.query_encoder={setting!r} (--query-encoder): {model_dir} is a symmetric NoteLLM-2 model, "
+            "whose queries are items embedded by the LLM; it has no query tower to export. Serve it with 'torch'"
+        )
+
+
+def preflight(workdir: str | Path, cfg: RunConfig) -> str:
+    """What would fail the service's start-up, checked before a server starts (a one-line error, not a
+    server traceback): a live collection, its run's saved model, and that model with the configured
+    query encoder. Returns the live collection."""
+    with ItemIndex(cfg.index, workdir) as index:
+        live = index.live()
+        uri = index.uri
+    if live is None:
+        raise ValueError(f"no live collection in {uri}: nothing has been promoted yet; run `tandem run` first")
+    check_query_encoder(model_dir_of(workdir, live), cfg.serve.query_encoder)
+    return live
+
+
 def query_encoder(model_dir: Path, model, setting: str):
     """What embeds the queries: the model itself for "torch", else an OnnxQueryEncoder of its query
     tower (serve.query_encoder "onnx-int8" or "onnx-fp32"), exported first when missing or stale."""
@@ -64,11 +89,7 @@ def query_encoder(model_dir: Path, model, setting: str):
         return model
     from tandem.models.onnx_export import OnnxQueryEncoder, check_export, export_onnx
 
-    if getattr(model, "symmetric", False):
-        raise ValueError(
-            f"serve.query_encoder={setting!r} (--query-encoder): {model_dir} is a symmetric NoteLLM-2 model, "
-            "whose queries are items embedded by the LLM; it has no query tower to export. Serve it with 'torch'"
-        )
+    check_query_encoder(model_dir, setting)
     precision = setting.removeprefix("onnx-")
     try:
         check_export(model_dir, precision)
