@@ -94,3 +94,28 @@ def test_generate_verified_rejects_bad_requests(generator):
         generate_verified(generator, OverlapScorer(), CUTS, ["red"], "search", candidates=4, do_sample=False)
     with pytest.raises(ValueError, match="relevance"):
         generate_verified(generator, OverlapScorer(), CUTS, ["red"], "search", relevance="top")
+
+
+def test_steer_sets_the_copy_bias_by_the_requested_relevance(generator, monkeypatch):
+    seen = []
+    real = generator.generate
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("copy_bias", 0.0))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(generator, "generate", spy)
+    for rel in ("high", "medium", "low"):
+        generate_verified(generator, OverlapScorer(), CUTS, ["red"], "search", "short", rel, candidates=2, steer=3.0)
+    generate_verified(generator, OverlapScorer(), CUTS, ["red"], "search", "short", "high", candidates=2)
+    assert seen == [3.0, 0.0, -3.0, 0.0]
+    with pytest.raises(ValueError, match="steer"):
+        generate_verified(generator, OverlapScorer(), CUTS, ["red"], "search", candidates=2, steer=-1.0)
+
+
+def test_pick_uses_the_cut_points_of_the_task():
+    thresholds = {"short": (0.3, 0.7), "search/short": (0.1, 0.2)}
+    # 0.5 is "medium" for lengths in general but "high" for a short search prompt
+    assert pick(["a b", "c d"], [0.5, 0.15], "short", "high", thresholds, 1, task="search") == ["a b"]
+    assert pick(["a b", "c d"], [0.5, 0.15], "short", "medium", thresholds, 1) == ["a b"]
+    assert pick(["a b", "c d"], [0.5, 0.15], "short", "medium", thresholds, 1, task="search") == ["c d"]

@@ -9,7 +9,14 @@ import pandas as pd
 import pytest
 
 from tandem.promptgen import LENGTHS, RELEVANCE, TASKS
-from tandem.promptgen.relabel import RetrievalScorer, SimilarityScorer, length_bucket, relabel
+from tandem.promptgen.relabel import (
+    MIN_GROUP,
+    RetrievalScorer,
+    SimilarityScorer,
+    cuts_for,
+    length_bucket,
+    relabel,
+)
 from tandem.promptgen.teacher import COLUMNS, catalogue_teacher, hf_teacher, read_teacher_jsonl
 
 ITEMS = [
@@ -70,7 +77,7 @@ def test_relabel_terciles_per_length_and_reuse(catalog, scorer):
     df = catalogue_teacher(catalog, n=90, seed=3)
     out, thresholds = relabel(df, scorer)
     assert {"length", "relevance_score", "relevance"} <= set(out.columns)
-    assert set(thresholds) == set(LENGTHS)
+    assert set(thresholds) == set(LENGTHS)  # ~10 examples per (task, length): under MIN_GROUP, no group cuts
     for length, (lo, hi) in thresholds.items():
         part = out[out["length"] == length]
         # the cut points are the terciles of that length's own scores
@@ -88,6 +95,37 @@ def test_relabel_terciles_per_length_and_reuse(catalog, scorer):
         relabel(df, scorer, thresholds=(0.9, 0.1))
     with pytest.raises(ValueError, match="long"):
         relabel(df, scorer, thresholds={"short": (0.1, 0.2), "medium": (0.1, 0.2)})
+
+
+def test_relabel_terciles_per_task_and_length(catalog):
+    df = catalogue_teacher(catalog, n=600, seed=4)
+    # a scorer whose scale depends on the task: one cut pair per length would put nearly every image
+    # prompt in "high" and every search prompt in "low"
+    offset = {"search": 0.0, "recommendation": 1.0, "image": 2.0}
+    noise = np.random.default_rng(0).random(len(df))
+
+    class TaskScaled:
+        def score(self, table):
+            return np.array([offset[t] for t in table["task"]]) + noise[: len(table)]
+
+    out, thresholds = relabel(df, TaskScaled())
+    groups = out.groupby(["task", "length"])
+    assert set(LENGTHS) <= set(thresholds)
+    for (task, length), part in groups:
+        key = f"{task}/{length}"
+        if len(part) < MIN_GROUP:
+            assert key not in thresholds
+            continue
+        lo, hi = thresholds[key]
+        assert (lo, hi) == pytest.approx(tuple(np.quantile(part["relevance_score"], [1 / 3, 2 / 3])))
+        shares = part["relevance"].value_counts(normalize=True)
+        assert all(shares.get(r, 0) > 0.25 for r in RELEVANCE), (key, shares.to_dict())
+        assert cuts_for(thresholds, length, task) == (lo, hi)
+    assert sum(len(p) >= MIN_GROUP for _, p in groups) >= 6
+    # an unknown task falls back to its length's pair
+    assert cuts_for(thresholds, "short", "podcast") == tuple(thresholds["short"])
+    again, _ = relabel(df.iloc[:20], TaskScaled(), thresholds=thresholds)
+    assert again["relevance"].tolist() == out["relevance"].iloc[:20].tolist()
 
 
 def test_length_bucket():

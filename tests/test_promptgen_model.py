@@ -166,3 +166,23 @@ def test_config_validation_and_base_size():
     with torch.device("meta"):  # count parameters without allocating them
         model = GPT2LMHeadModel(gpt2_config(base, base.vocab_size, 1, 0))
     assert 90e6 < sum(p.numel() for p in model.parameters()) < 130e6
+
+
+def test_copy_bias_pulls_tokens_from_the_own_intent(fitted):
+    gen, _, _ = fitted
+    tok = gen.tokenizer
+    intents = ["lamp chair table", "red blue green"]  # one batch: each row must be biased to its own intent
+    special = set(tok.all_special_ids)
+    own = [{t for t in tok(i, add_special_tokens=False)["input_ids"]} for i in intents]
+
+    def share_own(outs) -> float:
+        ids = [
+            (t, k) for k, group in enumerate(outs) for p in group for t in tok(p, add_special_tokens=False)["input_ids"]
+        ]
+        return sum(t in own[k] for t, k in ids if t not in special) / max(1, len(ids))
+
+    plain = gen.generate(intents, "search", "long", n=8, temperature=2.0, seed=0)
+    pulled = gen.generate(intents, "search", "long", n=8, temperature=2.0, seed=0, copy_bias=30.0)
+    pushed = gen.generate(intents, "search", "long", n=8, temperature=2.0, seed=0, copy_bias=-30.0)
+    assert share_own(pulled) > 0.95 > share_own(plain) > share_own(pushed)
+    assert share_own(pushed) < 0.05

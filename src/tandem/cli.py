@@ -791,10 +791,13 @@ def generate_command(
     candidates: int = typer.Option(
         4, "--candidates", help="sample this many and keep the n that best land in the requested buckets (1 = off)"
     ),
+    steer: float = typer.Option(
+        0.0, "--steer", help="copy bias >= 0 on the intent's words: + for relevance high, - for low (0 = off)"
+    ),
 ) -> None:
     """Write n prompts for an intent with the trained prompt generator."""
     from tandem.promptgen import TASKS, command
-    from tandem.promptgen.control import generate_verified
+    from tandem.promptgen.control import STEER_SIGN, generate_verified
     from tandem.promptgen.train import load, verifier
 
     setup_logging(False)
@@ -804,6 +807,8 @@ def generate_command(
         if not intent.strip():
             raise ValueError("--intent is empty; describe what the user wants")
         command(task if task != "auto" else TASKS[0], length, relevance)  # check before loading the model
+        if steer < 0:
+            raise ValueError(f"--steer {steer}; use a value >= 0 (its sign follows --relevance)")
         generator, detector, meta = load(model)
         if task == "auto":
             task = detector.predict([intent])[0]
@@ -812,10 +817,11 @@ def generate_command(
             scorer, thresholds = verifier(meta), meta["thresholds"]
             candidates = max(candidates, n)
             prompts = generate_verified(
-                generator, scorer, thresholds, [intent], task, length, relevance, n, candidates, **sampling
+                generator, scorer, thresholds, [intent], task, length, relevance, n, candidates, steer, **sampling
             )[0]
         else:
-            prompts = generator.generate([intent], task, length, relevance, n=n, **sampling)[0]
+            bias = STEER_SIGN[relevance] * steer
+            prompts = generator.generate([intent], task, length, relevance, n=n, copy_bias=bias, **sampling)[0]
     typer.echo(f"task: {task}")
     for i, p in enumerate(prompts, start=1):
         typer.echo(f"{i}. {p}")

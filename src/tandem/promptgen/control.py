@@ -19,6 +19,8 @@ import pandas as pd
 from tandem.promptgen import LENGTHS, RELEVANCE
 from tandem.promptgen.relabel import Scorer, Thresholds, cuts_for, length_bucket
 
+STEER_SIGN = {"low": -1.0, "medium": 0.0, "high": 1.0}
+
 
 def band_distance(score: float, relevance: str, cuts: tuple[float, float]) -> float:
     """How far `score` lies outside the requested relevance band (0 inside), minus how deep inside it
@@ -39,14 +41,15 @@ def pick(
     relevance: str,
     thresholds: Thresholds,
     n: int,
+    task: str | None = None,
 ) -> list[str]:
     """The best `n` distinct candidates: both buckets right first, then one right, by band distance
-    (measured with the cut points of the candidate's own length, as `relabel` buckets it)."""
+    (measured with the cut points of `task` and the candidate's own length, as `relabel` buckets it)."""
     ranked = []
     for order, (text, score) in enumerate(zip(candidates, scores, strict=True)):
         achieved = length_bucket(len(text.split()))
         misses = int(achieved != length)
-        distance = band_distance(float(score), relevance, cuts_for(thresholds, achieved))
+        distance = band_distance(float(score), relevance, cuts_for(thresholds, achieved, task))
         misses += int(distance > 0)
         ranked.append((misses, distance, order, text))
     out: list[str] = []
@@ -71,21 +74,29 @@ def generate_verified(
     relevance: str = "high",
     n: int = 1,
     candidates: int = 8,
+    steer: float = 0.0,
     **sampling,
 ) -> list[list[str]]:
     """`n` prompts per intent, each the best of `candidates` samples measured by `scorer` (the one used
     to relabel the training data, with its `thresholds`). `sampling` goes to `PromptGenerator.generate`
-    (temperature, top_p, seed, batch_size, ...); sampling must be on for candidates to differ."""
+    (temperature, top_p, seed, batch_size, ...); sampling must be on for candidates to differ.
+    steer > 0 draws the candidates with copy_bias = +steer for relevance "high" and -steer for "low"
+    (none for "medium"): a small generator that paraphrases names it never saw reaches "high" more
+    often when nudged to reuse the intent's words."""
     if length not in LENGTHS or relevance not in RELEVANCE:
         raise ValueError(f"length must be one of {LENGTHS} and relevance one of {RELEVANCE}")
     if candidates < n:
         raise ValueError(f"candidates ({candidates}) must be >= n ({n}): the best n are kept of them")
     if sampling.get("do_sample") is False and candidates > 1:
         raise ValueError("candidates > 1 needs sampling (do_sample=True): greedy decoding repeats one prompt")
+    if steer < 0:
+        raise ValueError(f"steer={steer}; use steer >= 0 (its sign follows the requested relevance)")
+    if steer:
+        sampling = {**sampling, "copy_bias": STEER_SIGN[relevance] * steer}
     drawn = generator.generate(intents, task, length, relevance, n=candidates, **sampling)
     table = pd.DataFrame(
         [(intent, task, p) for intent, group in zip(intents, drawn, strict=True) for p in group],
         columns=["intent", "task", "prompt"],
     )
     scores = np.asarray(scorer.score(table), dtype=float).reshape(len(intents), candidates)
-    return [pick(group, scores[i], length, relevance, thresholds, n) for i, group in enumerate(drawn)]
+    return [pick(group, scores[i], length, relevance, thresholds, n, task) for i, group in enumerate(drawn)]

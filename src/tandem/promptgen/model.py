@@ -264,10 +264,15 @@ class PromptGenerator:
         batch_size: int = 32,
         seed: int | None = None,
         use_cache: bool = True,
+        copy_bias: float = 0.0,
     ) -> list[list[str]]:
-        """`n` prompts per intent (one list per intent), via HF generate with left padding, stopping at `<eos>`."""
+        """`n` prompts per intent (one list per intent), via HF generate with left padding, stopping at `<eos>`.
+
+        copy_bias is added to the logits of every token of the row's own intent at each step: > 0 makes
+        the prompt reuse the intent's words (a small model trained on few examples copies names it never
+        saw poorly), < 0 steers away from them; 0 = plain sampling."""
         import torch
-        from transformers import GenerationConfig
+        from transformers import GenerationConfig, LogitsProcessorList
 
         if self.model is None:
             raise ValueError("the generator is not fitted: call fit() or PromptGenerator.load(dir) first")
@@ -297,8 +302,13 @@ class PromptGenerator:
         for b in range(0, len(intents), batch_size):
             contexts = [self.encode_context(str(i), task, length, relevance) for i in intents[b : b + batch_size]]
             ids, mask = (t.to(self.model.device) for t in _pad_left(contexts, tok.pad_token_id))
+            extra = LogitsProcessorList()
+            if copy_bias:
+                extra.append(_CopyBias(ids, mask, per_call, copy_bias, set(tok.all_special_ids), len(tok)))
             with torch.no_grad():
-                seqs = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=gen_cfg)
+                seqs = self.model.generate(
+                    input_ids=ids, attention_mask=mask, generation_config=gen_cfg, logits_processor=extra
+                )
             texts = [self._decode(row) for row in seqs[:, ids.shape[1] :].tolist()]
             for j in range(len(contexts)):
                 mine = texts[j * per_call : (j + 1) * per_call]
@@ -337,6 +347,23 @@ class PromptGenerator:
         gen.tokenizer.padding_side = "left"
         gen.model = GPT2LMHeadModel.from_pretrained(d).eval()
         return gen
+
+
+class _CopyBias:
+    """Logits processor: + `bias` on the tokens of each row's own context (its intent; special tokens
+    excluded). HF repeats each input row `per_call` times in a row for num_return_sequences."""
+
+    def __init__(self, ids, mask, per_call: int, bias: float, special: set[int], vocab: int):
+        import torch
+
+        table = torch.zeros((ids.shape[0], vocab), dtype=torch.float32, device=ids.device)
+        for r in range(ids.shape[0]):
+            words = [t for t in ids[r][mask[r].bool()].tolist() if t not in special]
+            table[r, torch.tensor(sorted(set(words)), dtype=torch.long, device=ids.device)] = bias
+        self.table = table.repeat_interleave(per_call, dim=0)
+
+    def __call__(self, input_ids, scores):
+        return scores + self.table[:, : scores.shape[1]].to(scores.dtype)
 
 
 def _pad_right(batch, pad_id: int):

@@ -246,7 +246,9 @@ def train_metrics(meta: Mapping) -> dict[str, float]:
     for group, counts in meta["counts"].items():
         out |= {f"{group}.{k}": float(v) for k, v in counts.items()}
     out |= {
-        f"threshold.{length}.{i}": float(t) for length, cuts in meta["thresholds"].items() for i, t in enumerate(cuts)
+        f"threshold.{key.replace('/', '.')}.{i}": float(t)
+        for key, cuts in meta["thresholds"].items()
+        for i, t in enumerate(cuts)
     }
     out |= {k: float(fit[k]) for k in ("parameters", "steps", "seconds") if k in fit}
     return out

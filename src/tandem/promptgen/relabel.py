@@ -161,14 +161,30 @@ class IndexRetrievalScorer:
 
 Cuts = tuple[float, float]
 Thresholds = Mapping[str, Sequence[float]] | Sequence[float]
+# a (task, length) group with fewer training examples than this takes its length bucket's terciles:
+# a tercile of a handful of scores is noise
+MIN_GROUP = 30
 
 
-def cuts_for(thresholds: Thresholds, length: str) -> Cuts:
-    """The (low/medium, medium/high) cut points that apply to a prompt of `length`: per length bucket
-    when `thresholds` maps buckets to pairs (what `relabel` computes), else one pair for all."""
-    pair = thresholds.get(length) if isinstance(thresholds, Mapping) else thresholds
+def group_key(task: str, length: str) -> str:
+    """The thresholds key of one (task, length) group, e.g. "search/short"."""
+    return f"{task}/{length}"
+
+
+def cuts_for(thresholds: Thresholds, length: str, task: str | None = None) -> Cuts:
+    """The (low/medium, medium/high) cut points that apply to a prompt of `length` written for `task`:
+    the pair of its (task, length) group when `thresholds` holds one (what `relabel` computes), else
+    its length bucket's pair (models trained before per-task cuts), else one pair for all."""
+    if isinstance(thresholds, Mapping):
+        pair = thresholds.get(group_key(task, length)) if task is not None else None
+        pair = pair if pair is not None else thresholds.get(length)
+    else:
+        pair = thresholds
     if pair is None:
-        raise ValueError(f"thresholds hold no cut points for length {length!r}: give one pair per bucket {LENGTHS}")
+        raise ValueError(
+            f"thresholds hold no cut points for task {task!r}, length {length!r}: give one pair per "
+            f"'task/length' group or per length bucket {LENGTHS}"
+        )
     if len(pair) != 2 or pair[0] > pair[1]:
         raise ValueError(f"thresholds={pair} for {length!r}: give two increasing cut points (low/medium, medium/high)")
     return float(pair[0]), float(pair[1])
@@ -180,11 +196,12 @@ def relabel(
     """Add length, relevance_score and relevance to a copy of the example table.
 
     Relevance buckets: low < lo <= medium < hi <= high, with (lo, hi) the terciles of the scores *of
-    the same length bucket* by default: how relevant a prompt can be depends on its length (a 3-word
-    query shares less with a sentence-long intent than a 12-word one), so "high" means among the most
-    relevant prompts of that length, and every (length, relevance) command is reachable. Returns
-    (table, thresholds per length bucket): keep them so evaluation buckets generated prompts alike.
-    A length bucket without examples gets the terciles of all scores."""
+    the same task and length bucket* by default: how close a prompt can get to its intent depends on
+    both (a 3-word query shares less with a sentence-long intent than a 12-word one; an image prompt
+    adds style words a search query does not), so "high" means among the most relevant prompts of
+    that kind, and every (task, length, relevance) command is reachable. Returns (table, thresholds):
+    keys "task/length" plus one per length bucket (the fallback for groups under MIN_GROUP examples
+    and for unknown tasks); keep them so evaluation buckets generated prompts alike."""
     missing = [c for c in ("intent", "task", "prompt") if c not in df.columns]
     if missing:
         raise ValueError(f"example table lacks columns {missing}; build it with tandem.promptgen.teacher")
@@ -194,6 +211,7 @@ def relabel(
     if scores.shape != (len(df),):
         raise ValueError(f"scorer returned shape {scores.shape}; it must give one score per row ({len(df)})")
     lengths = np.asarray([length_bucket(len(str(p).split())) for p in df["prompt"]])
+    tasks = df["task"].astype(str).to_numpy()
     if thresholds is None:
 
         def terciles(values: np.ndarray) -> Cuts:
@@ -202,9 +220,18 @@ def relabel(
 
         overall = terciles(scores)
         thresholds = {b: terciles(scores[lengths == b]) if (lengths == b).any() else overall for b in LENGTHS}
-    table = {b: cuts_for(thresholds, b) for b in LENGTHS}
-    lo = np.array([table[b][0] for b in lengths])
-    hi = np.array([table[b][1] for b in lengths])
+        for task in sorted(set(tasks)):
+            for b in LENGTHS:
+                group = (tasks == task) & (lengths == b)
+                if group.sum() >= MIN_GROUP:
+                    thresholds[group_key(task, b)] = terciles(scores[group])
+    if isinstance(thresholds, Mapping):
+        table = {k: cuts_for(thresholds, k) for k in thresholds}  # validates every pair
+    else:
+        table = {b: cuts_for(thresholds, b) for b in LENGTHS}
+    pairs = [cuts_for(table, b, t) for t, b in zip(tasks, lengths, strict=True)]
+    lo = np.array([p[0] for p in pairs])
+    hi = np.array([p[1] for p in pairs])
     out = df.copy()
     out["length"] = lengths
     out["relevance_score"] = scores

@@ -81,7 +81,7 @@ def _item_words(row: pd.Series) -> tuple[str, str, str]:
     return title, (topics[0] if topics else title), content
 
 
-def _prompt(task: str, row: pd.Series, style: int) -> str:
+def item_prompt(task: str, row: pd.Series, style: int) -> str:
     """A prompt for `row`; style 0/1/2 writes a short/medium/long one (before relabelling measures it)."""
     title, topic, content = _item_words(row)
     topics = " ".join(str(t) for t in _as_list(row.get("topics")))
@@ -159,7 +159,7 @@ def catalogue_teacher(
             source_row = catalog.iloc[_sibling_index(catalog, i, rng, first_topics)]
         else:
             source_row = catalog.iloc[i]
-        prompt = _prompt(task, source_row, int(rng.integers(3)))
+        prompt = item_prompt(task, source_row, int(rng.integers(3)))
         rows.append((intent, task, prompt, [str(catalog.iloc[i]["item_id"])], CATALOGUE_SOURCE))
     return pd.DataFrame(rows, columns=COLUMNS)
 
