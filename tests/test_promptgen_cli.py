@@ -100,6 +100,7 @@ def test_generate_same_seed_same_prompts(trained):
         (["--task", "poem"], "--task"),
         (["--length", "huge"], "length"),
         (["--top-p", "0"], "top_p"),
+        (["--steer", "-1"], "--steer"),
     ],
 )
 def test_generate_bad_args_exit_2(trained, extra, message):

@@ -3,8 +3,9 @@ intent detector, saved side by side in one folder:
 
     out_dir/generator/     PromptGenerator.save (HF GPT-2 + tokenizer)
     out_dir/intent/        IntentDetector.save
-    out_dir/promptgen.json relevance cut points per length bucket (reuse them to bucket generated
-                           prompts), the relabelling scorer, bucket counts, fit stats
+    out_dir/promptgen.json relevance cut points per "task/length" group and per length bucket (reuse
+                           them to bucket generated prompts), the relabelling scorer, bucket counts,
+                           fit stats
 """
 
 from __future__ import annotations
