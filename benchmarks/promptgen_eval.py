@@ -34,9 +34,8 @@ from tandem.promptgen.train import load, train_generator
 RESULTS = Path(__file__).parent / "results" / "promptgen_eval.md"
 FASHION = Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion-small"
 SMALL = GeneratorConfig.small()
-STEER = 3.0
 # (candidates, steer): 0 candidates = the generator alone; steer = copy bias on the intent's words
-SETTINGS = ((0, 0.0), (4, 0.0), (8, 0.0), (8, STEER))
+SETTINGS = ((0, 0.0), (4, 0.0), (8, 0.0), (8, 3.0), (8, 8.0))
 
 
 def catalogue(workdir: Path, items: int) -> tuple[pd.DataFrame, str]:
@@ -175,6 +174,11 @@ def main() -> None:
     )
     ceiling = (scored(own, own["prompt"].tolist())["relevance"] == "high").mean()
 
+    steered = {
+        b: list(zip(held["intent"][:3], [p[0] for p in gen(held.iloc[:3], "medium", "high", candidates=8, steer=b)]))
+        for b in (0.0, 3.0, 8.0)
+    }
+
     # relevance and diversity beside the teacher: the generator asked for the teacher's length, high relevance
     mine = [""] * len(held)
     for length in LENGTHS:
@@ -210,6 +214,9 @@ def main() -> None:
     base = GPT2LMHeadModel(gpt2_config(GeneratorConfig.base(), GeneratorConfig.base().vocab_size, 1, 0))
     base_params = sum(p.numel() for p in base.parameters())
     fit = meta["generator"]["fit"]
+    trained = f"{train_s:.0f} s incl. relabelling and the intent detector"
+    if train_s < 1:  # --model: the fit time of the earlier run that trained it
+        trained = f"model reused from an earlier run (generator fit {fit['seconds']:.0f} s)"
 
     lines = [
         f"# Prompt generator evaluation: catalogue teacher on {name}",
@@ -225,7 +232,7 @@ def main() -> None:
         + "), reused for generated prompts.",
         f"Generator: small preset {SMALL.n_layer} layers x {SMALL.n_embd} wide, {fit['parameters']:,} parameters "
         f"(NOT the base preset: {base_params:,} parameters, too slow to train on this CPU); {args.epochs} epochs, "
-        f"{train_s:.0f} s incl. relabelling and the intent detector; final loss {fit['epoch_loss'][-1]:.3f}.",
+        f"{trained}; final loss {fit['epoch_loss'][-1]:.3f}.",
         "",
         f"Control: each of the {len(held)} held-out intents asked for all 9 (length, relevance) commands; a hit = "
         "the prompt lands in the requested bucket under the training rules (length by words, relevance by the "
@@ -238,9 +245,12 @@ def main() -> None:
         *control_rows,
         "",
         f"Ceiling of \"high\": the teacher's own-item prompt (its template applied to the intent's own item, in each "
-        f'of the 3 lengths) lands in "high" for {ceiling:.3f} of the held-out intents x lengths. Steer = '
-        f'`--steer {STEER:g}`: candidates drawn with a copy bias of +{STEER:g} on the intent\'s tokens for "high", '
-        f'-{STEER:g} for "low".',
+        f'of the 3 lengths) lands in "high" for {ceiling:.3f} of the held-out intents x lengths. Steer B = '
+        "`--steer B`: candidates drawn with a copy bias of +B on the intent's tokens not yet written for 'high', "
+        "-B for 'low'. The scorer rewards reusing the intent's words, so a strong steer also copies words of the "
+        "request itself; read these prompts (len=medium, rel=high, best of 8) before trusting a row:",
+        "",
+        *(f"- steer {b:g}: `{i}` -> `{p}`" for b, pairs in steered.items() for i, p in pairs),
         "",
         f"Intent detector: task of the held-out intents {intent_acc:.3f}.",
         "",

@@ -173,16 +173,39 @@ def test_copy_bias_pulls_tokens_from_the_own_intent(fitted):
     tok = gen.tokenizer
     intents = ["lamp chair table", "red blue green"]  # one batch: each row must be biased to its own intent
     special = set(tok.all_special_ids)
-    own = [{t for t in tok(i, add_special_tokens=False)["input_ids"]} for i in intents]
+    own = [set(tok(i, add_special_tokens=False)["input_ids"]) for i in intents]
+
+    def ids(prompt: str) -> list[int]:
+        return [t for t in tok(prompt, add_special_tokens=False)["input_ids"] if t not in special]
 
     def share_own(outs) -> float:
-        ids = [
-            (t, k) for k, group in enumerate(outs) for p in group for t in tok(p, add_special_tokens=False)["input_ids"]
-        ]
-        return sum(t in own[k] for t, k in ids if t not in special) / max(1, len(ids))
+        pairs = [(t, k) for k, group in enumerate(outs) for p in group for t in ids(p)]
+        return sum(t in own[k] for t, k in pairs) / max(1, len(pairs))
 
     plain = gen.generate(intents, "search", "long", n=8, temperature=2.0, seed=0)
     pulled = gen.generate(intents, "search", "long", n=8, temperature=2.0, seed=0, copy_bias=30.0)
     pushed = gen.generate(intents, "search", "long", n=8, temperature=2.0, seed=0, copy_bias=-30.0)
-    assert share_own(pulled) > 0.95 > share_own(plain) > share_own(pushed)
+    assert share_own(pulled) > share_own(plain) > share_own(pushed)
     assert share_own(pushed) < 0.05
+    for k, group in enumerate(pulled):  # a +30 bias writes every intent token before anything else
+        for prompt in group:
+            assert set(ids(prompt)[: len(own[k])]) == own[k], prompt
+
+
+def test_copy_bias_drops_for_tokens_already_written():
+    import torch
+
+    from tandem.promptgen.model import _CopyBias
+
+    ids = torch.tensor([[0, 5, 6, 7], [0, 0, 8, 9]])  # left-padded contexts; 0 = pad, 9 = a special token
+    mask = torch.tensor([[1, 1, 1, 1], [0, 0, 1, 1]])
+    proc = _CopyBias(ids, mask, per_call=2, bias=2.0, special={0, 9}, vocab=12)
+    scores = torch.zeros((4, 12))
+    first = proc(ids.repeat_interleave(2, dim=0), scores)  # nothing written yet
+    assert first[0].nonzero().flatten().tolist() == [5, 6, 7] and first[1].equal(first[0])
+    assert first[2].nonzero().flatten().tolist() == [8]
+    written = torch.cat([ids.repeat_interleave(2, dim=0), torch.tensor([[6], [3], [8], [3]])], dim=1)
+    after = proc(written, scores)
+    assert after[0].nonzero().flatten().tolist() == [5, 7]  # row 0 wrote 6: no push to repeat it
+    assert after[1].nonzero().flatten().tolist() == [5, 6, 7]
+    assert after[2].abs().sum() == 0 and after[3][8] == 2.0

@@ -351,7 +351,9 @@ class PromptGenerator:
 
 class _CopyBias:
     """Logits processor: + `bias` on the tokens of each row's own context (its intent; special tokens
-    excluded). HF repeats each input row `per_call` times in a row for num_return_sequences."""
+    excluded) that the row has not written yet, so a copied word is not pushed again (a flat bias makes
+    the prompt repeat the intent's words). HF repeats each input row `per_call` times in a row for
+    num_return_sequences."""
 
     def __init__(self, ids, mask, per_call: int, bias: float, special: set[int], vocab: int):
         import torch
@@ -361,9 +363,14 @@ class _CopyBias:
             words = [t for t in ids[r][mask[r].bool()].tolist() if t not in special]
             table[r, torch.tensor(sorted(set(words)), dtype=torch.long, device=ids.device)] = bias
         self.table = table.repeat_interleave(per_call, dim=0)
+        self.start = ids.shape[1]  # generated tokens begin here
 
     def __call__(self, input_ids, scores):
-        return scores + self.table[:, : scores.shape[1]].to(scores.dtype)
+        table = self.table[:, : scores.shape[1]]
+        written = input_ids[:, self.start :]
+        if written.numel():
+            table = table.scatter(1, written.clamp(max=table.shape[1] - 1), 0.0)
+        return scores + table.to(scores.dtype)
 
 
 def _pad_right(batch, pad_id: int):
