@@ -87,7 +87,8 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="print only, leave the results file alone")
     args = parser.parse_args()
     setup_logging(verbose=False)
-    if args.model is None:
+    reused = args.model is not None
+    if not reused:
         shutil.rmtree(args.workdir, ignore_errors=True)
     import torch
 
@@ -215,7 +216,7 @@ def main() -> None:
     base_params = sum(p.numel() for p in base.parameters())
     fit = meta["generator"]["fit"]
     trained = f"{train_s:.0f} s incl. relabelling and the intent detector"
-    if train_s < 1:  # --model: the fit time of the earlier run that trained it
+    if reused:  # --model: the fit time of the earlier run that trained it
         trained = f"model reused from an earlier run (generator fit {fit['seconds']:.0f} s)"
 
     lines = [

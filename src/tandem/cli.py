@@ -800,7 +800,7 @@ def generate_command(
 ) -> None:
     """Write n prompts for an intent with the trained prompt generator."""
     from tandem.promptgen import TASKS, command
-    from tandem.promptgen.control import STEER_SIGN, generate_verified
+    from tandem.promptgen.control import generate_verified, steer_bias
     from tandem.promptgen.train import load, verifier
 
     setup_logging(False)
@@ -810,8 +810,9 @@ def generate_command(
         if not intent.strip():
             raise ValueError("--intent is empty; describe what the user wants")
         command(task if task != "auto" else TASKS[0], length, relevance)  # check before loading the model
-        if steer < 0:
+        if steer < 0:  # checked here to name the flag, before loading the model
             raise ValueError(f"--steer {steer}; use a value >= 0 (its sign follows --relevance)")
+        bias = steer_bias(relevance, steer)
         generator, detector, meta = load(model)
         if task == "auto":
             task = detector.predict([intent])[0]
@@ -823,7 +824,6 @@ def generate_command(
                 generator, scorer, thresholds, [intent], task, length, relevance, n, candidates, steer, **sampling
             )[0]
         else:
-            bias = STEER_SIGN[relevance] * steer
             prompts = generator.generate([intent], task, length, relevance, n=n, copy_bias=bias, **sampling)[0]
     typer.echo(f"task: {task}")
     for i, p in enumerate(prompts, start=1):

@@ -22,6 +22,13 @@ from tandem.promptgen.relabel import Scorer, Thresholds, cuts_for, length_bucket
 STEER_SIGN = {"low": -1.0, "medium": 0.0, "high": 1.0}
 
 
+def steer_bias(relevance: str, steer: float) -> float:
+    """The copy bias for `steer` >= 0: +steer for relevance "high", -steer for "low", 0 for "medium"."""
+    if steer < 0:
+        raise ValueError(f"steer={steer}; use steer >= 0 (its sign follows the requested relevance)")
+    return STEER_SIGN[relevance] * steer
+
+
 def band_distance(score: float, relevance: str, cuts: tuple[float, float]) -> float:
     """How far `score` lies outside the requested relevance band (0 inside), minus how deep inside it
     lies (capped at the band's half-width), so lower = safer: deep inside beats near an edge."""
@@ -89,10 +96,8 @@ def generate_verified(
         raise ValueError(f"candidates ({candidates}) must be >= n ({n}): the best n are kept of them")
     if sampling.get("do_sample") is False and candidates > 1:
         raise ValueError("candidates > 1 needs sampling (do_sample=True): greedy decoding repeats one prompt")
-    if steer < 0:
-        raise ValueError(f"steer={steer}; use steer >= 0 (its sign follows the requested relevance)")
-    if steer:
-        sampling = {**sampling, "copy_bias": STEER_SIGN[relevance] * steer}
+    if steer:  # a negative steer is an error raised by steer_bias
+        sampling = {**sampling, "copy_bias": steer_bias(relevance, steer)}
     drawn = generator.generate(intents, task, length, relevance, n=candidates, **sampling)
     table = pd.DataFrame(
         [(intent, task, p) for intent, group in zip(intents, drawn, strict=True) for p in group],

@@ -268,7 +268,7 @@ class PromptGenerator:
     ) -> list[list[str]]:
         """`n` prompts per intent (one list per intent), via HF generate with left padding, stopping at `<eos>`.
 
-        copy_bias is added to the logits of every token of the row's own intent at each step: > 0 makes
+        copy_bias is added to the logits of the row's own intent tokens it has not written yet: > 0 makes
         the prompt reuse the intent's words (a small model trained on few examples copies names it never
         saw poorly), < 0 steers away from them; 0 = plain sampling."""
         import torch

@@ -229,9 +229,9 @@ def relabel(
         table = {k: cuts_for(thresholds, k) for k in thresholds}  # validates every pair
     else:
         table = {b: cuts_for(thresholds, b) for b in LENGTHS}
-    pairs = [cuts_for(table, b, t) for t, b in zip(tasks, lengths, strict=True)]
-    lo = np.array([p[0] for p in pairs])
-    hi = np.array([p[1] for p in pairs])
+    groups = {(t, b): cuts_for(table, b, t) for t, b in set(zip(tasks, lengths, strict=True))}
+    lo = np.array([groups[t, b][0] for t, b in zip(tasks, lengths, strict=True)])
+    hi = np.array([groups[t, b][1] for t, b in zip(tasks, lengths, strict=True)])
     out = df.copy()
     out["length"] = lengths
     out["relevance_score"] = scores
