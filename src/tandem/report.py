@@ -1,4 +1,5 @@
-"""Human-readable run report: a Markdown page with the metric table and a Recall@K plot."""
+"""Human-readable run report: a Markdown page with the metric table and a Recall@K plot, and the same
+as one self-contained HTML page (`tandem.report_html`)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 from pathlib import Path
 
 from tandem.gate import markdown as gate_markdown
+from tandem.report_html import write_html
 
 
 def plot_recall(metrics: dict[str, dict[str, float]], path: Path) -> Path:
@@ -87,7 +89,7 @@ def metrics_section(report: dict, run_dir: Path, plot: Path) -> list[str]:
 
 
 def write_report(report: dict, run_dir: Path) -> dict[str, Path]:
-    """Write report.md and recall.png next to report.json; returns their paths."""
+    """Write report.md, report.html and recall.png next to report.json; returns their paths."""
     plot = plot_recall(report["metrics"], run_dir / "recall.png")
     gate, data, pairs, idx = report["gate"], report["data"], report["pairs"], report["index"]
     logs, cat, valid = data["logs"], data["catalog"], report["validation"]
@@ -119,4 +121,5 @@ def write_report(report: dict, run_dir: Path) -> dict[str, Path]:
     text = "\n".join(lines)
     md = run_dir / "report.md"
     md.write_text(text)
-    return {"markdown": md, "plot": plot}
+    page = write_html(report, run_dir, _evaluation(report, run_dir), plot)
+    return {"markdown": md, "plot": plot, "html": page}

@@ -1,0 +1,161 @@
+"""report.html: self-contained (plot inline, no external URL), the numbers of report.json, gate evidence,
+data accounting, a relative Data Docs link, and every value from data escaped."""
+
+from __future__ import annotations
+
+import base64
+import re
+from html.parser import HTMLParser
+
+import pytest
+
+from tandem.report import write_report
+
+EVIL = '<img src=x onerror="alert(1)">'  # must come out as text, never as markup
+
+
+class Page(HTMLParser):
+    """The page's tags with their attributes, and its text."""
+
+    def __init__(self):
+        super().__init__()
+        self.tags: list[tuple[str, dict]] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def _report(run_dir) -> dict:
+    docs = run_dir / "validation" / "gx" / "data_docs" / "index.html"
+    docs.parent.mkdir(parents=True)
+    docs.write_text("<html>docs</html>")
+    metrics = {"recall@10": 0.5, "recall@100": 0.9, "mrr@10": 0.25, "short_query/recall@100": 0.8}
+    ci = {m: [v - 0.05, v + 0.05] for m, v in metrics.items()}
+    guard = {"metric": "mrr@10", "tolerance": 0.02, "challenger": 0.25, "champion": 0.24, "delta": 0.01}
+    return {
+        "run_id": "r<1>",
+        "created_at": "2026-01-01T00:00:00+00:00",
+        "inputs": {"logs": ["/in/logs-a.csv", "/in/logs-b.csv"], "catalog": f"/in/{EVIL}.csv"},
+        "config": {"index": {"token": "***"}},
+        "data": {
+            "logs": {"rows_in": 1000, "rows_kept": 990, "rows_quarantined": 10},
+            "catalog": {"rows_in": 50, "rows_kept": 48, "rows_quarantined": 2, "images_dropped": 3},
+            "quarantine_dir": str(run_dir / "quarantine"),
+        },
+        "pairs": {"train": 128, "valid": 15, "test": 40, "cutoff": "2024-01-24T22:53:09+00:00"},
+        "validation": {"success": True, "data_docs": str(docs), "suites": {"logs": True, "catalog": True}},
+        "metrics": {"model": metrics, "champion": {m: v - 0.1 for m, v in metrics.items()}, EVIL: metrics},
+        "ci": {"model": ci, "champion": ci},
+        "latency_ms": {"model": 2.5, "champion": 2.4},
+        "eval": {
+            "test_pairs": 40,
+            "query_items": 33,
+            "pool": "catalogue minus the query item",
+            "primary_metric": "recall@100",
+            "protocol": "hotelmatch",
+            "counts": {"pairs_in": 41, "pairs_evaluated": 40, "dropped": {"no target": 1}, "queries": 33},
+        },
+        "gate": {
+            "decision": "promote",
+            "reason": f"beats the champion {EVIL}",
+            "primary_metric": "recall@100",
+            "challenger": 0.9,
+            "champion": 0.8,
+            "champion_collection": "tandem_old",
+            "evidence": {
+                "primary": {
+                    "metric": "recall@100",
+                    "challenger": 0.9,
+                    "champion": 0.8,
+                    "diff": 0.1,
+                    "ci": [0.04, 0.16],
+                    "confidence": 0.9,
+                    "p_value": 0.0,
+                    "margin": 0.0,
+                    "alpha": 0.05,
+                    "n_boot": 1000,
+                    "n_units": 33,
+                    "unit": "query",
+                    "n_pairs": 40,
+                },
+                "guards": [
+                    guard | {"ok": True, "status": "ok"},
+                    guard | {"metric": "query_latency_ms", "tolerance": 1.5, "ok": False, "status": "failed"},
+                ],
+            },
+        },
+        "index": {
+            "collection": "tandem_r1",
+            "vectors": 48,
+            "items": 48,
+            "alias": "live",
+            "live_collection": "tandem_r1",
+        },
+        "timings_s": {"load": 1.25, "train": 30.0},
+    }
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run")
+    report = _report(run_dir)
+    paths = write_report(report, run_dir)
+    text = paths["html"].read_text()
+    page = Page()
+    page.feed(text)
+    return report, paths, text, page
+
+
+def test_html_is_written_beside_the_markdown(written):
+    _, paths, _, _ = written
+    assert set(paths) == {"markdown", "plot", "html"}
+    assert paths["html"].name == "report.html" and paths["html"].parent == paths["markdown"].parent
+    assert not list(paths["html"].parent.glob("*.tmp"))  # written temp-then-rename
+
+
+def test_plot_is_inline_and_nothing_is_fetched(written):
+    _, paths, text, page = written
+    (plot,) = [a for t, a in page.tags if t == "img"]
+    prefix = "data:image/png;base64,"
+    assert plot["src"].startswith(prefix)
+    assert base64.b64decode(plot["src"][len(prefix) :]) == paths["plot"].read_bytes()
+    for tag, attrs in page.tags:  # no CDN, no remote font, no remote anything: it opens offline
+        for name in ("src", "href"):
+            assert not re.match(r"(https?:)?//", attrs.get(name) or ""), (tag, attrs)
+    assert "<script" not in text
+
+
+def test_metrics_with_intervals_per_model_and_the_gate_evidence(written):
+    _, _, text, page = written
+    words = " ".join(" ".join(page.text).split())
+    for model in ("model", "champion"):
+        assert re.search(rf"<td>{model}</td><td>0\.\d{{4}} <span class=\"ci\">\[0\.\d{{3}}, 0\.\d{{3}}\]</span>", text)
+    assert "0.9000 [0.850, 0.950]" in words  # model recall@100 with its interval
+    assert 'class="primary">recall@100</th>' in text  # the gate's metric is marked
+    assert "Subset short_query" in words
+    assert "difference +0.1000" in words and "[+0.0400, +0.1600]" in words
+    assert "p-value < 0.0010" in words  # 0 of 1000 rounds
+    assert "paired bootstrap, 1000 rounds over 33 query" in words
+    assert re.search(r"query_latency_ms .* ratio <= 1\.5 failed", words)
+    assert "model 2.5 ms, champion 2.4 ms" in words
+
+
+def test_data_accounting_docs_link_and_timings(written):
+    _, _, text, page = written
+    words = " ".join(" ".join(page.text).split())
+    assert "logs 1000 990 10" in words and "catalogue 50 48 2 3" in words
+    assert "128 15 40" in words
+    (docs,) = [a["href"] for t, a in page.tags if t == "a"]
+    assert docs == "validation/gx/data_docs/index.html"  # relative: the run folder can move
+    assert "load 1.2 train 30.0 total 31.2" in words
+
+
+def test_values_from_data_are_escaped(written):
+    _, _, text, page = written
+    assert EVIL not in text and "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in text
+    assert [t for t, _ in page.tags].count("img") == 1  # only the plot
+    assert "tandem run r&lt;1&gt;" in text
