@@ -47,6 +47,9 @@ def _publish(run, cfg, metrics_path: Path) -> dict:
     evaluated = stages.evaluate(run, cfg, progress=False)
     decision = stages.gate(run, cfg)
     promoted = stages.promote(run, cfg)
+    from tandem import run as loop
+
+    loop.write(run, cfg)  # report.json / .md / .html in the run folder, as `tandem run` and the DAG write them
     flat = {
         "primary_metric": evaluated["primary_metric"],
         "test_pairs": evaluated["test_pairs"],
