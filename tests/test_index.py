@@ -265,7 +265,7 @@ def test_write_refuses_inconsistent_input(tmp_path, vectors):
     [
         ({"index_type": "HNSWX"}, "index.index_type"),
         ({"metric": "cos"}, "index.metric"),
-        ({"search_ef": 0}, "index.search_ef must be at least 1"),
+        ({"search_ef": 0}, "index.search_ef: 0 is out of range: must be >= 1"),
         ({"keep_collections": 0}, "index.keep_collections"),
         ({"challenger_alias": "live"}, "two different"),
         ({"scalar_fields": ("title", "vector")}, "index.scalar_fields"),
