@@ -1,4 +1,5 @@
-"""The FastAPI app behind `tandem serve`: search, similar items, clicks, health; OpenAPI at /docs.
+"""The FastAPI app behind `tandem serve`: search, similar items, clicks, health; OpenAPI at /docs; a search
+page at / with the items' photos (`tandem.serve.page`).
 
 Client input is checked before any work: a bad request gets a 4xx that says what to fix, never
 a 5xx. Concurrent /search (and /similar) requests for the same arm and filter are micro-batched
@@ -35,6 +36,7 @@ from tandem.index import ItemIndex, filter_expression
 from tandem.promptgen.expand import MAX_K, QueryExpander, parse_expand
 from tandem.serve.batching import MicroBatcher
 from tandem.serve.events import EventLog, RecentRequests, Served, events_dir
+from tandem.serve.page import add_page_routes
 from tandem.serve.routing import Arm, Router, Unavailable
 
 log = logging.getLogger(__name__)
@@ -404,4 +406,5 @@ def create_app(
             request_id=body.request_id, user_id=served.user_id, item_id=body.item_id, arm=served.arm, position=position
         )
 
+    add_page_routes(app, workdir, ids)  # GET / (the search page) and GET /items/{item_id}/image
     return app
