@@ -1,7 +1,8 @@
 """Feast definitions of tandem: entities `item` and `user`, feature views `item_features` and
 `user_features`. Thin on purpose: the builder lives in the library (`tandem.features.definitions`),
-which the pipeline's features stage applies too. Like feature_store.yaml, it points at the store of
-the default workdir `work/`; for another workdir use `tandem.features.store(workdir)` in Python."""
+which the pipeline's features stage applies too. Like feature_store.yaml (through the `feast` link in
+this folder), it points at the store of the default workdir `work/`; for another workdir use
+`tandem.features.store(workdir)` in Python."""
 
 from pathlib import Path
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sqlite3
+import uuid
 from pathlib import Path
 
 import pandas as pd
@@ -14,6 +17,8 @@ from tandem.config import RunConfig
 from tandem.synth import make_dataset
 
 UTC = "UTC"
+REPO_YAML = Path(__file__).resolve().parents[1] / "features" / "feature_store.yaml"
+REDIS_DB = 13  # a Redis database of its own; the test's keys are also under a project name of its own
 
 
 def test_popularity_degree_and_last_seen_on_a_hand_example():
@@ -40,14 +45,28 @@ def test_popularity_degree_and_last_seen_on_a_hand_example():
     assert users["n_events"].tolist() == [2, 1] and users["n_items"].tolist() == [2, 1]
 
 
-def test_feature_store_yaml_matches_the_library():
-    repo = Path(__file__).resolve().parents[1] / "features"
-    conf = yaml.safe_load((repo / "feature_store.yaml").read_text())
-    assert conf["project"] == fs.PROJECT and conf["provider"] == "local"
-    assert conf["offline_store"]["type"] == "file" and conf["online_store"]["type"] == "sqlite"
-    assert conf["entity_key_serialization_version"] == 3
-    assert "work/feast" in conf["registry"]  # state outside git (work/ is ignored)
-    assert "definitions(" in (repo / "definitions.py").read_text()
+def test_feature_store_yaml_is_the_built_in_default_and_the_cli_sees_the_default_workdir(tmp_path, monkeypatch):
+    conf = yaml.safe_load(REPO_YAML.read_text())
+    assert conf == yaml.safe_load(fs.DEFAULT_STORE_YAML)  # what an installed package (no features/) uses
+    assert fs.REPO_STORE_YAML == REPO_YAML and conf["project"] == fs.PROJECT
+    assert conf["registry"] == "feast/registry.db" and conf["online_store"]["path"] == "feast/online.db"
+    # the Feast CLI resolves those paths from features/: its `feast` link is the default workdir's store
+    assert os.readlink(REPO_YAML.parent / "feast") == "../work/feast"
+    assert "definitions(" in (REPO_YAML.parent / "definitions.py").read_text()
+    # the library resolves them against any workdir, and ${TANDEM_WORKDIR} too
+    work = tmp_path / "w"
+    config = fs.store_config(work)
+    assert fs.registry_file(config) == work / "feast" / "registry.db" and config.repo_path == work
+    assert (config.online_store.type, config.offline_store.type) == ("sqlite", "file")
+    edited = tmp_path / "fs.yaml"
+    edited.write_text(REPO_YAML.read_text().replace("registry: feast/", "registry: ${TANDEM_WORKDIR}/reg/"))
+    assert fs.registry_file(fs.store_config(work, edited)) == work / "reg" / "registry.db"
+    edited.write_text(REPO_YAML.read_text().replace("type: sqlite", "type: sqlight"))
+    with pytest.raises(ValueError, match=str(edited)):
+        fs.store_config(work, edited)
+    monkeypatch.setenv(fs.STORE_YAML_ENV, str(tmp_path / "missing.yaml"))
+    with pytest.raises(ValueError, match="missing.yaml does not exist"):
+        fs.store_config(work)
 
 
 @pytest.fixture(scope="module")
@@ -142,3 +161,84 @@ def test_training_reads_point_in_time_while_serving_reads_latest(run):
     fs.apply_and_materialize(run.workdir, "r2", table)
     assert set(fs.read_items(run.workdir, ["it0", "it1"])["title"]) == {"renamed"}
     assert stages.items(run)["title"].tolist() == catalog["title"].tolist()
+
+
+def _later_table(run, summary, title: str) -> pd.DataFrame:
+    """The run's item features, retitled, as of a day later (a store of its own in each test below)."""
+    later = pd.Timestamp(summary["as_of"]) + pd.Timedelta(days=1)
+    return fs.item_feature_table(
+        pd.read_parquet(run / "data" / "catalog.parquet").assign(title=title),
+        pd.read_parquet(run / "data" / "logs.parquet"),
+        pd.DataFrame(columns=["item_id", "related_item_id"]),
+        pd.DataFrame(columns=["item_id", "users"]),
+        later,
+    )
+
+
+def test_the_store_is_what_feature_store_yaml_says(run, tmp_path, monkeypatch):
+    """A copy of features/feature_store.yaml with another registry and online DB: the data lands there."""
+    run, summary = run
+    online = tmp_path / "elsewhere" / "items-online.db"  # absolute; the registry's path stays relative
+    text = REPO_YAML.read_text().replace("path: feast/online.db", f"path: {online}")
+    config = tmp_path / "feature_store.yaml"
+    config.write_text(text.replace("registry: feast/registry.db", "registry: state/reg.db"))
+    monkeypatch.setenv(fs.STORE_YAML_ENV, str(config))
+    work = tmp_path / "work"
+    fs.apply_and_materialize(work, "r1", _later_table(run, summary, "moved"))
+    assert (work / "state" / "reg.db").is_file() and online.is_file()
+    assert not (work / "feast" / "registry.db").exists() and not (work / "feast" / "online.db").exists()
+    with sqlite3.connect(online) as db:  # the SQLite online store's table of the view holds the items
+        assert db.execute("SELECT COUNT(DISTINCT entity_key) FROM tandem_item_features").fetchone()[0] == 12
+    assert fs.store(work).config.offline_store.type == "file"
+    assert set(fs.read_items(work, ["it0", "it3"])["title"]) == {"moved"}
+    online.unlink()  # reads go to that file, nowhere else: a new empty one has no table of the view
+    with pytest.raises(sqlite3.OperationalError, match="no such table: tandem_item_features"):
+        fs.read_items(work, ["it0"])
+
+
+def _redis_or_skip():
+    redis = pytest.importorskip("redis")
+    client = redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB, socket_connect_timeout=1)
+    try:
+        client.ping()
+    except redis.exceptions.RedisError:
+        pytest.skip("no Redis at 127.0.0.1:6379")
+    return client
+
+
+def test_online_store_on_redis_chosen_by_feature_store_yaml(run, tmp_path, monkeypatch):
+    """Only the yaml changes (online_store: redis): materialise into the real Redis, read items back from it."""
+    client = _redis_or_skip()
+    run, summary = run
+    project = f"tandem_test_{uuid.uuid4().hex[:8]}"
+    conf = yaml.safe_load(REPO_YAML.read_text())
+    conf |= {
+        "project": project,
+        "online_store": {"type": "redis", "connection_string": f"127.0.0.1:6379,db={REDIS_DB}"},
+    }
+    config = tmp_path / "feature_store.yaml"
+    config.write_text(yaml.safe_dump(conf))
+    monkeypatch.setenv(fs.STORE_YAML_ENV, str(config))
+    work = tmp_path / "work"
+
+    def keys() -> list[bytes]:  # Feast's Redis keys end with the project's name
+        return [k for k in client.scan_iter(count=1000) if k.endswith(project.encode())]
+
+    try:
+        table = _later_table(run, summary, "from redis")
+        fs.apply_and_materialize(work, "r1", table)
+        assert len(keys()) == 12  # one hash per item
+        assert not (work / "feast" / "online.db").exists()
+        ids = ["it4", "it0"]
+        got = fs.read_items(work, ids, columns=("title", "images", "popularity", "last_seen"))
+        expected = table.set_index("item_id").loc[ids]
+        assert got["title"].tolist() == ["from redis"] * 2
+        assert got["images"].tolist() == [list(v) for v in expected["images"]]
+        assert got["popularity"].tolist() == [0, 0]
+        assert got["last_seen"].tolist() == expected["last_seen"].tolist()
+    finally:
+        if (work / "feast" / "registry.db").is_file():
+            fs.store(work).teardown()  # drops the views' keys from Redis
+        for key in keys():
+            client.delete(key)
+    assert keys() == []

@@ -3,8 +3,11 @@ and read back by training (offline store, point in time) and serving (online sto
 
 Where things live: the feature *definitions* are built here (`definitions`), so the library works
 when installed as a package; the repo's `features/` folder is a thin Feast repository whose
-`definitions.py` calls the same builder for users of the `feast` CLI. The store's *state* lives per
-workdir, never in the git repository:
+`definitions.py` calls the same builder for users of the `feast` CLI. The *store* (registry, online
+and offline store) is what `features/feature_store.yaml` says (`store_config`): edit it, or point
+$TANDEM_FEATURE_STORE at a copy, to move the registry or switch the online store (e.g. to Redis).
+Its relative paths are relative to the workdir (`${TANDEM_WORKDIR}` names it too), so with the
+shipped file the state lives per workdir, never in the git repository:
 
     WORKDIR/feast/registry.db                   Feast registry (file)
     WORKDIR/feast/online.db                     online store (SQLite): latest values per entity
@@ -20,12 +23,14 @@ as-of time). Feature views have no TTL, so old demo data never expires.
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import yaml
 
 PROJECT = "tandem"
 ITEM_VIEW, USER_VIEW = "item_features", "user_features"
@@ -160,26 +165,83 @@ def definitions(feast_dir: str | Path) -> list:
 
 
 def feast_dir(workdir: str | Path) -> Path:
+    """WORKDIR/feast: the offline snapshots (and, with the shipped feature_store.yaml, registry and online DB)."""
     return Path(workdir).resolve() / "feast"
 
 
-def store(workdir: str | Path):
-    """A FeatureStore whose registry, online DB and offline files live under WORKDIR/feast/."""
-    from feast import FeatureStore, RepoConfig
-    from feast.infra.online_stores.sqlite import SqliteOnlineStoreConfig
+# --------------------------------------------------------------------------- the store
+STORE_YAML_ENV = "TANDEM_FEATURE_STORE"  # path of the feature_store.yaml to use instead of the repo's
+WORKDIR_VAR = "${TANDEM_WORKDIR}"  # replaced by the workdir in feature_store.yaml
+REPO_STORE_YAML = Path(__file__).resolve().parents[2] / "features" / "feature_store.yaml"  # a source checkout
+# The repo's features/feature_store.yaml, for an installed package that has no features/ (a test keeps them equal).
+DEFAULT_STORE_YAML = """\
+project: tandem
+provider: local
+registry: feast/registry.db
+online_store:
+  type: sqlite
+  path: feast/online.db
+offline_store:
+  type: file
+entity_key_serialization_version: 3
+"""
 
-    root = feast_dir(workdir)
-    root.mkdir(parents=True, exist_ok=True)
-    config = RepoConfig(
-        project=PROJECT,
-        provider="local",
-        registry=str(root / "registry.db"),
-        online_store=SqliteOnlineStoreConfig(path=str(root / "online.db")),
-        offline_store={"type": "file"},
-        entity_key_serialization_version=3,
-        repo_path=str(root),
-    )
-    return FeatureStore(config=config)
+
+def store_yaml(path: str | Path | None = None) -> tuple[str, str]:
+    """(text, source) of the store's feature_store.yaml: `path`, else $TANDEM_FEATURE_STORE, else the repo's
+    features/feature_store.yaml, else (installed package) the built-in copy of it."""
+    path = path or os.environ.get(STORE_YAML_ENV) or None
+    if path is None:
+        if not REPO_STORE_YAML.is_file():
+            return DEFAULT_STORE_YAML, "built-in default (features/feature_store.yaml)"
+        path = REPO_STORE_YAML
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"feature store config {path} does not exist (from {STORE_YAML_ENV} or the path given)")
+    return path.read_text(), str(path)
+
+
+def store_config(workdir: str | Path, path: str | Path | None = None):
+    """The RepoConfig of `store_yaml(path)` for this workdir: ${TANDEM_WORKDIR} is the workdir, other
+    ${VARS} come from the environment (as Feast does), and relative paths are relative to the workdir."""
+    from feast import RepoConfig
+    from feast.errors import FeastError
+    from pydantic import ValidationError
+
+    workdir = Path(workdir).resolve()
+    text, source = store_yaml(path)
+    text = text.replace(WORKDIR_VAR, str(workdir))
+    raw = yaml.safe_load(os.path.expandvars(text))
+    if not isinstance(raw, dict) or not raw.get("project"):
+        raise ValueError(f"{source}: not a feature_store.yaml (a mapping with project, registry, online_store, ...)")
+    try:
+        config = RepoConfig(**raw)
+        _ = config.online_store, config.offline_store  # parsed lazily: check them here, not at the first read
+    except (ValidationError, FeastError, ImportError) as e:  # the message names the bad key or store type
+        raise ValueError(f"{source}: invalid feature store config: {e}") from e
+    config.repo_path = workdir  # Feast resolves relative registry / SQLite paths against it
+    return config
+
+
+def registry_file(config) -> Path | None:
+    """The registry's file for a file registry (None for a SQL or remote one)."""
+    registry = config.registry
+    if getattr(registry, "registry_type", "file") != "file" or "://" in str(registry.path):
+        return None
+    path = Path(registry.path)
+    return path if path.is_absolute() else Path(config.repo_path) / path
+
+
+def store(workdir: str | Path, path: str | Path | None = None):
+    """The FeatureStore of `store_config(workdir, path)`, i.e. what features/feature_store.yaml says."""
+    from feast import FeatureStore
+
+    config = store_config(workdir, path)
+    feast_dir(workdir).mkdir(parents=True, exist_ok=True)
+    registry = registry_file(config)
+    if registry is not None:
+        registry.parent.mkdir(parents=True, exist_ok=True)
+    return FeatureStore(repo_path=str(config.repo_path), config=config)
 
 
 def _write_snapshot(table: pd.DataFrame, schema: pa.Schema, path: Path) -> None:
@@ -233,9 +295,10 @@ def read_items(
     unknown = sorted(set(columns) - set(ITEM_FEATURES))
     if unknown:
         raise ValueError(f"unknown item feature(s) {unknown}; known: {', '.join(ITEM_FEATURES)}")
-    if not (feast_dir(workdir) / "registry.db").is_file():
-        raise ValueError(f"no Feast store under {feast_dir(workdir)}: run the features stage first")
     fs = store(workdir)
+    registry = registry_file(fs.config)
+    if registry is not None and not registry.is_file():
+        raise ValueError(f"no Feast registry at {registry}: run the features stage first")
     refs = [f"{ITEM_VIEW}:{c}" for c in columns] + ([f"{ITEM_VIEW}:n_images"] if "n_images" not in columns else [])
     if as_of is None:
         frame = fs.get_online_features(features=refs, entity_rows=[{"item_id": i} for i in ids]).to_df()
