@@ -38,10 +38,10 @@ import pandas as pd
 
 from tandem.config import ContractConfig, PairsConfig, SplitConfig
 from tandem.contract import log_files, reader_sql
+from tandem.engines import ENGINES  # one list for the library and the command line
 
 PAIR_COLUMNS = ["item_id", "related_item_id", "score", "support"]
 SCALE = 10**12  # scores are sums of round(SCALE / N_u), exactly, then divided by SCALE
-ENGINES = ("duckdb", "spark")
 ORDER = "item_id, score DESC, related_item_id"  # the output order of every engine
 
 LogsInput = pd.DataFrame | str | Path | list

@@ -9,6 +9,7 @@ from __future__ import annotations
 TASKS = ("search", "recommendation", "image")
 LENGTHS = ("short", "medium", "long")
 RELEVANCE = ("low", "medium", "high")
+PRESETS = ("tiny", "small", "base")  # generator sizes (tandem.promptgen.train.preset_config)
 
 
 def command(task: str, length: str, relevance: str) -> str:

@@ -16,11 +16,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from tandem.promptgen import LENGTHS, RELEVANCE, TASKS
+from tandem.promptgen import LENGTHS, PRESETS, RELEVANCE, TASKS
 from tandem.promptgen.model import GeneratorConfig, GeneratorTrainConfig
 
 META_FILE = "promptgen.json"
-PRESETS = ("tiny", "small", "base")
 
 
 def preset_config(preset: str) -> GeneratorConfig:

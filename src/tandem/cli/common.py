@@ -1,0 +1,140 @@
+"""What every command shares: logging, the recipe + flags -> RunConfig step, option helpers, errors."""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Literal
+
+import typer
+from typer.core import HAS_RICH
+
+from tandem.config import (
+    FAMILIES,
+    PROTOCOLS,
+    EvalConfig,
+    GateConfig,
+    ModelConfig,
+    PairsConfig,
+    RunConfig,
+    SplitConfig,
+    TrainConfig,
+    load_config,
+)
+
+NOISY = ("great_expectations", "urllib3", "httpx", "matplotlib", "PIL", "pymilvus", "milvus_lite", "filelock")
+NOISY += ("faiss", "feast", "dask", "kfp")
+
+
+def setup_logging(verbose: bool) -> None:
+    """Log lines go to stderr (stdout stays for results, e.g. `tandem run --json`)."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    for noisy in NOISY:
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Milvus Lite's in-process gRPC server logs a traceback for AllocTimestamp, which it does not
+    # implement and pymilvus tolerates; a Milvus server's errors reach us as client exceptions.
+    logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # No HF_HUB_OFFLINE here: Hub ids download where the machine can reach the Hub; set
+    # HF_HUB_OFFLINE=1 yourself to use the local cache only.
+
+
+def text(help_text: str) -> str:
+    """A help text shown as written: Typer's rich markup would read `[...]` (JSON, `[default: x]`) as tags."""
+    if not HAS_RICH:
+        return help_text
+    from rich.markup import escape
+
+    return escape(help_text)
+
+
+def option(default, *decls: str, help: str, shown: object = None, **kwargs):  # noqa: A002 (typer's name)
+    """typer.Option with an escaped help text; `shown` is the default --help prints when the option's own
+    default is None (None = keep the recipe's value, whose built-in default is `shown`)."""
+    if shown is not None:
+        kwargs["show_default"] = str(shown)
+    return typer.Option(default, *decls, help=text(help), **kwargs)
+
+
+def choice(values: tuple[str, ...]):
+    """A Literal of `values`: --help lists them and the parser refuses others, naming the allowed ones."""
+    return Literal[tuple(values)]
+
+
+Family = choice(FAMILIES)
+Protocol = choice(PROTOCOLS)
+
+# Which recipe section each flag overrides.
+SECTIONS = {
+    "epochs": "train",
+    "max_steps": "train",
+    "batch_size": "train",
+    "window_hours": "pairs",
+    "follow": "pairs",
+    "mode": "pairs",
+    "session_gap_minutes": "pairs",
+    "next_k": "pairs",
+    "min_support": "pairs",
+    "test_fraction": "split",
+    "primary_metric": "eval",
+    "protocol": "eval",
+    "milvus_uri": "index",
+    "item_encoder": "model",
+    "family": "model",
+    "min_improvement": "gate",
+}
+
+
+def build_config(config: Path | None, **flags) -> RunConfig:
+    """The recipe (or the defaults), then every flag that was given on top of it, then the environment's
+    secrets. Every value passes the schema's checks; a bad one is a ValueError naming it."""
+    cfg = load_config(config) if config else RunConfig()
+    for name, value in flags.items():
+        if value is not None:
+            section = SECTIONS[name]
+            try:
+                cfg = replace(cfg, **{section: replace(getattr(cfg, section), **{name: value})})
+            except ValueError as e:
+                raise ValueError(f"--{name.replace('_', '-')} {value!r}: {e}") from None
+    if os.environ.get("TANDEM_MILVUS_TOKEN"):  # secrets come from the environment, never from files
+        cfg = replace(cfg, index=replace(cfg.index, token=os.environ["TANDEM_MILVUS_TOKEN"]))
+    return cfg
+
+
+# Options shared by several commands; None = keep the recipe's (or the built-in) value.
+CONFIG = option(None, "--config", help="YAML recipe (see training/); flags override it")
+EPOCHS = option(None, help="training epochs over the train pairs", shown=TrainConfig.epochs)
+MAX_STEPS = option(None, help="cap on optimiser steps (0 = no cap)", shown=TrainConfig.max_steps)
+BATCH = option(None, help="pairs per batch, the in-batch negatives", shown=TrainConfig.batch_size)
+WINDOW = option(None, help="'subsequently' = within this many hours", shown=PairsConfig.window_hours)
+TEST_FRACTION = option(
+    None, help="latest share of the log's time span used for test pairs", shown=SplitConfig.test_fraction
+)
+PRIMARY = option(None, help="metric the gate compares, e.g. mrr@10", shown=EvalConfig.primary_metric)
+PROTOCOL = option(None, help="evaluation protocol (auto: by model family)", shown=EvalConfig.protocol)
+MILVUS = option(None, envvar="TANDEM_MILVUS_URI", help="Milvus server URI", shown="Milvus Lite file WORKDIR/milvus.db")
+ENCODER = option(
+    None, help="item tower: HF id or local path", shown=ModelConfig.item_encoder or "bundled all-MiniLM-L6-v2"
+)
+FAMILY = option(None, help="seed model family", shown=ModelConfig.family)
+MARGIN = option(None, help="required improvement over the champion", shown=GateConfig.min_improvement)
+WORKDIR = option(Path("work"), "--workdir", help="where runs, reports and the Milvus Lite file go")
+VERBOSE = option(False, "--verbose", "-v", help="debug logging")
+
+
+@contextmanager
+def user_errors(*kinds: type[Exception]):
+    """Bad input or config (ContractError, DataValidationError, ...) ends with a message, not a traceback."""
+    try:
+        yield
+    except (ValueError, *kinds) as e:
+        typer.secho(f"error: {e}", fg="red", err=True)
+        raise typer.Exit(2) from e
