@@ -158,15 +158,11 @@ def position_offset(model: nn.Module) -> int:
 
 
 def from_pretrained(auto_cls, spec: str, what: str, **kwargs):
-    """`auto_cls.from_pretrained(spec)` for a Hugging Face id or a local path, with an error
-    that names the config field when it cannot be loaded (no network, wrong id, no weights)."""
-    try:
-        return auto_cls.from_pretrained(spec, **kwargs)
-    except (OSError, ValueError) as err:
-        raise ValueError(
-            f"model.{what}: cannot load {spec!r} ({err.__class__.__name__}: {str(err).splitlines()[0]}); "
-            "give a local folder with config + weights, or a Hugging Face id that is cached or reachable"
-        ) from err
+    """`auto_cls.from_pretrained(spec)` for a Hugging Face id or a local path (tandem.models.hub); `what` is
+    a ModelConfig field (errors name it `model.<what>`) or a description such as "intent encoder"."""
+    from tandem.models.hub import load_pretrained
+
+    return load_pretrained(auto_cls, spec, f"model.{what}" if what.isidentifier() else what, **kwargs)
 
 
 def write_meta(directory: str | Path, fmt: str, version: int, cfg: ModelConfig, **extra) -> Path:

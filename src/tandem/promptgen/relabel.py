@@ -56,11 +56,12 @@ class SimilarityScorer:
         from transformers import AutoModel, AutoTokenizer
 
         from tandem.models.base import bundled_minilm, mean_pool
+        from tandem.models.hub import load_pretrained
 
         if self._model is None:
             path = self.encoder_path or bundled_minilm()
-            self._tok = AutoTokenizer.from_pretrained(path)
-            self._model = AutoModel.from_pretrained(path).eval()
+            self._tok = load_pretrained(AutoTokenizer, path, "relabelling encoder")
+            self._model = load_pretrained(AutoModel, path, "relabelling encoder").eval()
         out = []
         with torch.inference_mode():
             for start in range(0, len(texts), self.batch_size):

@@ -193,6 +193,8 @@ def hf_teacher(
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from tandem.models.hub import load_pretrained
+
     if len(intents) != len(tasks):
         raise ValueError(f"intents ({len(intents)}) and tasks ({len(tasks)}) must have the same length")
     if target_items is not None and len(target_items) != len(intents):
@@ -206,13 +208,13 @@ def hf_teacher(
         raise ValueError(f"dtype {dtype!r} is not float32, bfloat16 or float16 ('' picks by device)")
     few_shot = DEFAULT_FEW_SHOT if few_shot is None else few_shot
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    tok = AutoTokenizer.from_pretrained(model)
+    tok = load_pretrained(AutoTokenizer, model, "teacher model")
     tok.padding_side = "left"  # generation continues from the right end of every row
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token or tok.unk_token
     # bf16 on a GPU halves an 8B teacher's memory (~16 GB instead of ~32 GB); CPU kernels want fp32
     dtype = dtype or ("bfloat16" if str(dev).startswith("cuda") else "float32")
-    lm = AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype)).to(dev).eval()
+    lm = load_pretrained(AutoModelForCausalLM, model, "teacher model", dtype=getattr(torch, dtype)).to(dev).eval()
     torch.manual_seed(seed)
     texts = [few_shot_text(t, i, few_shot) for i, t in zip(intents, tasks, strict=True)]
     prompts: list[str] = []
