@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# Tests never reach the network: a model that is neither a local path nor in the Hugging Face cache must fail
+# fast with tandem's clear error instead of trying the Hub. Set here, at import, so that huggingface_hub reads
+# it when first imported; the command line itself no longer forces offline mode (a user's environment decides).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture(scope="session")
