@@ -57,7 +57,7 @@ def test_uncached_hub_id_offline_names_key_model_and_fix(offline):
         load_pretrained(AutoTokenizer, MADE_UP, "model.query_encoder")
     message = str(caught.value)
     assert message.startswith(f"model.query_encoder: cannot load '{MADE_UP}': HF_HUB_OFFLINE=1 is set and it is not")
-    assert f"`huggingface-cli download {MADE_UP}`" in message and "HF_HUB_OFFLINE=0" in message
+    assert f"`hf download {MADE_UP}`" in message and "HF_HUB_OFFLINE=0" in message
     assert "local path" in message and "\n" not in message
     assert offline == []
 
@@ -70,7 +70,7 @@ def test_gpu_recipe_models_fail_clearly_when_not_cached(offline):
     hm = load_config(ROOT / "training" / "hotelmatch_gpu.yaml").model
     with pytest.raises(ValueError, match=r"^model\.item_encoder: cannot load 'BAAI/bge-large-en-v1\.5': HF_HUB_OFF"):
         hotelmatch.build(hm)
-    with pytest.raises(ValueError, match=r"^model\.vision_encoder: .*huggingface-cli download openai/clip-vit-base"):
+    with pytest.raises(ValueError, match=r"^model\.vision_encoder: .*hf download openai/clip-vit-base"):
         build_vision(hm)
     nl = load_config(ROOT / "training" / "notellm2_gpu.yaml").model
     with pytest.raises(ValueError, match=r"^model\.llm: cannot load 'Qwen/Qwen2\.5-1\.5B'.*pre-download it"):
@@ -87,7 +87,7 @@ def test_reasons_when_online(monkeypatch):
     err.__cause__ = LocalEntryNotFoundError("no connection and not cached")
     message = hub_error("org/m", "model.llm", err)
     assert "not in the Hugging Face cache" in message and "the Hub cannot be reached" in message
-    assert "huggingface-cli download org/m" in message
+    assert "hf download org/m" in message
     other = hub_error("org/m", "model.llm", ValueError("Unrecognized model in org/m"))
     assert other.startswith("model.llm: cannot load 'org/m' (ValueError: Unrecognized model")
     assert "download" not in other

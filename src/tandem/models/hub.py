@@ -14,7 +14,7 @@ def fix_hint(spec: str) -> str:
     """What a user does when a Hub model is neither cached nor reachable."""
     return (
         f"set HF_HUB_OFFLINE=0 on a machine that can reach the Hub, pre-download it with "
-        f"`huggingface-cli download {spec}` (then it loads with HF_HUB_OFFLINE=1 too), or give a local path"
+        f"`hf download {spec}` (then it loads with HF_HUB_OFFLINE=1 too), or give a local path"
     )
 
 
@@ -53,7 +53,7 @@ def hub_error(spec: str, key: str, err: BaseException) -> str:
         return any(isinstance(c, kind) for c in causes)
 
     cache = constants.HF_HUB_CACHE
-    login = "log in with `huggingface-cli login` or set HF_TOKEN"
+    login = "log in with `hf auth login` or set HF_TOKEN"
     if found(errors.GatedRepoError):
         return f"{key}: cannot load {spec!r}: it is a gated model; accept its terms on its Hub page, then {login}"
     if found(errors.RepositoryNotFoundError):
