@@ -40,3 +40,7 @@ def tiny_encoder_dir(tmp_path_factory):
 
 # A vision tower small enough for CPU tests (32 px images, 8 px patches: 16 patch tokens).
 TINY_VISION = {"image_size": 32, "patch_size": 8, "vision_width": 32, "vision_layers": 1, "vision_heads": 2}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "heavy: starts real services (e.g. a deployed Airflow); minutes. -m 'not heavy'")
