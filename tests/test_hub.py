@@ -99,3 +99,19 @@ def test_local_and_bundled_models_load():
     from tandem.models.base import bundled_minilm
 
     assert load_pretrained(AutoTokenizer, bundled_minilm(), "model.item_encoder").vocab_size > 1000
+
+
+def test_readme_gpu_section_matches_the_recipes():
+    """The README's "On a GPU machine" commands name recipes that load and pre-download exactly their models."""
+    import re
+
+    text = (ROOT / "README.md").read_text()
+    section = text.split("\n## On a GPU machine\n", 1)[1].split("\n## ", 1)[0]
+    recipes = set(re.findall(r"--config (training/\S+\.yaml)", section))
+    assert recipes == {"training/hotelmatch_gpu.yaml", "training/notellm2_gpu.yaml"}
+    wanted = set()
+    for recipe in recipes:
+        model = load_config(ROOT / recipe).model
+        wanted |= {model.item_encoder, model.query_encoder, model.vision_encoder, model.llm} - {""}
+    loop = re.search(r"for m in (.*?); do \.venv/bin/hf download", section, re.S)
+    assert loop and set(loop.group(1).replace("\\", " ").split()) == wanted
