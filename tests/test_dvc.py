@@ -1,5 +1,7 @@
 """`dvc repro` of dvc.yaml in a throwaway DVC repo: tiny synthetic data, tiny encoder; reruns skip
-unchanged stages, and a changed training param reruns training and what follows it."""
+unchanged stages; a changed training param reruns training and what follows it, and that second
+publish gates against the first repro's model (the champion, its index and the feature store outlive
+the repro); `dvc metrics show` and `dvc plots show` read what publish wrote."""
 
 from __future__ import annotations
 
@@ -19,7 +21,9 @@ from tandem.synth import make_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 DVC = Path(sys.executable).parent / "dvc"
+ALL_STAGES = {"load", "pairs", "validate", "features", "train", "embed", "publish"}
 DOWNSTREAM_OF_TRAIN = {"train", "embed", "publish"}
+RUN = "work/dvc/runs/dvc"
 
 
 def _dvc(repo: Path, *args: str) -> str:
@@ -30,6 +34,7 @@ def _dvc(repo: Path, *args: str) -> str:
         "DVC_NO_ANALYTICS": "1",
         "GX_ANALYTICS_ENABLED": "false",
     }
+    env.pop("TANDEM_FEATURE_STORE", None)  # the stages get the repo's features/feature_store.yaml from dvc.yaml
     done = subprocess.run([str(DVC), *args], cwd=repo, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"dvc {' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done.stdout
@@ -37,6 +42,10 @@ def _dvc(repo: Path, *args: str) -> str:
 
 def _ran(output: str) -> set[str]:
     return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
+
+
+def _json(repo: Path, path: str):
+    return json.loads((repo / path).read_text())
 
 
 def _write_params(repo: Path, encoder: str, epochs: int) -> None:
@@ -57,10 +66,14 @@ def _write_params(repo: Path, encoder: str, epochs: int) -> None:
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory, tiny_encoder_dir):
-    """A DVC repo holding dvc.yaml, the code its stages depend on, params and raw data in data/."""
+    """A DVC repo holding dvc.yaml, its plot template, the Feast config, the code its stages depend on,
+    params and raw data in data/; reproduced once (first run: promoted, nothing live before)."""
     repo = tmp_path_factory.mktemp("dvcrepo")
     _dvc(repo, "init", "--no-scm", "-q")
     shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
+    shutil.copytree(ROOT / ".dvc" / "plots", repo / ".dvc" / "plots")
+    (repo / "features").mkdir()
+    shutil.copy(ROOT / "features" / "feature_store.yaml", repo / "features" / "feature_store.yaml")
     shutil.copytree(ROOT / "src" / "tandem", repo / "src" / "tandem", ignore=shutil.ignore_patterns("__pycache__"))
     _write_params(repo, tiny_encoder_dir, epochs=1)
     raw = repo / "data" / "completejourney"  # where dvc.yaml reads the raw data
@@ -69,7 +82,7 @@ def repo(tmp_path_factory, tiny_encoder_dir):
     pd.read_csv(catalog, dtype=str, keep_default_na=False).to_parquet(raw / "catalog.parquet", index=False)
     logs.unlink(), catalog.unlink()
     first = _dvc(repo, "repro")
-    return repo, first
+    return repo, first, _json(repo, "metrics.json")
 
 
 def test_params_yaml_is_a_run_config():
@@ -77,29 +90,77 @@ def test_params_yaml_is_a_run_config():
     assert cfg.train.epochs == 1 and cfg.eval.primary_metric == "recall@100"
 
 
-def test_repro_runs_every_stage_and_writes_metrics(repo):
-    repo, first = repo
-    assert _ran(first) == {"load", "pairs", "validate", "features", "train", "embed", "publish"}
-    metrics = json.loads((repo / "metrics.json").read_text())
-    assert metrics["gate"] == "promote" and metrics["live_collection"] == "tandem_dvc"
+def test_repro_runs_every_stage_and_releases_the_model(repo):
+    repo, first, metrics = repo
+    assert _ran(first) == ALL_STAGES
+    assert metrics["gate"] == "promote" and metrics["champion_collection"] is None
+    release = metrics["collection"].removeprefix("tandem_")  # tandem_dvc_<model hash> <- runs/dvc-<model hash>
+    assert release.startswith("dvc_") and metrics["live_collection"] == metrics["collection"]
+    released = repo / "work/dvc/runs" / release.replace("dvc_", "dvc-", 1)
+    assert (released / "model" / "config.json").is_file() and (released / "data" / "catalog.parquet").is_file()
+    assert _json(repo, f"{RUN}/index.json")["collection"] == metrics["collection"]
     for name in ("model", "untrained", "popularity"):
         assert 0.0 <= metrics[name]["mrr@10"] <= metrics[name]["recall@10"] <= metrics[name]["recall@100"] <= 1.0
     assert metrics["model"]["recall@100"] == 1.0  # 23 candidates per query
-    shown = _dvc(repo, "metrics", "show", "--json")
-    assert "recall@10" in shown
-    assert (repo / "work/dvc/feast/registry.db").is_file()
+    assert (repo / "work/dvc/feast/registry.db").is_file() and (repo / "work/dvc/milvus.db").exists()
+
+
+def test_metrics_show_and_plots_show(repo):
+    repo, _, metrics = repo
+    shown = _dvc(repo, "metrics", "show")
+    assert "metrics.json" in shown and "model.recall@10" in shown
+    assert f"{metrics['model']['recall@10']:.5g}" in shown
+    as_json = json.loads(_dvc(repo, "metrics", "show", "--json"))
+    assert as_json[""]["data"]["metrics.json"]["data"]["model"] == metrics["model"]
+
+    curve = _json(repo, "recall.json")  # {model, k, recall} rows: one line per model in the plot
+    models = {m for m, v in metrics.items() if isinstance(v, dict)}  # the model and every baseline
+    assert {"model", "untrained", "popularity"} <= models
+    expected = {(m, k, metrics[m][f"recall@{k}"]) for m in models for k in (10, 100, 1000)}
+    assert {(r["model"], r["k"], r["recall"]) for r in curve} == expected
+    plots = json.loads(_dvc(repo, "plots", "show", "--json"))
+    assert not plots.get("errors"), plots["errors"]
+    (plot,) = plots["data"]["Recall@K"]
+    spec = plot["content"]
+    assert spec["encoding"]["x"]["field"] == "k" and spec["encoding"]["y"]["field"] == "recall"
+    assert spec["encoding"]["color"]["field"] == "model"
+    assert {(r["model"], r["k"], r["recall"]) for r in spec["data"]["values"]} == expected
+    html = _dvc(repo, "plots", "show", "-o", "plots_html")
+    assert "plots_html/index.html" in html and "Recall@K" in (repo / "plots_html" / "index.html").read_text()
 
 
 def test_repro_again_runs_nothing(repo):
-    repo, _ = repo
+    repo, _, _ = repo
     again = _dvc(repo, "repro")
     assert _ran(again) == set(), again
 
 
-def test_changed_training_param_reruns_training_and_downstream(repo, tiny_encoder_dir):
-    repo, _ = repo
+def test_changed_training_param_gates_against_the_first_repros_model(repo, tiny_encoder_dir):
+    repo, _, first = repo
     _write_params(repo, tiny_encoder_dir, epochs=2)
     assert "train" in _dvc(repo, "status")
     changed = _dvc(repo, "repro")
     assert _ran(changed) == DOWNSTREAM_OF_TRAIN, changed
-    assert json.loads((repo / "work/dvc/runs/dvc/train.json").read_text())
+    champion = first["live_collection"]
+    metrics = _json(repo, "metrics.json")
+    assert metrics["collection"] != champion  # a new model, a new release
+    assert _json(repo, f"{RUN}/evaluate.json")["champion_collection"] == champion
+    gate = _json(repo, f"{RUN}/gate.json")
+    assert gate["champion_collection"] == champion and "first run" not in gate["reason"]
+    assert gate["evidence"]["primary"]  # a paired comparison, not a first run's promotion
+    # the champion is the first repro's model: scored now on the same test pairs, it scores what it scored then
+    for name, value in first["model"].items():
+        assert metrics["champion"][name] == pytest.approx(value, abs=1e-6), name
+    assert gate["champion"] == pytest.approx(first["model"][first["primary_metric"]], abs=1e-6)
+    assert metrics["champion_collection"] == champion
+    if gate["decision"] == "reject":
+        assert metrics["live_collection"] == champion
+
+
+def test_feature_store_survives_a_rerun_of_its_stage(repo):
+    """persist: DVC does not delete work/dvc/feast before the features stage reruns."""
+    repo, _, _ = repo
+    marker = repo / "work/dvc/feast/kept-by-persist.txt"
+    marker.write_text("kept")
+    assert _ran(_dvc(repo, "repro", "--force", "--single-item", "features")) == {"features"}
+    assert marker.read_text() == "kept" and (repo / "work/dvc/feast/registry.db").is_file()
