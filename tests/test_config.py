@@ -125,3 +125,12 @@ def test_config_to_dict_is_plain_and_round_trips():
     assert config_from_dict(yaml.safe_load(yaml.safe_dump(full))) == cfg
     assert config_to_dict(RunConfig())["index"]["token"] == ""  # nothing to hide: shown as it is
     assert config_from_dict(None) == RunConfig()
+
+
+def test_json_of_asdict_round_trips():
+    """The Kubeflow components pass the config as JSON of `dataclasses.asdict` (tuples become lists)."""
+    import json
+    from dataclasses import asdict
+
+    cfg = replace(RunConfig(), gate=GateConfig(guards={"mrr@10": 0.01, "short_query/recall@{k}": 0.02}))
+    assert config_from_dict(json.loads(json.dumps(asdict(cfg))), "config parameter") == cfg
