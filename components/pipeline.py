@@ -7,11 +7,14 @@ artifacts (Dataset, Model, Metrics); the shared state (Milvus and the champions'
 lives in the `workdir` volume. `tandem.pipelines` loads this file; `tandem kfp compile`
 writes `pipeline.yaml` next to it.
 
-    load -> mine -> validate -> train (GPU) -> embed (GPU) -> index -> evaluate -> gate -> [promote]
+    load -> mine -> validate -> train (GPU) -> embed (GPU) -> index -> evaluate -> gate -> [promote] -> report
+
+The report task writes report.json / .md / .html into the run folder, as `tandem run` does, and hands
+report.html out as an HTML artifact, which the Kubeflow UI shows (the run's Visualizations).
 """
 
 from kfp import dsl, kubernetes
-from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
+from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
 
 
 # ------------------------------------------------------------------------------ components
@@ -173,12 +176,31 @@ def promote(config: str, run_id: str, workdir: str, decision: str) -> str:
     return summary["live_collection"]
 
 
+def report(config: str, run_id: str, workdir: str, decision: str, docs: Input[Artifact], page: Output[HTML]) -> str:
+    """The run report in the shared run folder (with the validation's Data Docs, which it links); its
+    self-contained report.html is this task's HTML artifact. Returns the report's path in the workdir."""
+    import json
+    import shutil
+
+    from tandem import run as loop
+    from tandem.config import config_from_dict
+    from tandem.stages import RunPaths
+
+    run = RunPaths.of(workdir, run_id)
+    shutil.copytree(docs.path, run.dir, dirs_exist_ok=True)  # validate ran in a scratch folder: its summary, docs
+    written = loop.write(run, config_from_dict(json.loads(config or "{}"), "config parameter"))
+    if written["gate"]["decision"] != decision:
+        raise ValueError(f"gate.json says {written['gate']['decision']!r}, the gate task said {decision!r}")
+    shutil.copyfile(written["report_files"]["html"], page.path)
+    return written["report_files"]["html"]
+
+
 # -------------------------------------------------------------------------------- pipeline
 def components(image: str) -> dict:
     """The components by name. The image has tandem and kfp installed, so KFP installs nothing."""
     return {
         f.__name__: dsl.component(f, base_image=image, install_kfp_package=False)
-        for f in (load, mine, validate, features, train, embed, index, evaluate, gate, promote)
+        for f in (load, mine, validate, features, train, embed, index, evaluate, gate, promote, report)
     }
 
 
@@ -254,8 +276,14 @@ def build(image: str, mount_path: str, milvus_secret: str):
         )
         evaluated.after(indexed).set_cpu_limit("4").set_memory_limit("16G")
         gated = task("gate", pvc, workdir=workdir, report=evaluated.outputs["report"], **common)
+        decided = dict(workdir=workdir, decision=gated.output, **common)
+        docs = checked.outputs["docs"]
         with dsl.If(gated.output == "promote", name="gate-says-promote"):
-            task("promote", pvc, retry=True, secret=True, workdir=workdir, decision=gated.output, **common)
+            promoted = task("promote", pvc, retry=True, secret=True, **decided)
+            task("report", pvc, docs=docs, **decided).after(promoted)
+        # a task after a dsl.If may not depend on a task inside it: the rejected branch has its own report task
+        with dsl.If(gated.output == "reject", name="gate-says-reject"):
+            task("report", pvc, docs=docs, **decided)
         return gated.output
 
     return tandem

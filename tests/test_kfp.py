@@ -1,6 +1,7 @@
 """Kubeflow Pipelines: the committed YAML is fresh and asks for GPUs; the whole pipeline runs with kfp.local."""
 
 import json
+import re
 from dataclasses import replace
 from types import SimpleNamespace
 
@@ -22,6 +23,7 @@ CACHED = {"mine", "validate", "train", "embed"}  # functions of their input arti
 RETRIED = {"load", "features", "index", "evaluate", "promote"}  # storage, Feast, Milvus
 pytestmark = pytest.mark.filterwarnings("ignore:Task .* have no effect in the current local runner")
 ALL_TASKS = {"load", "mine", "validate", "features", "train", "embed", "index", "evaluate", "gate", "promote"}
+ALL_TASKS |= {"report", "report-2"}  # the report after promote, and the report of a rejecting gate
 
 
 def _docs(path) -> list[dict]:
@@ -62,7 +64,7 @@ def test_yaml_requests_gpus_limits_retries_and_caching(compiled):
         ]
     assert "accelerator" not in executors["exec-evaluate"]["container"]["resources"]
     tasks = _tasks(spec)
-    assert set(tasks) - {"condition-1"} == ALL_TASKS
+    assert set(tasks) - {"condition-1", "condition-2"} == ALL_TASKS
     for name in ALL_TASKS:
         assert bool(tasks[name]["cachingOptions"].get("enableCache")) == (name in CACHED), name
         assert ("retryPolicy" in tasks[name]) == (name in RETRIED), name
@@ -74,6 +76,14 @@ def test_yaml_requests_gpus_limits_retries_and_caching(compiled):
     assert "gate-Output" in condition and "'promote'" in condition
     assert "promote" in spec["components"]["comp-condition-1"]["dag"]["tasks"]
     assert k8s["exec-promote"]["secretAsEnv"][0]["secretName"] == pipelines.MILVUS_SECRET
+    # the report comes after promote, or alone when the gate rejects; its page is an HTML artifact for the UI
+    assert spec["components"]["comp-condition-1"]["dag"]["tasks"]["report"]["dependentTasks"] == ["promote"]
+    rejected = spec["root"]["dag"]["tasks"]["condition-2"]["triggerPolicy"]["condition"]
+    assert "gate-Output" in rejected and "'reject'" in rejected
+    assert "report-2" in spec["components"]["comp-condition-2"]["dag"]["tasks"]
+    for name in ("comp-report", "comp-report-2"):
+        page = spec["components"][name]["outputDefinitions"]["artifacts"]["page"]
+        assert page["artifactType"]["schemaTitle"] == "system.HTML"
 
 
 def test_token_never_travels_as_a_parameter(tmp_path):
@@ -178,3 +188,11 @@ def test_local_pipeline_artifacts_carry_model_and_metrics(local_run):
     logged = evaluated["artifacts"]["metrics"]["artifacts"][0]["metadata"]
     assert logged["model.recall@100"] == result["evaluate"]["metrics"]["model"]["recall@100"]
     assert {"model.mrr@10", "popularity.recall@10", "untrained.recall@10"} <= set(logged)
+    # the report task's HTML artifact is the run folder's self-contained report.html
+    page = root / "report" / "page"
+    assert page.read_text() == (workdir / "runs/kfp1/report.html").read_text()
+    assert "tandem run kfp1" in page.read_text() and 'src="data:image/png;base64,' in page.read_text()
+    assert result["report"]["report_files"]["html"] == str(workdir / "runs/kfp1/report.html")
+    assert not (root / "report-2").exists()  # the gate promoted: the rejected branch's report did not run
+    (docs,) = re.findall(r'href="([^"]+)"', page.read_text())  # Data Docs, from validate's scratch folder
+    assert (workdir / "runs/kfp1" / docs).is_file()

@@ -4,8 +4,11 @@ data accounting, a relative Data Docs link, and every value from data escaped.""
 from __future__ import annotations
 
 import base64
+import json
 import re
+import shutil
 from html.parser import HTMLParser
+from types import SimpleNamespace
 
 import pytest
 
@@ -159,3 +162,42 @@ def test_values_from_data_are_escaped(written):
     assert EVIL not in text and "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in text
     assert [t for t, _ in page.tags].count("img") == 1  # only the plot
     assert "tandem run r&lt;1&gt;" in text
+
+
+def test_kubeflow_report_task_of_a_rejecting_gate(tmp_path):
+    """The rejected branch's report task: no promote.json (promote did not run), validate's summary and Data Docs
+    arrive as an artifact from a scratch folder; the page is the task's HTML artifact and says the alias stayed."""
+    from tandem import pipelines
+
+    workdir, run_id = tmp_path / "work", "r1"
+    run_dir = workdir / "runs" / run_id
+    run_dir.mkdir(parents=True)
+    docs = tmp_path / "docs"  # the validate task's artifact, written in its scratch run folder
+    report = _report(tmp_path / "scratch" / "runs" / run_id)  # data_docs points into that scratch folder
+    report["gate"] |= {"decision": "reject", "reason": "not significant"}
+    shutil.copytree(tmp_path / "scratch" / "runs" / run_id, docs)
+    (docs / "validate.json").write_text(json.dumps(report["validation"]))
+    summaries = {
+        "load": {"inputs": report["inputs"], **report["data"]},
+        "pairs": report["pairs"],
+        "train": {"family": "hotelmatch"},
+        "evaluate": report["eval"] | {k: report[k] for k in ("metrics", "ci", "latency_ms")},
+        "index": {k: report["index"][k] for k in ("collection", "vectors", "items")},
+        "gate": report["gate"],
+    }
+    for stage, summary in summaries.items():
+        (run_dir / f"{stage}.json").write_text(json.dumps(summary))
+    component = pipelines.definitions().components(pipelines.DEFAULT_IMAGE)["report"]
+    page = tmp_path / "out" / "page"
+    page.parent.mkdir()
+    args = dict(config="{}", run_id=run_id, workdir=str(workdir), docs=SimpleNamespace(path=str(docs)))
+    written = component.python_func(**args, decision="reject", page=SimpleNamespace(path=str(page)))
+    assert written == str(run_dir / "report.html") and page.read_text() == (run_dir / "report.html").read_text()
+    assert not (run_dir / "promote.json").exists()
+    text = " ".join(page.read_text().split())
+    assert 'class="badge reject" id="decision">reject<' in text and "alias <code>live</code> not moved" in text
+    (link,) = re.findall(r'href="([^"]+)"', text)
+    assert link == "validation/gx/data_docs/index.html" and (run_dir / link).is_file()
+    assert "`live` not moved" in (run_dir / "report.md").read_text()
+    with pytest.raises(ValueError, match="the gate task said 'promote'"):
+        component.python_func(**args, decision="promote", page=SimpleNamespace(path=str(page)))

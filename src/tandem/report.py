@@ -112,8 +112,8 @@ def write_report(report: dict, run_dir: Path) -> dict[str, Path]:
         "",
         *gate_markdown(gate),  # decision, reason, primary comparison with CI and p, guard table
         "",
-        f"Collection `{idx['collection']}` ({idx['vectors']} vectors for {idx['items']} items); "
-        f"alias `{idx['alias']}` -> `{idx['live_collection']}`.",
+        f"Collection `{idx['collection']}` ({idx['vectors']} vectors for {idx['items']} items); alias `{idx['alias']}` "
+        + (f"-> `{idx['live_collection']}`." if idx["live_collection"] else "not moved (not promoted)."),
         "",
         f"Stage timings: {timings}.",
         "",

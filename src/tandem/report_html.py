@@ -77,6 +77,21 @@ def metric_table(metrics: dict, ci: dict, columns: list[str], primary: str, tabl
     return table(["model"] + [esc(c) for c in columns], rows, classes, table_id)
 
 
+def docs_link(docs: str, run_dir: Path) -> str:
+    """The Data Docs page relative to the run folder, so that the folder can move. The validate stage writes under
+    the run's validation/; where it ran in another folder (a Kubeflow step's scratch folder), the same part of the
+    path is taken."""
+    if not docs:
+        return ""
+    path = Path(docs)
+    if path.is_relative_to(run_dir):
+        return path.relative_to(run_dir).as_posix()
+    if "validation" in path.parts:
+        parts = path.parts
+        return Path(*parts[len(parts) - 1 - parts[::-1].index("validation") :]).as_posix()
+    return Path(os.path.relpath(path, run_dir)).as_posix()
+
+
 def data_section(report: dict, run_dir: Path) -> list[str]:
     data, pairs, valid = report["data"], report["pairs"], report["validation"]
     logs, cat = data["logs"], data["catalog"]
@@ -84,8 +99,7 @@ def data_section(report: dict, run_dir: Path) -> list[str]:
         ["logs", *(esc(logs[k]) for k in ("rows_in", "rows_kept", "rows_quarantined")), "-"],
         ["catalogue", *(esc(cat[k]) for k in ("rows_in", "rows_kept", "rows_quarantined")), esc(cat["images_dropped"])],
     ]
-    docs = valid.get("data_docs") or ""
-    link = os.path.relpath(docs, run_dir) if docs else ""
+    link = docs_link(valid.get("data_docs") or "", run_dir)
     suites = ", ".join(
         f'{esc(name)} <span class="{"ok" if ok else "fail"}">{"passed" if ok else "FAILED"}</span>'
         for name, ok in (valid.get("suites") or {}).items()
@@ -99,7 +113,7 @@ def data_section(report: dict, run_dir: Path) -> list[str]:
         table(["train pairs", "valid pairs", "test pairs", "test window from"], pair_rows, table_id="pairs"),
         f'<p>Validation: <strong class="{"ok" if valid["success"] else "fail"}">'
         f"{'passed' if valid['success'] else 'FAILED'}</strong> ({suites}). "
-        + (f'<a href="{esc(Path(link).as_posix())}">Great Expectations Data Docs</a>' if link else "no Data Docs")
+        + (f'<a href="{esc(link)}">Great Expectations Data Docs</a>' if link else "no Data Docs")
         + "</p>",
     ]
 
@@ -200,7 +214,8 @@ def other_sections(report: dict) -> list[str]:
     out = [
         "<h2>Index</h2>",
         f"<p>Collection <code>{esc(idx['collection'])}</code> ({esc(idx['vectors'])} vectors for {esc(idx['items'])} "
-        f"items); alias <code>{esc(idx['alias'])}</code> &rarr; <code>{esc(idx['live_collection'])}</code>.</p>",
+        f"items); alias <code>{esc(idx['alias'])}</code> "
+        + (f"&rarr; <code>{esc(idx['live_collection'])}</code>.</p>" if idx["live_collection"] else "not moved.</p>"),
         "<h2>Timings</h2>",
     ]
     if timings:

@@ -78,8 +78,12 @@ def redacted(cfg: RunConfig) -> dict:
 
 
 def write(run: stages.RunPaths, cfg: RunConfig, timings: dict[str, float] | None = None) -> dict:
-    """Assemble report.json / report.md / recall.png from the stages' summaries."""
-    loaded, ev, idx, promoted = (run.summary(s) for s in ("load", "evaluate", "index", "promote"))
+    """Assemble report.json / report.md / report.html / recall.png from the stages' summaries."""
+    loaded, ev, idx = (run.summary(s) for s in ("load", "evaluate", "index"))
+    if run.summary("gate")["decision"] == "reject" and not (run / "promote.json").is_file():
+        promoted = {"alias": cfg.index.alias, "live_collection": None}  # promotion skipped (Kubeflow's dsl.If)
+    else:
+        promoted = run.summary("promote")
     report = {
         "run_id": run.run_id,
         "created_at": datetime.now(UTC).isoformat(),
