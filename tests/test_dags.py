@@ -118,6 +118,7 @@ def test_daily_dag_runs_the_loop_end_to_end(airflow_runs):
     assert report["index"]["uri"] == str(airflow_runs["milvus"])  # from the tandem_milvus connection
     assert report["config"]["index"]["token"] == ""
     assert len(report["inputs"]["logs"]) >= 31  # the whole look-back window was read
+    assert report["report_files"]["html"] == str(run_dir / "report.html") and (run_dir / "report.html").is_file()
     partitions = sorted(p.name for p in (airflow_runs["workdir"] / "warehouse" / "logs").iterdir())
     assert len(partitions) == 31 and partitions[0] == "date=2024-01-01" and partitions[-1] == "date=2024-01-31"
 
