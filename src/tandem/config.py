@@ -15,13 +15,20 @@ from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field, StrictBool, TypeAdapter, ValidationError
 
-from tandem.config_schema import Float, Int, describe, section
-from tandem.config_schema import _as_tuple as as_tuple
-
-Positive = Annotated[Int, Field(ge=1)]
-NonNegative = Annotated[Int, Field(ge=0)]
-NonNegFloat = Annotated[Float, Field(ge=0)]
-Names = Annotated[tuple[str, ...], BeforeValidator(as_tuple)]
+from tandem.config_schema import (
+    Float,
+    Fraction,
+    Guards,
+    Int,
+    Names,
+    NonNegative,
+    NonNegFloat,
+    OpenFraction,
+    Positive,
+    as_tuple,
+    describe,
+    section,
+)
 
 # The enumerations: one Literal each, and its tuple of values for help texts and CLI choices.
 Family = Literal["hotelmatch", "notellm2"]
@@ -50,31 +57,6 @@ BASELINES = typing.get_args(Baseline)
 INDEX_TYPES = typing.get_args(IndexType)
 METRICS = typing.get_args(Metric)
 QUERY_ENCODERS = typing.get_args(QueryEncoder)
-
-
-def _guards(value):
-    """GateConfig.guards from a YAML mapping {metric: drop}, [[metric, drop], ...] or the tuple form."""
-    entries = value.items() if isinstance(value, dict) else value
-    if not isinstance(entries, (list, tuple, type({}.items()))):
-        raise ValueError(f"{value!r} is not a mapping of metric -> allowed drop, e.g. {{'mrr@10': 0.01}}")
-    guards = []
-    for pair in entries:
-        if isinstance(pair, dict):  # a list of one-entry mappings, e.g. from `- mrr@10: 0.01`
-            guards.extend(_guards(pair))
-            continue
-        if not isinstance(pair, (tuple, list)) or len(pair) != 2 or not isinstance(pair[0], str) or not pair[0]:
-            raise ValueError(f"{pair!r} is not a (metric, allowed drop) pair, e.g. {{'mrr@10': 0.01}}")
-        try:
-            drop = float(pair[1])
-        except (TypeError, ValueError):
-            raise ValueError(f"allowed drop {pair[1]!r} of {pair[0]!r} is not a number") from None
-        if isinstance(pair[1], bool) or not drop >= 0:
-            raise ValueError(f"allowed drop of {pair[0]!r} must be >= 0, got {pair[1]!r}")
-        guards.append((pair[0], drop))
-    return tuple(guards)
-
-
-Guards = Annotated[tuple[tuple[str, NonNegFloat], ...], BeforeValidator(_guards)]
 
 
 @section("contract")
@@ -151,12 +133,10 @@ class PairsConfig:
 class SplitConfig:
     """Time-based split: train window, validation share of its pairs, later test window."""
 
-    test_fraction: Annotated[Float, Field(gt=0, lt=1)] = field(
+    test_fraction: OpenFraction = field(
         default=0.2, metadata={"help": "share of the log's time span (the latest part) used for test pairs"}
     )
-    valid_fraction: Annotated[Float, Field(ge=0, lt=1)] = field(
-        default=0.1, metadata={"help": "share of training pairs held out for validation"}
-    )
+    valid_fraction: Fraction = field(default=0.1, metadata={"help": "share of training pairs held out for validation"})
     seed: NonNegative = 0
 
 
@@ -257,7 +237,7 @@ class TrainConfig:
     )
     lr_vision: NonNegFloat = field(default=1e-4, metadata={"help": "a trainable vision tower (HotelMatch)"})
     weight_decay: NonNegFloat = 1e-3
-    warmup_fraction: Annotated[Float, Field(ge=0, lt=1)] = 0.1
+    warmup_fraction: Fraction = 0.1
     grad_clip: NonNegFloat = field(default=1.0, metadata={"help": "max gradient norm; 0 = no clipping"})
     init_scale: Annotated[Float, Field(gt=0)] = field(
         default=20.085536923187668, metadata={"help": "initial logit scale (e^3, NoteLLM-2)"}
@@ -307,9 +287,7 @@ class EvalConfig:
         default=50, metadata={"help": "short_query / short_target: item text under this many MiniLM tokens"}
     )
     n_boot: Positive = field(default=1000, metadata={"help": "bootstrap resamples of the test pairs per interval"})
-    level: Annotated[Float, Field(gt=0, lt=1)] = field(
-        default=0.95, metadata={"help": "confidence level of the bootstrap intervals"}
-    )
+    level: OpenFraction = field(default=0.95, metadata={"help": "confidence level of the bootstrap intervals"})
     latency_queries: Positive = field(
         default=32, metadata={"help": "queries embedded one at a time for the median query latency"}
     )
@@ -419,10 +397,8 @@ class RolloutConfig:
     min_impressions: Positive = field(
         default=500, metadata={"help": "impressions each arm needs in a stage before the stop rule may judge it"}
     )
-    alpha: Annotated[Float, Field(gt=0, lt=1)] = field(
-        default=0.05, metadata={"help": "significance level of the one-sided CTR z-test"}
-    )
-    max_ctr_drop: Annotated[Float, Field(ge=0, lt=1)] = field(
+    alpha: OpenFraction = field(default=0.05, metadata={"help": "significance level of the one-sided CTR z-test"})
+    max_ctr_drop: Fraction = field(
         default=0.1,
         metadata={"help": "relative CTR drop (challenger vs champion) above which a stage holds for more evidence"},
     )

@@ -13,7 +13,7 @@ import typing
 from dataclasses import fields, is_dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, ConfigDict, ValidationError
+from pydantic import BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 # Refuse unknown keys; never coerce a number to a string (a recipe's `salt: 123` must be quoted).
@@ -27,13 +27,45 @@ def _no_bool(value: Any) -> Any:
     return value
 
 
-def _as_tuple(value: Any) -> Any:
+def as_tuple(value: Any) -> Any:
     # A lone scalar where a list belongs (`click_events: buy`) is the one-element list it plainly means.
     return (value,) if isinstance(value, (str, int, float)) else value
 
 
 Int = Annotated[int, BeforeValidator(_no_bool)]
 Float = Annotated[float, BeforeValidator(_no_bool)]
+Positive = Annotated[Int, Field(ge=1)]
+NonNegative = Annotated[Int, Field(ge=0)]
+NonNegFloat = Annotated[Float, Field(ge=0)]
+OpenFraction = Annotated[Float, Field(gt=0, lt=1)]
+Fraction = Annotated[Float, Field(ge=0, lt=1)]
+Names = Annotated[tuple[str, ...], BeforeValidator(as_tuple)]
+
+
+def _guards(value):
+    """GateConfig.guards from a YAML mapping {metric: drop}, [[metric, drop], ...] or the tuple form."""
+    entries = value.items() if isinstance(value, dict) else value
+    if not isinstance(entries, (list, tuple, type({}.items()))):
+        raise ValueError(f"{value!r} is not a mapping of metric -> allowed drop, e.g. {{'mrr@10': 0.01}}")
+    guards = []
+    for pair in entries:
+        if isinstance(pair, dict):  # a list of one-entry mappings, e.g. from `- mrr@10: 0.01`
+            guards.extend(_guards(pair))
+            continue
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2 or not isinstance(pair[0], str) or not pair[0]:
+            raise ValueError(f"{pair!r} is not a (metric, allowed drop) pair, e.g. {{'mrr@10': 0.01}}")
+        try:
+            drop = float(_no_bool(pair[1]))
+        except (TypeError, ValueError):
+            raise ValueError(f"allowed drop {pair[1]!r} of {pair[0]!r} is not a number") from None
+        if not drop >= 0:
+            raise ValueError(f"allowed drop of {pair[0]!r} must be >= 0, got {pair[1]!r}")
+        guards.append((pair[0], drop))
+    return tuple(guards)
+
+
+# YAML gives guards as a mapping {metric: allowed drop}; code and JSON as (metric, drop) pairs.
+Guards = Annotated[tuple[tuple[str, NonNegFloat], ...], BeforeValidator(_guards)]
 
 
 def section(name: str):
