@@ -1,4 +1,5 @@
-"""`tandem promptgen train` and `tandem generate` on a handmade catalogue with the tiny preset."""
+"""`tandem promptgen train` and `tandem promptgen generate` (old name: `tandem generate`, hidden) on a handmade
+catalogue with the tiny preset."""
 
 import json
 
@@ -27,6 +28,7 @@ ITEMS = [
 ]
 
 runner = CliRunner()
+GENERATE = ["promptgen", "generate", "--model"]
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +62,7 @@ def test_train_writes_generator_detector_and_meta(trained):
 
 def test_generate_prints_n_prompts(trained):
     out, _ = trained
-    args = ["generate", "--model", str(out), "--intent", "looking for a red wool scarf", "-n", "4", "--seed", "1"]
+    args = [*GENERATE, str(out), "--intent", "looking for a red wool scarf", "-n", "4", "--seed", "1"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
@@ -74,7 +76,7 @@ def test_generate_verified_picks_from_the_same_samples(trained):
     """Default: best n of --candidates samples; --candidates 1 = the generator alone. With n equal to the
     candidates, verification only reorders the very same samples."""
     out, _ = trained
-    args = ["generate", "--model", str(out), "--intent", "oak table", "--task", "search", "-n", "4", "--seed", "3"]
+    args = [*GENERATE, str(out), "--intent", "oak table", "--task", "search", "-n", "4", "--seed", "3"]
     verified = runner.invoke(app, args + ["--candidates", "4"])
     alone = runner.invoke(app, args + ["--candidates", "1"])
     assert verified.exit_code == 0 and alone.exit_code == 0, verified.output + alone.output
@@ -88,7 +90,7 @@ def test_generate_verified_picks_from_the_same_samples(trained):
 
 def test_generate_same_seed_same_prompts(trained):
     out, _ = trained
-    args = ["generate", "--model", str(out), "--intent", "oak table", "--task", "search", "-n", "3", "--seed", "7"]
+    args = [*GENERATE, str(out), "--intent", "oak table", "--task", "search", "-n", "3", "--seed", "7"]
     first, second = runner.invoke(app, args), runner.invoke(app, args)
     assert first.exit_code == 0, first.output
     assert first.stdout == second.stdout
@@ -97,21 +99,21 @@ def test_generate_same_seed_same_prompts(trained):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--task", "poem"], "--task"),
-        (["--length", "huge"], "length"),
+        (["--task", "poem"], "'recommendation'"),
+        (["--length", "huge"], "'medium'"),
         (["--top-p", "0"], "top_p"),
         (["--steer", "-1"], "--steer"),
     ],
 )
 def test_generate_bad_args_exit_2(trained, extra, message):
     out, _ = trained
-    result = runner.invoke(app, ["generate", "--model", str(out), "--intent", "a scarf", *extra])
+    result = runner.invoke(app, ["promptgen", "generate", "--model", str(out), "--intent", "a scarf", *extra])
     assert result.exit_code == 2
     assert message in result.output
 
 
 def test_generate_missing_model_exit_2(tmp_path):
-    result = runner.invoke(app, ["generate", "--model", str(tmp_path), "--intent", "a scarf"])
+    result = runner.invoke(app, ["promptgen", "generate", "--model", str(tmp_path), "--intent", "a scarf"])
     assert result.exit_code == 2
     assert "promptgen.json" in result.output
 
@@ -125,3 +127,40 @@ def test_train_needs_exactly_one_teacher(tmp_path):
     )
     assert bad.exit_code == 2
     assert "preset" in bad.output
+
+
+def test_generate_as_in_the_readme(trained):
+    """The README's example, every flag as written there."""
+    out, _ = trained
+    args = ["promptgen", "generate", "--model", str(out), "--intent", "I liked the red wool scarf", "-n", "3"]
+    args += ["--task", "auto", "--length", "short", "--relevance", "high", "--candidates", "4", "--steer", "3"]
+    args += ["--temperature", "0.8", "--top-p", "0.95", "--seed", "0"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].removeprefix("task: ") in TASKS and len(lines) == 4
+
+
+def test_old_generate_name_still_works(trained):
+    out, _ = trained
+    args = ["--model", str(out), "--intent", "oak table", "--task", "search", "-n", "2", "--seed", "5"]
+    args += ["--candidates", "1"]
+    old, new = runner.invoke(app, ["generate", *args]), runner.invoke(app, ["promptgen", "generate", *args])
+    assert old.exit_code == 0 and old.stdout == new.stdout
+    assert "deprecated" in old.stderr.lower()
+
+
+def test_train_from_teacher_jsonl(tmp_path):
+    """`tandem promptgen train --teacher-jsonl teacher.jsonl --out DIR --preset ...` (tiny here, not base)."""
+    rows = [
+        {"intent": f"something like the {title}", "task": task, "prompt": f"{title} {topic}"}
+        for _, title, topic, _ in ITEMS
+        for task in TASKS
+    ]
+    lines = [json.dumps(r) for r in rows] + ['{"intent": "no task"}']  # one bad row: quarantined
+    (tmp_path / "teacher.jsonl").write_text("\n".join(lines) + "\n")
+    args = ["promptgen", "train", "--teacher-jsonl", str(tmp_path / "teacher.jsonl"), "--out", str(tmp_path / "m")]
+    result = runner.invoke(app, [*args, "--preset", "tiny", "--epochs", "1"])
+    assert result.exit_code == 0, result.output
+    assert "1 rows quarantined" in result.output
+    assert json.loads((tmp_path / "m" / "promptgen.json").read_text())["examples"] == len(rows)
