@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from tandem import stages
-from tandem.index import collection_name
+from tandem.index import ItemIndex, collection_name
 
 STAGES = ("load", "pairs", "validate", "features", "train", "embed", "publish")
 
@@ -101,8 +101,6 @@ def release(run: stages.RunPaths) -> Release:
 
 def _prune_releases(run: Release, cfg) -> list[str]:
     """Delete the released folders whose collection retention has dropped (never the current one)."""
-    from tandem.index import ItemIndex
-
     with ItemIndex(cfg.index, run.workdir) as idx:
         kept = set(idx.run_collections())
     gone = []
@@ -135,9 +133,14 @@ def _publish(run: stages.RunPaths, cfg, metrics_path: Path, recall_path: Path) -
     from tandem import run as loop
 
     published = release(run)
+    with ItemIndex(cfg.index, run.workdir) as idx:
+        live_before = idx.live()
     stages.index(published, cfg)
     evaluated = stages.evaluate(published, cfg, progress=False)
     decision = stages.gate(published, cfg)
+    if live_before == published.collection:  # e.g. only gate params changed: the same model, already the champion
+        reason = f"this model is already live ({live_before}): republished, nothing to gate"
+        decision = published.save("gate", decision | {"reason": reason})
     promoted = stages.promote(published, cfg)
     pruned = _prune_releases(published, cfg)
     loop.write(published, cfg)  # report.json / .md / .html in the run folder, as `tandem run` and the DAG write them
@@ -162,7 +165,6 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         if args.stage == "data":
