@@ -2,12 +2,12 @@
 
 A fresh PostgreSQL database is the metadata DB (dropped afterwards), the executor is LocalExecutor, and
 `airflow api-server`, `airflow scheduler` and `airflow dag-processor` run as their own processes
-(tests/airflow_deployment.py). The DAG arrives paused; the test sets the Variables with `airflow
-variables import`, runs `airflow dags unpause tandem_daily`, and the scheduler creates and runs the
-latest data interval (yesterday, no catchup) on tiny logs dated to end yesterday, through the
-API server's Execution API. It then reads the outcome from the REST API, from the metadata tables in
-PostgreSQL, and from the run folder. About 3-4 minutes on 2 cores; skips without PostgreSQL on
-127.0.0.1:5432. Deselect with `-m "not heavy"`.
+(tests/airflow_deployment.py). The DAG arrives paused; the test stores the Variables and the Milvus
+connection with `airflow variables import` and `airflow connections add`, runs `airflow dags unpause
+tandem_daily`, and the scheduler creates and runs the latest data interval (yesterday, no catchup) on
+tiny logs dated to end yesterday, its tasks talking to the API server's Execution API. The outcome is
+read from the REST API, from the metadata tables in PostgreSQL and from the run folder. About 3-4
+minutes on 2 cores; skips without PostgreSQL on 127.0.0.1:5432. Deselect with `-m "not heavy"`.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ TASKS = {"ingest", "load", "pairs", "validate", "features", "train", "embed", "i
 TASKS |= {"promote", "report"}
 RUN_TIMEOUT_S = 480  # the scheduled run, from unpause to a final state
 
-pytestmark = [pytest.mark.heavy, pytest.mark.timeout(900)]
+heavy = pytest.mark.heavy  # minutes: three Airflow services and a scheduled run
 
 
 def _logs_ending_yesterday(tmp: Path) -> tuple[Path, Path]:
@@ -67,10 +67,25 @@ def _wait_for(what: str, probe, timeout: float, deployment, every: float = 2.0):
     pytest.fail(f"no {what} within {timeout:.0f} s")
 
 
+FINISHED = re.compile(r"TaskInstance Finished: dag_id=tandem_daily, task_id=(\w+),.* executor=(\w+)\(")
+
+
+def _scheduler_caught_up(deployment, tasks: int, timeout: float = 30) -> None:
+    """A run's state flips when its last task reports success to the API server; the scheduler logs the
+    executor's record of that task a loop later. Give it that loop before stopping it."""
+    log, deadline = deployment.home / "scheduler.log", time.monotonic() + timeout
+    while len(FINISHED.findall(log.read_text(errors="replace"))) < tasks and time.monotonic() < deadline:
+        time.sleep(1)
+
+
 @pytest.fixture(scope="module")
-def scheduled_run(tmp_path_factory, tiny_encoder_dir):
+def postgres():
     if why := deployed_airflow.postgres_error():
         pytest.skip(why)
+
+
+@pytest.fixture(scope="module")
+def scheduled_run(postgres, tmp_path_factory, tiny_encoder_dir):  # postgres first: skip before building anything
     tmp = tmp_path_factory.mktemp("airflow_deployed")
     logs, catalog = _logs_ending_yesterday(tmp)
     (tmp / "recipe.yaml").write_text(RECIPE.format(encoder=tiny_encoder_dir))
@@ -82,6 +97,8 @@ def scheduled_run(tmp_path_factory, tiny_encoder_dir):
         "tandem_history_days": "31",
     }
     (tmp / "variables.json").write_text(json.dumps(variables))
+    milvus_db = tmp / "milvus" / "vectors.db"
+    milvus_db.parent.mkdir()
     database = deployed_airflow.create_database()
     deployment = deployed_airflow.Deployment(tmp / "airflow_home", REPO / "dags", database)
     seconds: dict[str, float] = {}
@@ -91,6 +108,9 @@ def scheduled_run(tmp_path_factory, tiny_encoder_dir):
         seconds["migrate"] = round(time.monotonic() - start, 1)
         deployment.start()
         deployment.cli("variables", "import", str(tmp / "variables.json"))
+        # Stored in PostgreSQL, read by the tasks through the Execution API (a Milvus server URL in production).
+        milvus = json.dumps({"conn_type": "generic", "extra": {"uri": str(milvus_db)}})
+        deployment.cli("connections", "add", "tandem_milvus", "--conn-json", milvus)
         deployment.wait_for_api(timeout=180)
         registered = "SELECT dag_id FROM dag WHERE dag_id = 'tandem_daily'"
         _wait_for("parsed tandem_daily", lambda: deployed_airflow.query(database, registered), 180, deployment)
@@ -105,6 +125,7 @@ def scheduled_run(tmp_path_factory, tiny_encoder_dir):
         seconds["run"] = round(time.monotonic() - start - seconds["services_up"], 1)
         run_id = runs[0]["dag_run_id"]
         instances = deployment.api("GET", f"/api/v2/dags/tandem_daily/dagRuns/{run_id}/taskInstances")
+        _scheduler_caught_up(deployment, sum(ti["state"] == "success" for ti in instances["task_instances"]))
     except BaseException:
         deployment.stop()
         print(deployment.logs())  # pytest shows a failing fixture's output
@@ -120,12 +141,15 @@ def scheduled_run(tmp_path_factory, tiny_encoder_dir):
             "database": database,
             "workdir": tmp / "work",
             "catalog": catalog,
+            "milvus": milvus_db,
             "deployment": deployment,
         }
     finally:
         deployed_airflow.drop_database(database)
 
 
+@heavy
+@pytest.mark.timeout(900)
 def test_the_scheduler_runs_one_interval_to_success_with_local_executor(scheduled_run):
     runs, logs = scheduled_run["runs"], scheduled_run["deployment"].logs
     assert len(runs) == 1, runs
@@ -138,10 +162,12 @@ def test_the_scheduler_runs_one_interval_to_success_with_local_executor(schedule
     assert all(state == "success" for state in scheduled_run["tasks"].values()), scheduled_run["tasks"]
     # The scheduler's record of each task: run by the LocalExecutor (Airflow 3 leaves job.executor_class empty).
     log = (scheduled_run["deployment"].home / "scheduler.log").read_text(errors="replace")
-    finished = re.findall(r"TaskInstance Finished: dag_id=tandem_daily, task_id=(\w+),.* executor=(\w+)\(", log)
+    finished = FINISHED.findall(log)
     assert dict(finished) == dict.fromkeys(TASKS, "LocalExecutor"), finished
 
 
+@heavy
+@pytest.mark.timeout(900)
 def test_the_run_folder_has_the_report_and_a_live_collection(scheduled_run):
     from tandem.config import IndexConfig
     from tandem.contract import load_catalog
@@ -155,12 +181,15 @@ def test_the_run_folder_has_the_report_and_a_live_collection(scheduled_run):
     assert report["run_id"] == run_id and report["gate"]["decision"] == "promote"
     collection = "tandem_" + run_id.replace("-", "_")
     assert report["index"]["live_collection"] == collection
+    assert report["index"]["uri"] == str(scheduled_run["milvus"])  # from the tandem_milvus connection
     items = len(load_catalog(scheduled_run["catalog"]).kept)
-    with ItemIndex(IndexConfig(), scheduled_run["workdir"]) as index:  # the default: Milvus Lite in the workdir
+    with ItemIndex(IndexConfig(milvus_uri=str(scheduled_run["milvus"]))) as index:
         assert index.live() == collection
         assert index.count(collection) == items
 
 
+@heavy
+@pytest.mark.timeout(900)
 def test_the_metadata_db_is_postgresql(scheduled_run):
     database, run = scheduled_run["database"], scheduled_run["runs"][0]
     (version,) = deployed_airflow.query(database, "SELECT version()")[0]
@@ -173,3 +202,9 @@ def test_the_metadata_db_is_postgresql(scheduled_run):
         database, "SELECT task_id, state FROM task_instance WHERE run_id = %s", (run["dag_run_id"],)
     )
     assert dict(states) == scheduled_run["tasks"]
+
+
+def test_an_unreachable_postgresql_is_a_reason_to_skip(monkeypatch):
+    monkeypatch.setitem(deployed_airflow.PG, "port", deployed_airflow.free_port())  # nothing listens there
+    reason = deployed_airflow.postgres_error()
+    assert reason and "not reachable on 127.0.0.1:" in reason
