@@ -49,6 +49,10 @@ def test_feature_store_yaml_is_the_built_in_default_and_the_cli_sees_the_default
     conf = yaml.safe_load(REPO_YAML.read_text())
     assert conf == yaml.safe_load(fs.DEFAULT_STORE_YAML)  # what an installed package (no features/) uses
     assert fs.REPO_STORE_YAML == REPO_YAML and conf["project"] == fs.PROJECT
+    assert fs.store_yaml() == (REPO_YAML.read_text(), str(REPO_YAML))  # in a source checkout: the repo's file
+    monkeypatch.setattr(fs, "REPO_STORE_YAML", tmp_path / "no-features" / "feature_store.yaml")
+    assert fs.store_yaml()[0] == fs.DEFAULT_STORE_YAML  # installed without features/: the built-in copy
+    monkeypatch.undo()
     assert conf["registry"] == "feast/registry.db" and conf["online_store"]["path"] == "feast/online.db"
     # the Feast CLI resolves those paths from features/: its `feast` link is the default workdir's store
     assert os.readlink(REPO_YAML.parent / "feast") == "../work/feast"
