@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 import time
+import urllib.error
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -118,7 +119,10 @@ def scheduled_run(postgres, tmp_path_factory, tiny_encoder_dir):  # postgres fir
         deployment.cli("dags", "unpause", "tandem_daily")
 
         def finished():
-            runs = deployment.api("GET", "/api/v2/dags/tandem_daily/dagRuns")["dag_runs"]
+            try:
+                runs = deployment.api("GET", "/api/v2/dags/tandem_daily/dagRuns")["dag_runs"]
+            except (urllib.error.URLError, TimeoutError):  # a busy API server; a dead one fails _wait_for
+                return None
             return runs if runs and all(r["state"] in ("success", "failed") for r in runs) else None
 
         runs = _wait_for("finished tandem_daily run", finished, RUN_TIMEOUT_S, deployment, every=3)
