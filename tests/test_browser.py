@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pandas as pd
@@ -37,7 +38,9 @@ MARKUP_TITLE = 'blue <img src=x onerror="document.title=1"> mug 1'  # must show 
 JPEG_ITEM, NO_PHOTO_ITEM, MARKUP_ITEM = "it2", "it0", "it1"  # synth: item i has i % 3 images
 
 
-def _browser_or_skip():
+@pytest.fixture(scope="module")
+def chromium():
+    """Playwright's sync API for Debian's chromium; skips (before any run is built) when either is absent."""
     if not Path(CHROMIUM).is_file():
         pytest.skip(f"no {CHROMIUM}: install Debian's chromium (apt-get install chromium) for the browser tests")
     sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
@@ -45,7 +48,7 @@ def _browser_or_skip():
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory, tiny_encoder_dir):
+def built(tmp_path_factory, tiny_encoder_dir):
     """A tiny promoted run over a catalogue with PNG photos, one JPEG, items without photos and a title with markup."""
     data = tmp_path_factory.mktemp("data")
     logs, catalog = make_dataset(data, n_items=48, n_users=80, image_size=64)
@@ -69,7 +72,7 @@ def workdir(tmp_path_factory, tiny_encoder_dir):
     report = json.loads((run_dir / "report.json").read_text())
     assert report["report_files"]["html"] == str(run_dir / "report.html")
     assert f"report: {run_dir / 'report.md'}" in done.stdout
-    return workdir, run_dir
+    return SimpleNamespace(workdir=workdir, run_dir=run_dir)
 
 
 def _free_port() -> int:
@@ -79,17 +82,19 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(workdir):
+def server(built, tmp_path_factory):
     """`tandem serve` in a subprocess, as a user starts it; stopped with Ctrl-C (SIGINT), which flushes the events."""
     port = _free_port()
-    cmd = [TANDEM, "serve", "--workdir", str(workdir[0]), "--port", str(port)]
-    process = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    cmd = [TANDEM, "serve", "--workdir", str(built.workdir), "--port", str(port)]
+    output = tmp_path_factory.mktemp("serve") / "output.log"  # a file, not a pipe that could fill up and block
+    log = output.open("w")
+    process = subprocess.Popen(cmd, env=ENV, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     try:
         while True:
             if process.poll() is not None:
-                pytest.fail(f"tandem serve exited with {process.returncode}:\n{process.stdout.read()}")
+                pytest.fail(f"tandem serve exited with {process.returncode}:\n{output.read_text()[-3000:]}")
             try:
                 if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
                     break
@@ -98,14 +103,10 @@ def server(workdir):
             if time.monotonic() > deadline:
                 pytest.fail("tandem serve did not answer /healthz within 180 s")
             time.sleep(0.5)
-        yield SimpleServer(url, process)
+        yield SimpleNamespace(url=url, process=process)
     finally:
         stop(process)
-
-
-class SimpleServer:
-    def __init__(self, url: str, process: subprocess.Popen):
-        self.url, self.process = url, process
+        log.close()
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -118,12 +119,11 @@ def stop(process: subprocess.Popen) -> None:
             process.wait()
 
 
-def test_photos_come_only_from_the_catalogue(server, workdir):
-    _, run_dir = workdir
+def test_photos_come_only_from_the_catalogue(server, built):
     get = lambda path: httpx.get(server.url + path, timeout=30)  # noqa: E731
     png = get("/items/it4/image")  # it4 has one PNG
     assert png.status_code == 200 and png.headers["content-type"] == "image/png"
-    catalog = pd.read_parquet(run_dir / "data" / "catalog.parquet").set_index("item_id")
+    catalog = pd.read_parquet(built.run_dir / "data" / "catalog.parquet").set_index("item_id")
     assert png.content == Path(catalog.at["it4", "images"][0]).read_bytes()
     jpeg = get(f"/items/{JPEG_ITEM}/image")  # the first of its images
     assert jpeg.status_code == 200 and jpeg.headers["content-type"] == "image/jpeg" and jpeg.content[:2] == b"\xff\xd8"
@@ -137,9 +137,8 @@ def test_photos_come_only_from_the_catalogue(server, workdir):
     assert "<script" in page.text and "http://" not in page.text and "https://" not in page.text  # no CDN
 
 
-def test_search_page_shows_photos_and_similar_items_and_logs_the_click(server, workdir):
-    sync_playwright = _browser_or_skip()
-    with sync_playwright() as p:
+def test_search_page_shows_photos_and_similar_items_and_logs_the_click(chromium, server, built):
+    with chromium() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
@@ -181,15 +180,14 @@ def test_search_page_shows_photos_and_similar_items_and_logs_the_click(server, w
         finally:
             browser.close()
     stop(server.process)  # flushes the event log: the click is in the next run's behaviour log
-    events = read_events(workdir[0])
+    events = read_events(built.workdir)
     click = events[events["event"] == "click"]
     assert click["item_id"].tolist() == [first] and click["query"].tolist() == ["blue mug"]
 
 
-def test_report_html_opens_offline_with_its_plot(workdir):
-    sync_playwright = _browser_or_skip()
-    report = workdir[1] / "report.html"
-    with sync_playwright() as p:
+def test_report_html_opens_offline_with_its_plot(chromium, built):
+    report = built.run_dir / "report.html"
+    with chromium() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         try:
             page = browser.new_page(viewport={"width": 1200, "height": 900})
