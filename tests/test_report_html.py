@@ -99,6 +99,12 @@ def _report(run_dir) -> dict:
             "live_collection": "tandem_r1",
         },
         "timings_s": {"load": 1.25, "train": 30.0},
+        "training": {
+            "family": "hotelmatch",
+            "steps": 3,
+            "final_loss": 2.0,
+            "step_losses": [3.0, 2.5, float("nan"), 2.0],
+        },
     }
 
 
@@ -155,6 +161,9 @@ def test_data_accounting_docs_link_and_timings(written):
     (docs,) = [a["href"] for t, a in page.tags if t == "a"]
     assert docs == "validation/gx/data_docs/index.html"  # relative: the run folder can move
     assert "load 1.2 train 30.0 total 31.2" in words
+    assert "family hotelmatch steps 3 final_loss 2.000" in words
+    (svg,) = [a for t, a in page.tags if t == "polyline"]  # the loss curve, inline; a NaN step is left out
+    assert len(svg["points"].split()) == 3
 
 
 def test_values_from_data_are_escaped(written):

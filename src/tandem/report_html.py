@@ -162,6 +162,39 @@ def metrics_section(report: dict, evaluation: dict, plot: Path | None) -> list[s
     return out
 
 
+def loss_svg(losses: list[float], width: int = 480, height: int = 160) -> str:
+    """The training loss per step as an inline SVG polyline (no image file, nothing to fetch)."""
+    values = [float(v) for v in losses if v == v]
+    if len(values) < 2:
+        return ""
+    lo, hi = min(values), max(values)
+    span, pad = (hi - lo) or 1.0, 24
+    x = [pad + i * (width - 2 * pad) / (len(values) - 1) for i in range(len(values))]
+    y = [height - pad - (v - lo) / span * (height - 2 * pad) for v in values]
+    points = " ".join(f"{a:.1f},{b:.1f}" for a, b in zip(x, y))
+    return (
+        f'<svg id="loss-plot" role="img" aria-label="training loss per step" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" style="border:1px solid #d0d7de;background:#fff">'
+        f'<polyline fill="none" stroke="#0969da" stroke-width="2" points="{points}"/>'
+        f'<text x="{pad}" y="14" font-size="11" fill="#57606a">training loss per step (max {hi:.3f})</text>'
+        f'<text x="{pad}" y="{height - 6}" font-size="11" fill="#57606a">min {lo:.3f}; steps 1 to {len(values)}</text>'
+        "</svg>"
+    )
+
+
+def training_section(training: dict) -> list[str]:
+    if not training:
+        return []
+    keys = ("family", "steps", "pairs_seen", "final_loss", "best_step", "best_metric", "stopped_early", "device",
+            "mixed_precision", "num_processes", "seconds", "pairs_per_s", "peak_memory_mb")  # fmt: skip
+    rows = [[esc(k), _num(training[k], 3)] for k in keys if k in training]
+    return [
+        "<h2>Training</h2>",
+        table(["measure", "value"], rows, table_id="training"),
+        loss_svg(training.get("step_losses") or []),
+    ]
+
+
 def gate_section(gate: dict) -> list[str]:
     decision = str(gate.get("decision", ""))
     badge = "promote" if decision == "promote" else "reject"
@@ -250,6 +283,7 @@ def render(report: dict, run_dir: Path, evaluation: dict, plot: Path | None) -> 
         *data_section(report, run_dir),
         *metrics_section(report, evaluation, plot),
         *gate_section(report["gate"]),
+        *training_section(report.get("training") or {}),
         *other_sections(report),
     ]
     return (
