@@ -8,4 +8,5 @@ from pathlib import Path
 
 from tandem.features import definitions
 
-item, user, item_features, user_features = definitions(Path(__file__).resolve().parent.parent / "work" / "feast")
+here = Path(__file__).parent  # sources at feast/<view>, relative to the repo folder like the library's to the workdir
+item, user, item_features, user_features = definitions(here / "feast", relative_to=here)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 import uuid
 from pathlib import Path
@@ -165,6 +166,26 @@ def test_training_reads_point_in_time_while_serving_reads_latest(run):
     fs.apply_and_materialize(run.workdir, "r2", table)
     assert set(fs.read_items(run.workdir, ["it0", "it1"])["title"]) == {"renamed"}
     assert stages.items(run)["title"].tolist() == catalog["title"].tolist()
+
+
+def test_a_copied_store_reads_its_own_files(run, tmp_path):
+    """Every path in the store is relative to its workdir: a copy (e.g. `dvc pull` in another clone) reads
+    its own snapshots and online DB, even with the original's gone."""
+    run, summary = run
+    copy = tmp_path / "elsewhere"
+    shutil.copytree(run.workdir / "feast", copy / "feast")
+    assert fs.store(copy).get_feature_view(fs.ITEM_VIEW).batch_source.path == "feast/item_features"
+    latest = fs.read_items(run.workdir, ["it1", "it0"])  # the online store's values (a later test renames them)
+    original = run.workdir / "feast"
+    original.rename(run.workdir / "hidden")
+    try:
+        offline = fs.read_items(copy, ["it1", "it0"], as_of=summary["as_of"])
+        online = fs.read_items(copy, ["it1", "it0"])
+    finally:
+        (run.workdir / "hidden").rename(original)
+    titles = pd.read_parquet(run / "data" / "catalog.parquet").set_index("item_id").loc[["it1", "it0"], "title"]
+    assert offline["title"].tolist() == titles.tolist()
+    pd.testing.assert_frame_equal(online, latest)
 
 
 def _later_table(run, summary, title: str) -> pd.DataFrame:

@@ -120,15 +120,19 @@ def user_feature_table(logs: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------------ definitions
-def definitions(feast_dir: str | Path) -> list:
+def definitions(feast_dir: str | Path, relative_to: str | Path | None = None) -> list:
     """Feast objects (entities, sources, feature views) over the snapshot folders in `feast_dir`.
 
+    With `relative_to` (the store's repo_path, i.e. the workdir), the sources' paths are relative to it,
+    so a store copied or pulled elsewhere (e.g. by `dvc pull`) still finds its snapshots.
     Shared by the library (`store`, `apply_and_materialize`) and the repo's `features/definitions.py`.
     """
     from feast import Entity, FeatureView, Field, FileSource, ValueType
     from feast.types import Array, Int64, String, UnixTimestamp
 
-    feast_dir = Path(feast_dir).resolve()
+    feast_dir = Path(os.path.abspath(feast_dir))  # not resolve(): features/feast is a link that must stay one
+    if relative_to is not None:
+        feast_dir = Path(os.path.relpath(feast_dir, os.path.abspath(relative_to)))
     item = Entity(name="item", join_keys=["item_id"], value_type=ValueType.STRING, description="a catalogue item")
     user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.STRING, description="a user of the logs")
 
@@ -266,7 +270,7 @@ def apply_and_materialize(
         _write_snapshot(users, USER_SCHEMA, paths[USER_VIEW])
     as_of = pd.Timestamp(items["event_timestamp"].iloc[0]).to_pydatetime()
     fs = store(workdir)
-    fs.apply(definitions(root))
+    fs.apply(definitions(root, relative_to=fs.config.repo_path))
     fs.materialize(
         start_date=as_of - timedelta(seconds=1), end_date=as_of + timedelta(seconds=1), feature_views=list(paths)
     )
