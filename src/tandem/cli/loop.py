@@ -39,7 +39,10 @@ SUMMARY_KEYS = ("run_id", "data", "pairs", "metrics", "ci", "gate", "index", "re
 
 def summary(report: dict) -> dict:
     """What a script needs from a run: ids, counts, metrics with intervals, the gate, where the files are."""
-    return {k: report[k] for k in SUMMARY_KEYS if k in report}
+    out = {k: report[k] for k in SUMMARY_KEYS if k in report}
+    run_dir = Path(report["report_files"]["markdown"]).parent
+    out["report_files"] = {**report["report_files"], "json": str(run_dir / "report.json")}
+    return out
 
 
 @contextmanager
