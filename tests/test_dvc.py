@@ -144,6 +144,19 @@ def test_repro_again_runs_nothing(repo):
     assert _ran(again) == set(), again
 
 
+def test_changed_gate_param_republishes_the_live_model(repo):
+    """Only publish reruns; its model is the live one (same hash, same release): nothing to gate it against."""
+    repo, _, first = repo
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["gate"]["alpha"] = 0.1
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert _ran(_dvc(repo, "repro")) == {"publish"}
+    gate = _json(repo, f"{RUN}/gate.json")
+    assert gate["decision"] == "promote" and "already live" in gate["reason"]
+    metrics = _json(repo, "metrics.json")
+    assert metrics["collection"] == metrics["live_collection"] == first["live_collection"]
+
+
 def test_changed_training_param_gates_against_the_first_repros_model(repo, tiny_encoder_dir):
     repo, _, first = repo
     _write_params(repo, tiny_encoder_dir, epochs=2)
