@@ -13,11 +13,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
-from tandem.config import load_config
+from tandem.config import RunConfig, load_config
+from tandem.dvc_stages import Release, _prune_releases
+from tandem.index import ItemIndex
 from tandem.synth import make_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -204,3 +207,14 @@ def test_raw_data_rebuilt_added_pushed_and_pulled(repo, tmp_path):
     _dvc(repo, "pull")
     pd.testing.assert_frame_equal(pd.read_parquet(raw / "catalog.parquet"), catalog)
     assert "load" in _dvc(repo, "status")  # new raw data: the next repro starts at load
+
+
+def test_releases_whose_collection_retention_dropped_are_deleted(tmp_path):
+    """Without DVC: a release folder lives as long as its collection (the current one always)."""
+    cfg = RunConfig()
+    for name in ("dvc-aaa", "dvc-bbb", "dvc-ccc", "other-ddd"):
+        (tmp_path / "runs" / name / "model").mkdir(parents=True)
+    with ItemIndex(cfg.index, tmp_path) as idx:
+        idx.write("tandem_dvc_aaa", ["a", "b"], np.eye(2, 8, dtype=np.float32))  # only dvc-aaa has its collection
+    assert _prune_releases(Release(tmp_path, "dvc", "dvc-ccc"), cfg) == ["dvc-bbb"]
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["dvc-aaa", "dvc-ccc", "other-ddd"]
