@@ -148,7 +148,7 @@ def test_metrics_with_intervals_per_model_and_the_gate_evidence(written):
     assert "Subset short_query" in words
     assert "difference +0.1000" in words and "[+0.0400, +0.1600]" in words
     assert "p-value < 0.0010" in words  # 0 of 1000 rounds
-    assert "paired bootstrap, 1000 rounds over 33 query" in words
+    assert "paired bootstrap, 1000 rounds over 33 queries, 40 pairs" in words
     assert re.search(r"query_latency_ms .* ratio <= 1\.5 failed", words)
     assert "model 2.5 ms, champion 2.4 ms" in words
 

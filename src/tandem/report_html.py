@@ -33,6 +33,9 @@ pre{background:#f6f8fa;padding:.8rem;overflow:auto;font-size:.8rem}
 """
 
 
+PLURAL = {"query": "queries"}  # the gate's resampling unit
+
+
 def esc(value) -> str:
     return html.escape(str(value), quote=True)
 
@@ -219,7 +222,7 @@ def gate_section(gate: dict) -> list[str]:
             [
                 "test",
                 f"paired bootstrap, {esc(primary['n_boot'])} rounds over {esc(primary['n_units'])} "
-                f"{esc(primary['unit'])}s, {esc(primary['n_pairs'])} pairs",
+                f"{esc(PLURAL.get(primary['unit'], str(primary['unit']) + 's'))}, {esc(primary['n_pairs'])} pairs",
             ],
         ]
         out.append(table(["evidence", "value"], rows, table_id="gate-evidence"))
