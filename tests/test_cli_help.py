@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 from importlib.metadata import version
+from pathlib import Path
 
 import pytest
 from typer.main import get_command
@@ -129,3 +130,27 @@ def test_the_cli_does_not_force_offline_mode(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     setup_logging(False)
     assert "HF_HUB_OFFLINE" not in os.environ  # offline only when the environment says so
+
+
+DOCS = ("README.md", "dags/README.md", "components/README.md")
+
+
+def documented_commands(path):
+    """(command, subcommand or '') of every `tandem ...` in the code of a Markdown file."""
+    text = path.read_text()
+    fenced = re.findall(r"```.*?```", text, flags=re.S)
+    inline = re.findall(r"`[^`]+`", re.sub(r"```.*?```", "", text, flags=re.S))  # may span a line break
+    pattern = re.compile(r"(?:^|[\s`/(])tandem ([a-z][a-z-]*)(?: ([a-z][a-z-]*))?", re.M)
+    return {(m.group(1), m.group(2) or "") for code in fenced + inline for m in pattern.finditer(code)}
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_every_command_the_docs_name_exists(doc):
+    root = get_command(app)
+    named = documented_commands(Path(__file__).resolve().parents[1] / doc)
+    assert named, doc
+    for command, sub in sorted(named):
+        assert command in root.commands, f"{doc} names `tandem {command}`, which does not exist"
+        group = root.commands[command]
+        if hasattr(group, "commands") and sub:
+            assert sub in group.commands, f"{doc} names `tandem {command} {sub}`, which does not exist"
