@@ -69,6 +69,9 @@ def test_feature_store_yaml_is_the_built_in_default_and_the_cli_sees_the_default
     edited.write_text(REPO_YAML.read_text().replace("type: sqlite", "type: sqlight"))
     with pytest.raises(ValueError, match=str(edited)):
         fs.store_config(work, edited)
+    edited.write_text("project: [tandem\n")
+    with pytest.raises(ValueError, match="not valid YAML"):
+        fs.store_config(work, edited)
     monkeypatch.setenv(fs.STORE_YAML_ENV, str(tmp_path / "missing.yaml"))
     with pytest.raises(ValueError, match="missing.yaml does not exist"):
         fs.store_config(work)

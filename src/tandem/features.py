@@ -215,7 +215,10 @@ def store_config(workdir: str | Path, path: str | Path | None = None):
     workdir = Path(workdir).resolve()
     text, source = store_yaml(path)
     text = text.replace(WORKDIR_VAR, str(workdir))
-    raw = yaml.safe_load(os.path.expandvars(text))
+    try:
+        raw = yaml.safe_load(os.path.expandvars(text))
+    except yaml.YAMLError as e:
+        raise ValueError(f"{source}: not valid YAML: {e}") from e
     if not isinstance(raw, dict) or not raw.get("project"):
         raise ValueError(f"{source}: not a feature_store.yaml (a mapping with project, registry, online_store, ...)")
     try:
