@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -189,6 +191,27 @@ def test_a_copied_store_reads_its_own_files(run, tmp_path):
     titles = pd.read_parquet(run / "data" / "catalog.parquet").set_index("item_id").loc[["it1", "it0"], "title"]
     assert offline["title"].tolist() == titles.tolist()
     pd.testing.assert_frame_equal(online, latest)
+
+
+def test_feast_cli_in_features_sees_the_default_workdirs_store(run, tmp_path):
+    """The README's `cd features && feast apply` / `feast feature-views list`, in a copy of the repo whose
+    work/feast is this run's store: the CLI and the library share registry, sources and online store."""
+    run, _ = run
+    shutil.copytree(
+        REPO_YAML.parent, tmp_path / "features", symlinks=True, ignore=shutil.ignore_patterns("__pycache__")
+    )
+    shutil.copytree(run.workdir / "feast", tmp_path / "work" / "feast")
+    feast = Path(sys.executable).parent / "feast"
+    env = {k: v for k, v in os.environ.items() if k != fs.STORE_YAML_ENV}
+    for args in (["apply"], ["feature-views", "list"]):
+        done = subprocess.run(
+            [str(feast), *args], cwd=tmp_path / "features", env=env, capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "item_features" in done.stdout and "user_features" in done.stdout
+    assert not (tmp_path / "features" / "data").exists()  # everything went through the link into work/feast
+    got = fs.read_items(tmp_path / "work", ["it2"], as_of=run.summary("features")["as_of"])
+    assert got["title"].tolist() == stages.catalog(run).set_index("item_id").loc[["it2"], "title"].tolist()
 
 
 def _later_table(run, summary, title: str) -> pd.DataFrame:
