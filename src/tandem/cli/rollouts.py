@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from tandem.cli.common import CONFIG, WORKDIR, build_config, option, user_errors
+from tandem.cli.common import CONFIG, MILVUS, WORKDIR, build_config, option, user_errors
 
 rollout_app = typer.Typer(
     help="Staged A/B rollout of a promoted challenger (5 -> 25 -> 50 -> 100 % -> live): status, advance, abort, "
@@ -46,16 +46,13 @@ def _show_rollout(report: dict) -> None:
         typer.echo(f"stop rule: {report['stop_rule']['verdict']} ({report['stop_rule']['reason']})")
 
 
-ROLLOUT_MILVUS = option(None, "--milvus-uri", envvar="TANDEM_MILVUS_URI", help="Milvus server URI")
-
-
 @rollout_app.command("status")
 def rollout_status(
     workdir: Path = WORKDIR,
     config: Path | None = CONFIG,
     enforce: bool = option(False, "--enforce", help="abort the rollout if its stop rule fired (for a cron)"),
     as_json: bool = option(False, "--json", help="the full status (with history) as JSON"),
-    milvus_uri: str | None = ROLLOUT_MILVUS,
+    milvus_uri: str | None = MILVUS,
 ) -> None:
     """Stage, per-arm impressions / clicks / CTR from served events, and the stop-rule verdict."""
     import json
@@ -76,7 +73,7 @@ def rollout_start(
     challenger: str = option(..., "--challenger", help="run id whose collection becomes the challenger"),
     workdir: Path = WORKDIR,
     config: Path | None = CONFIG,
-    milvus_uri: str | None = ROLLOUT_MILVUS,
+    milvus_uri: str | None = MILVUS,
 ) -> None:
     """Start a rollout by hand against the live champion (the pipeline starts one after a gate 'promote')."""
     from tandem import rollout
@@ -98,7 +95,7 @@ def rollout_advance(
     force: bool = option(
         False, "--force", help="advance without enough evidence ('hold'); never overrides a fired stop rule"
     ),
-    milvus_uri: str | None = ROLLOUT_MILVUS,
+    milvus_uri: str | None = MILVUS,
 ) -> None:
     """Next stage if the stop rule allows it; after 100 % the challenger goes live."""
     from tandem import rollout
@@ -117,7 +114,7 @@ def rollout_abort(
     workdir: Path = WORKDIR,
     config: Path | None = CONFIG,
     reason: str = option("", "--reason", help="recorded in the rollout's history"),
-    milvus_uri: str | None = ROLLOUT_MILVUS,
+    milvus_uri: str | None = MILVUS,
 ) -> None:
     """Stop a running rollout: every user back on the champion, live unchanged."""
     from tandem import rollout
@@ -131,7 +128,7 @@ def rollout_abort(
 def rollout_rollback(
     workdir: Path = WORKDIR,
     config: Path | None = CONFIG,
-    milvus_uri: str | None = ROLLOUT_MILVUS,
+    milvus_uri: str | None = MILVUS,
 ) -> None:
     """After a completed rollout: the live alias back to the previous champion."""
     from tandem import rollout
