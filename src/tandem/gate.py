@@ -19,6 +19,13 @@ import numpy as np
 from tandem.config import GateConfig
 
 LATENCY = "query_latency_ms"
+
+
+def plural(unit: str) -> str:
+    """The resampling unit in plural: pairs, queries."""
+    return "queries" if unit == "query" else f"{unit}s"
+
+
 _MAX_CELLS = 1 << 22  # bootstrap rounds are drawn in chunks of about this many indices (32 MiB)
 
 
@@ -208,7 +215,7 @@ def decide(
     summary = (
         f"{primary_metric} {stats['challenger']:.4f} vs champion {stats['champion']:.4f}: "
         f"diff {stats['diff']:+.4f}, {stats['confidence']:.0%} CI [{lo:+.4f}, {hi:+.4f}], "
-        f"{_p(stats)} over {stats['n_units']} {stats['unit']}s"
+        f"{_p(stats)} over {stats['n_units']} {plural(stats['unit'])}"
     )
     problems = []
     if not improved:
@@ -246,7 +253,7 @@ def markdown(gate: Mapping) -> list[str]:
             f"(`{gate['champion_collection']}`), diff {primary['diff']:+.4f}, "
             f"{primary['confidence']:.0%} CI [{lo:+.4f}, {hi:+.4f}], {_p(primary)} "
             f"(margin {primary['margin']}, alpha {primary['alpha']}; paired bootstrap, {primary['n_boot']} rounds "
-            f"over {primary['n_units']} {primary['unit']}s, {primary['n_pairs']} pairs)",
+            f"over {primary['n_units']} {plural(primary['unit'])}, {primary['n_pairs']} pairs)",
         ]
     if evidence.get("guards"):
         lines += ["", "| guard | challenger | champion | delta | tolerance | status |", "|---|---|---|---|---|---|"]

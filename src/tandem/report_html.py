@@ -15,6 +15,8 @@ import math
 import os
 from pathlib import Path
 
+from tandem.gate import plural
+
 STYLE = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2rem auto;max-width:1100px;
 padding:0 1rem;color:#1f2328;line-height:1.45}
@@ -31,9 +33,6 @@ img.plot{max-width:100%;border:1px solid #d0d7de}
 code{background:#f6f8fa;padding:0 .25rem;border-radius:3px;font-size:.9em;word-break:break-all}
 pre{background:#f6f8fa;padding:.8rem;overflow:auto;font-size:.8rem}
 """
-
-
-PLURAL = {"query": "queries"}  # the gate's resampling unit
 
 
 def esc(value) -> str:
@@ -222,7 +221,7 @@ def gate_section(gate: dict) -> list[str]:
             [
                 "test",
                 f"paired bootstrap, {esc(primary['n_boot'])} rounds over {esc(primary['n_units'])} "
-                f"{esc(PLURAL.get(primary['unit'], str(primary['unit']) + 's'))}, {esc(primary['n_pairs'])} pairs",
+                f"{esc(plural(primary['unit']))}, {esc(primary['n_pairs'])} pairs",
             ],
         ]
         out.append(table(["evidence", "value"], rows, table_id="gate-evidence"))
