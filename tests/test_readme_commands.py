@@ -110,12 +110,24 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def served(demo, recipe):
-    """`tandem serve --workdir work --host 127.0.0.1 --port P --config recipe.yaml --batch-window-ms 5`, then
-    the README's curl requests: /search, /similar/ITEM with X-User-Id, POST /click; stopped with Ctrl-C."""
+def promptgen_dir(demo, tmp_path_factory):
+    """`tandem promptgen train --catalog CATALOG -n N --out DIR --preset P --epochs E` on the demo's catalogue."""
+    out = tmp_path_factory.mktemp("promptgen") / "pg"
+    result = cli(
+        "promptgen", "train", "--catalog", demo.catalog, "-n", 60, "--out", out, "--preset", "tiny", "--epochs", 1
+    )
+    assert result.code == 0, result.all
+    return out
+
+
+@pytest.fixture(scope="module")
+def served(demo, recipe, promptgen_dir):
+    """`tandem serve --workdir work --host 127.0.0.1 --port P --config recipe.yaml --batch-window-ms 5 --promptgen
+    DIR --expand-k 2`, then the README's curl requests: /search (plain and expand=true), /similar/ITEM with
+    X-User-Id, POST /click; stopped with Ctrl-C."""
     port = free_port()
     argv = ["serve", "--workdir", demo.workdir, "--host", "127.0.0.1", "--port", port, "--config", recipe]
-    argv += ["--batch-window-ms", 5]
+    argv += ["--batch-window-ms", 5, "--promptgen", promptgen_dir, "--expand-k", 2]
     process = subprocess.Popen(
         [str(BIN / "tandem"), *map(str, argv)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
@@ -135,6 +147,8 @@ def served(demo, recipe):
         answers["health"] = health.json()
         search = httpx.get(f"{base}/search", params={"q": "bananas", "k": 5, "user_id": "alice"}, timeout=60)
         answers["search"] = search.json()
+        expanded = httpx.get(f"{base}/search", params={"q": "bananas", "k": 5, "expand": "true"}, timeout=60)
+        answers["expanded"] = expanded.json()
         item = answers["search"]["items"][0]["item_id"]
         similar = httpx.get(f"{base}/similar/{item}", params={"k": 5}, headers={"X-User-Id": "alice"}, timeout=60)
         answers["similar"] = similar.json()
@@ -154,6 +168,8 @@ def test_serve_answers_search_similar_and_click(served, demo):
     a = served.answers
     assert a["health"]["live"] == demo.summary["index"]["live_collection"]
     assert len(a["search"]["items"]) == 5 and a["search"]["arm"] == "champion"
+    assert a["expanded"]["expansion"][0] == "bananas" and 2 <= len(a["expanded"]["expansion"]) <= 3
+    assert len(a["expanded"]["items"]) == 5 and all("rrf" in item for item in a["expanded"]["items"])
     assert a["search"]["items"][0]["item_id"] not in {i["item_id"] for i in a["similar"]["items"]}
     assert a["click"].status_code == 200, a["click"].text
     assert "serving" in served.output and served.code in (0, -signal.SIGINT)
@@ -289,3 +305,24 @@ def test_kfp_run_local_hands_the_flags_to_the_pipeline(monkeypatch, tmp_path):
     assert result.code == 0, result.all
     assert calls["logs"] == Path("L.csv") and calls["workdir"] == tmp_path and calls["cfg"].train.epochs == 2
     assert "live collection: tandem_x" in result.out
+
+
+def test_kfp_run_local_promptgen_hands_the_flags_to_the_pipeline(monkeypatch, tmp_path):
+    """`tandem kfp run-local --pipeline promptgen --catalog C --workdir W --preset tiny --epochs 1`: the hand-over;
+    the pipeline run itself is tests/test_kfp_promptgen.py's local_run."""
+    from tandem import pipelines
+
+    calls = {}
+
+    def fake(workdir, **options):
+        calls.update(options, workdir=workdir)
+        fit = {"fit": {"epoch_loss": [1.5]}}
+        teacher = {"source": "catalogue", "examples": 60, "quarantined": 0}
+        return {"teacher": teacher, "promptgen": {"generator": fit}, "model": "m", "pipeline_root": "p"}
+
+    monkeypatch.setattr(pipelines, "run_local_promptgen", fake)
+    argv = ["kfp", "run-local", "--pipeline", "promptgen", "--catalog", "C.csv", "--workdir", tmp_path]
+    result = cli(*argv, "--preset", "tiny", "--epochs", 1)
+    assert result.code == 0, result.all
+    assert calls["catalog"] == Path("C.csv") and calls["preset"] == "tiny" and calls["epochs"] == 1
+    assert calls["workdir"] == tmp_path and "generator loss: 1.5000" in result.out
