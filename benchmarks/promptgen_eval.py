@@ -238,7 +238,7 @@ def main() -> None:
         f"Control: each of the {len(held)} held-out intents asked for all 9 (length, relevance) commands; a hit = "
         "the prompt lands in the requested bucket under the training rules (length by words, relevance by the "
         "scorer with the cut points of its task and length). Best of N = N samples (temperature 1), each measured "
-        "the same way, the best kept (`tandem.promptgen.control`, `tandem generate --candidates N`).",
+        "the same way, the best kept (`tandem.promptgen.control`, `tandem promptgen generate --candidates N`).",
         "",
         "| generation | length control | short / medium / long | relevance control | low / medium / high "
         "| both | ms per prompt (CPU, batched, incl. scoring) |",
