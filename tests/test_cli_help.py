@@ -116,7 +116,7 @@ def test_choices_are_refused_with_the_allowed_values(argv, allowed):
 
 def test_version():
     result = runner.invoke(app, ["--version"])
-    assert result.exit_code == 0 and result.stdout.strip() == f"tandem {version('tandem')}"
+    assert result.exit_code == 0 and result.stdout.strip() == f"tandem {version('tandem-mlops')}"
 
 
 def test_old_generate_name_is_hidden_and_deprecated():

@@ -245,7 +245,7 @@ def test_python_m_tandem_cli_and_version():
     assert done.returncode == 0 and done.stdout.startswith("tandem ")
     from importlib.metadata import version
 
-    assert done.stdout.split()[1] == version("tandem")
+    assert done.stdout.split()[1] == version("tandem-mlops")
 
 
 # ------------------------------------------------------------------------------ Kubeflow (README section)

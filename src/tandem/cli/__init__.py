@@ -6,8 +6,6 @@ loads no model, data or service library: commands import what they need when the
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
 import typer
 
 from tandem.cli import configs, kubeflow, loop, models, prompts, rollouts, serving
@@ -24,10 +22,9 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
-        try:
-            typer.echo(f"tandem {version('tandem')}")
-        except PackageNotFoundError:  # running from a source tree that was never installed
-            typer.echo("tandem (not installed: no version metadata)")
+        from tandem import __version__
+
+        typer.echo(f"tandem {__version__}")
         raise typer.Exit()
 
 
