@@ -132,7 +132,9 @@ def test_the_cli_does_not_force_offline_mode(monkeypatch):
     assert "HF_HUB_OFFLINE" not in os.environ  # offline only when the environment says so
 
 
-DOCS = ("README.md", "dags/README.md", "components/README.md")
+DOCS = ("README.md", "dags/README.md", "components/README.md") + tuple(
+    f"docs/{p.name}" for p in sorted((Path(__file__).resolve().parents[1] / "docs").glob("*.md"))
+)
 
 
 def documented_commands(path):

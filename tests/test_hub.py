@@ -102,10 +102,10 @@ def test_local_and_bundled_models_load():
 
 
 def test_readme_gpu_section_matches_the_recipes():
-    """The README's "On a GPU machine" commands name recipes that load and pre-download exactly their models."""
+    """docs/models.md's "On a GPU machine" commands name recipes that load and pre-download exactly their models."""
     import re
 
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "models.md").read_text()
     section = text.split("\n## On a GPU machine\n", 1)[1].split("\n## ", 1)[0]
     recipes = set(re.findall(r"--config (training/\S+\.yaml)", section))
     assert recipes == {"training/hotelmatch_gpu.yaml", "training/notellm2_gpu.yaml"}
