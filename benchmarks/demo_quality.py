@@ -18,9 +18,9 @@ import sys
 import time
 from pathlib import Path
 
-from tandem.adapters import completejourney
 from tandem.cli import setup_logging
-from tandem.run import run
+from tandem.data.adapters import completejourney
+from tandem.pipeline.run import run
 
 RESULTS = Path(__file__).parent / "results" / "demo_quality.md"
 

@@ -134,7 +134,7 @@ def set_metrics(ranked: np.ndarray, relevant: list[np.ndarray], ks=(10, 100)) ->
 
 
 def rank(queries: np.ndarray, items: np.ndarray, exclude: np.ndarray | None = None, depth: int = 100) -> np.ndarray:
-    from tandem.evaluate import exact_top_k
+    from tandem.evaluation.evaluate import exact_top_k
 
     return exact_top_k(queries, items, depth, exclude=exclude)
 
@@ -144,7 +144,7 @@ def fit_model(cfg, train_cfg, eval_cfg, pairs, valid, catalog, out_dir: Path):
     import torch
 
     from tandem.models import build_loss, build_model
-    from tandem.trainer import fit
+    from tandem.training.trainer import fit
 
     shutil.rmtree(out_dir, ignore_errors=True)  # a fresh fit, not a resume of an earlier benchmark run
     torch.manual_seed(train_cfg.seed)
@@ -200,7 +200,7 @@ def main() -> None:
     setup_logging(verbose=False)
     import torch
 
-    from tandem.config import EvalConfig, ModelConfig, TrainConfig
+    from tandem.core.config import EvalConfig, ModelConfig, TrainConfig
     from tandem.models.vision_align import align_vision
 
     parts = set(filter(None, args.only.split(","))) or {"hotelmatch", "notellm2"}

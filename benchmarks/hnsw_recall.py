@@ -2,9 +2,9 @@
 
     .venv/bin/python benchmarks/hnsw_recall.py [--items 100000] [--queries 1000] [--efs 16,32,64,128,256]
 
-Writes the items through `tandem.index.ItemIndex` (the default IndexConfig: HNSW, COSINE, its M and
+Writes the items through `tandem.release.index.ItemIndex` (the default IndexConfig: HNSW, COSINE, its M and
 efConstruction) into a fresh Milvus Lite database, then for each ef searches the same queries and
-compares the top 10 with `tandem.evaluate.exact_top_k` (brute force, the reference, timed in the
+compares the top 10 with `tandem.evaluation.evaluate.exact_top_k` (brute force, the reference, timed in the
 same run). Vectors: a seeded Gaussian mixture in 384-d, L2-normalised (see `mixture`); plus, when
 ../shared/data/fashion-small exists, the bundled all-MiniLM-L6-v2 embeddings of its product names.
 Prints a Markdown report and writes it to benchmarks/results/hnsw_recall.md.
@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tandem.config import IndexConfig
-from tandem.evaluate import exact_top_k
-from tandem.index import ItemIndex
+from tandem.core.config_release import IndexConfig
+from tandem.evaluation.evaluate import exact_top_k
+from tandem.release.index import ItemIndex
 
 RESULTS = Path(__file__).parent / "results" / "hnsw_recall.md"
 FASHION = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fashion-small"
@@ -181,7 +181,8 @@ def main() -> None:
         "",
         f"Index: {cfg.index_type} M={cfg.hnsw_m} efConstruction={cfg.hnsw_ef_construction}, metric {cfg.metric} "
         f"(IndexConfig defaults; default search ef {cfg.search_ef}). Recall@10 = share of the exact top 10 "
-        f"(`tandem.evaluate.exact_top_k`) that the index returns, averaged over the queries; queries are sent "
+        f"(`tandem.evaluation.evaluate.exact_top_k`) that the index returns, averaged over the queries; "
+        "queries are sent "
         "100 per request; speed ratios compare with exact search on the same queries in the same run.",
         "",
         f"## {args.items:,} items: Gaussian mixture",

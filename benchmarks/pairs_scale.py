@@ -3,10 +3,10 @@
     .venv/bin/python benchmarks/pairs_scale.py [--sizes 1M,10M,50M] [--engines duckdb,spark,reference]
         [--reference-max 1M] [--data-dir /tmp/tandem-pairs-scale] [--seed 0] [--timeout 3600] [--no-write]
 
-For each size the log is generated once with `tandem.synth.write_logs` (Zipf items, heavy
+For each size the log is generated once with `tandem.data.synth.write_logs` (Zipf items, heavy
 users, sessions) into --data-dir and reused by later runs. Every engine then mines pairs
-(`tandem.pairs.mine_pairs(path, cfg, contract, engine=...)`, or
-`tandem.pairs_reference.mine_pairs_reference` for the pandas reference) in a fresh
+(`tandem.pairs.mine.mine_pairs(path, cfg, contract, engine=...)`, or
+`tandem.pairs.reference.mine_pairs_reference` for the pandas reference) in a fresh
 subprocess, so each measurement has its own memory high-water mark: `os.wait4` gives the
 worker's ru_maxrss (the parent holds no data and does not count), and the worker's process
 tree (Spark's JVM included) is also sampled every 0.1 s. The pairs of all engines that ran on
@@ -60,7 +60,7 @@ def label(n: int) -> str:
 
 
 def worker_generate(path: str, n_events: int, seed: int) -> dict:
-    from tandem.synth import write_logs
+    from tandem.data.synth import write_logs
 
     tmp = Path(path + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -81,16 +81,16 @@ def pairs_digest(pairs) -> str:
 
 
 def worker_mine(engine: str, path: str) -> dict:
-    from tandem.config import ContractConfig, PairsConfig
+    from tandem.core.config import ContractConfig, PairsConfig
 
     cfg, contract = PairsConfig(), ContractConfig()
     if engine == "reference":
-        from tandem.pairs_reference import mine_pairs_reference
+        from tandem.pairs.reference import mine_pairs_reference
 
         def mine():
             return mine_pairs_reference(path, cfg, contract)
     else:
-        from tandem.pairs import mine_pairs
+        from tandem.pairs.mine import mine_pairs
 
         def mine():
             return mine_pairs(path, cfg, contract, engine=engine)
@@ -247,7 +247,7 @@ def main() -> int:
         "",
         f"Command: `{' '.join([Path(sys.executable).name, *sys.argv])}`",
         f"Machine: {machine()}",
-        "Data: `tandem.synth.write_logs` (seed "
+        "Data: `tandem.data.synth.write_logs` (seed "
         f"{args.seed}: Zipf items, lognormal users, sessions), PairsConfig() defaults.",
         "",
         "| events | engine | events/s | mine s | wall s | peak RSS MB (wait4) | peak tree RSS MB | pairs | hash "

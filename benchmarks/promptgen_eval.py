@@ -52,8 +52,8 @@ def catalogue(workdir: Path, items: int) -> tuple[pd.DataFrame, str]:
                 "content": s["gender"] + " " + s["masterCategory"] + " " + s["season"].fillna(""),
             }
         ).reset_index(drop=True), "fashion-small"
-    from tandem.adapters import completejourney
-    from tandem.contract import load_catalog
+    from tandem.data.adapters import completejourney
+    from tandem.data.contract import load_catalog
 
     _, path = completejourney.write(workdir / "data", items)
     return load_catalog(path).kept, "Complete Journey"

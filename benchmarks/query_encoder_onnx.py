@@ -4,7 +4,7 @@
         [--batch 64] [--items 10000] [--data ../shared/data/fashion-small] [--note TEXT] [--no-write]
 
 The model is a HotelMatch saved by tandem (--model, e.g. WORKDIR/runs/<run_id>/model), or by
-default an untrained one at tandem.config.ModelConfig's defaults (bundled all-MiniLM-L6-v2 item
+default an untrained one at tandem.core.config.ModelConfig's defaults (bundled all-MiniLM-L6-v2 item
 tower, a query tower of its first query_layers layers): latency does not depend on training.
 It is exported with `tandem.models.onnx_export.export_onnx` unless a fresh export exists.
 
@@ -119,7 +119,7 @@ def main() -> None:
     import onnxruntime
     import torch
 
-    from tandem.config import ModelConfig
+    from tandem.core.config import ModelConfig
     from tandem.models import build_model, load_model
     from tandem.models.onnx_export import OnnxQueryEncoder, check_export, export_onnx
 

@@ -13,7 +13,7 @@ reciprocal rank of the first relevant item; (b) "own item": the intent's own ite
 
 Index: every item (title + subCategory, baseColour, usage) embedded with the bundled
 all-MiniLM-L6-v2 (mean pooled, normalised; `SimilarityScorer.embed`), in a Milvus Lite HNSW
-collection through `tandem.index.ItemIndex`. The SAME encoder embeds the queries: a symmetric,
+collection through `tandem.release.index.ItemIndex`. The SAME encoder embeds the queries: a symmetric,
 untrained text encoder, not a trained HotelMatch query tower. Every configuration goes through the
 service's own code (`tandem.serve.app.expanded`: one embedding call and one Milvus call per request,
 fused by `tandem.promptgen.expand.fuse`), one request at a time, so the latencies are per request.
@@ -38,14 +38,14 @@ import numpy as np
 import pandas as pd
 
 from tandem.cli import setup_logging
-from tandem.config import IndexConfig
-from tandem.index import ItemIndex
-from tandem.metrics import bootstrap_ci, bootstrap_cis, per_pair_metrics, target_ranks
+from tandem.core.config_release import IndexConfig
+from tandem.evaluation.metrics import bootstrap_ci, bootstrap_cis, per_pair_metrics, target_ranks
 from tandem.promptgen.expand import QueryExpander
 from tandem.promptgen.model import GeneratorConfig, GeneratorTrainConfig
 from tandem.promptgen.relabel import SimilarityScorer
 from tandem.promptgen.teacher import catalogue_teacher
 from tandem.promptgen.train import load, train_generator
+from tandem.release.index import ItemIndex
 from tandem.serve.app import expanded
 
 RESULTS = Path(__file__).parent / "results" / "query_expansion.md"

@@ -36,8 +36,9 @@ from pathlib import Path
 import numpy as np
 
 from tandem.cli import setup_logging
-from tandem.config import IndexConfig, ModelConfig
-from tandem.index import ItemIndex, collection_name
+from tandem.core.config import ModelConfig
+from tandem.core.config_release import IndexConfig
+from tandem.release.index import ItemIndex, collection_name
 
 RESULTS = Path(__file__).parent / "results" / "serve_latency.md"
 RUN_ID = "bench"

@@ -4,7 +4,7 @@
         [--recipe-hotelmatch R] [--recipe-notellm2 R] [--families hotelmatch,notellm2] [--threads N]
         [--image-px 128] [--seed 0] [--note TEXT] [--no-write]
 
-Both seed families train through the real trainer (`tandem.trainer.fit`, accelerate, AdamW,
+Both seed families train through the real trainer (`tandem.training.trainer.fit`, accelerate, AdamW,
 bf16 autocast on CUDA via TrainConfig.mixed_precision='auto') on a seeded synthetic
 catalogue made in a temp folder: --items items with 1-3 JPEG images each (--image-px square,
 resized to the recipe's image_size by the loader), a title, topics, content, city, country
@@ -188,9 +188,10 @@ def worker(spec: dict) -> dict:
     import torch
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
-    from tandem.config import load_config
+    from tandem.core.config import load_config
     from tandem.models import build_loss, build_model
-    from tandem.trainer import PairDataset, fit
+    from tandem.training.data import PairDataset
+    from tandem.training.trainer import fit
 
     logging.basicConfig(level=logging.WARNING)
     if spec["threads"]:
@@ -474,7 +475,7 @@ def main() -> int:
     kind = "gpu" if cuda else "cpu"
     given = {"hotelmatch": args.recipe_hotelmatch, "notellm2": args.recipe_notellm2}
     recipes = {f: given[f] or f"training/{f}_{kind}.yaml" for f in families}
-    from tandem.config import load_config
+    from tandem.core.config import load_config
 
     paths = {f: str(Path(r) if Path(r).is_file() else ROOT / r) for f, r in recipes.items()}
     largest = 0

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import Asset, dag, task
 
-from tandem.schedule import LIVE_INDEX_ASSET
+from tandem.orchestration.airflow_schedule import LIVE_INDEX_ASSET
 
 LIVE_INDEX = Asset(name="tandem_live_index", uri=LIVE_INDEX_ASSET)
 
@@ -28,8 +28,8 @@ LIVE_INDEX = Asset(name="tandem_live_index", uri=LIVE_INDEX_ASSET)
 def tandem_index_audit():
     @task(retries=2, retry_delay=timedelta(minutes=2), execution_timeout=timedelta(minutes=30))
     def audit(triggering_asset_events=None) -> dict:
-        from tandem import schedule
-        from tandem.audit import audit_live
+        from tandem.orchestration import airflow_schedule as schedule
+        from tandem.release.audit import audit_live
 
         events = triggering_asset_events.get(LIVE_INDEX, []) if triggering_asset_events else []  # a Mapping
         promoted = [e.extra.get("run_id") for e in events if e.extra]

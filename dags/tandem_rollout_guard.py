@@ -1,7 +1,7 @@
 """tandem_rollout_guard: every hour, enforces the stop rule of the running A/B rollout.
 
 It reads WORKDIR/rollout/state.json and the served events (WORKDIR/serving/events/) and calls
-`tandem.rollout.enforce`: when the challenger's CTR in the current stage is significantly below
+`tandem.release.rollout.enforce`: when the challenger's CTR in the current stage is significantly below
 the champion's (the stop rule says 'stop'), the rollout is aborted: every user goes back to the
 champion, the challenger alias is dropped, the live alias stays where it was. Otherwise nothing
 changes. It never advances a rollout: moving to a larger share is a human/product decision
@@ -64,7 +64,8 @@ def summary(before: dict, after: dict) -> dict:
 def tandem_rollout_guard():
     @task(retries=2, retry_delay=timedelta(minutes=5), execution_timeout=timedelta(minutes=20))
     def enforce() -> dict:
-        from tandem import rollout, schedule
+        from tandem.orchestration import airflow_schedule as schedule
+        from tandem.release import rollout
 
         settings = schedule.airflow_settings()
         if rollout.load_state(settings.workdir) is None:

@@ -22,7 +22,7 @@ from pathlib import Path
 import airflow_deployment as deployed_airflow
 import pytest
 
-from tandem import schedule
+from tandem.orchestration import airflow_schedule as schedule
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = """
@@ -44,7 +44,7 @@ def _logs_ending_yesterday(tmp: Path) -> tuple[Path, Path]:
     the interval the scheduler creates on unpause has data, and its look-back window holds the rest."""
     import pandas as pd
 
-    from tandem.synth import make_dataset
+    from tandem.data.synth import make_dataset
 
     logs, catalog = make_dataset(tmp / "data", n_items=48, n_users=80)
     events = pd.read_csv(logs)
@@ -173,9 +173,9 @@ def test_the_scheduler_runs_one_interval_to_success_with_local_executor(schedule
 @heavy
 @pytest.mark.timeout(900)
 def test_the_run_folder_has_the_report_and_a_live_collection(scheduled_run):
-    from tandem.config import IndexConfig
-    from tandem.contract import load_catalog
-    from tandem.index import ItemIndex
+    from tandem.core.config_release import IndexConfig
+    from tandem.data.contract import load_catalog
+    from tandem.release.index import ItemIndex
 
     run = scheduled_run["runs"][0]
     run_id = schedule.run_id(run["data_interval_end"])  # the run folder is keyed on the interval

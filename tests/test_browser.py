@@ -26,8 +26,8 @@ import yaml
 from conftest import TINY_VISION
 from PIL import Image
 
+from tandem.data.synth import make_dataset
 from tandem.serve import read_events
-from tandem.synth import make_dataset
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",

@@ -10,7 +10,7 @@ import yaml
 from typer.testing import CliRunner
 
 from tandem.cli import app
-from tandem.config import config_to_dict, load_config
+from tandem.core.config import config_to_dict, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "training").glob("*.yaml")) + [ROOT / "params.yaml"]

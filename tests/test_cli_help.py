@@ -14,9 +14,9 @@ from typer.main import get_command
 from typer.testing import CliRunner
 
 from tandem.cli import app, setup_logging
-from tandem.config import FAMILIES, FOLLOWS, PAIR_MODES, PROTOCOLS, QUERY_ENCODERS
-from tandem.engines import ENGINES
-from tandem.pipelines import PIPELINES
+from tandem.core.config_schema import FAMILIES, FOLLOWS, PAIR_MODES, PROTOCOLS, QUERY_ENCODERS
+from tandem.core.engines import ENGINES
+from tandem.orchestration.kubeflow import PIPELINES
 from tandem.promptgen import LENGTHS, PRESETS, RELEVANCE, TASKS
 
 runner = CliRunner(env={"COLUMNS": "250"})  # wide: no column wraps into another

@@ -13,10 +13,10 @@ from conftest import TINY_VISION
 from typer.testing import CliRunner
 
 from tandem.cli import app
-from tandem.config import EvalConfig, ModelConfig, RunConfig, TrainConfig
+from tandem.core.config import EvalConfig, ModelConfig, RunConfig, TrainConfig
+from tandem.data.synth import make_dataset
 from tandem.models import load_model
-from tandem.run import run
-from tandem.synth import make_dataset
+from tandem.pipeline.run import run
 
 
 @pytest.fixture(autouse=True, scope="module")

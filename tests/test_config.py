@@ -6,19 +6,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tandem.config import (
-    FAMILIES,
-    INDEX_TYPES,
-    QUERY_ENCODERS,
-    GateConfig,
-    IndexConfig,
-    ModelConfig,
-    RunConfig,
-    config_from_dict,
-    config_to_dict,
-    load_config,
-)
-from tandem.config_schema import choices
+from tandem.core.config import ModelConfig, RunConfig, config_from_dict, config_to_dict, load_config
+from tandem.core.config_release import GateConfig, IndexConfig
+from tandem.core.config_schema import FAMILIES, INDEX_TYPES, QUERY_ENCODERS, choices
 
 ROOT = Path(__file__).parent.parent
 RECIPES = [*sorted((ROOT / "training").glob("*.yaml")), ROOT / "params.yaml"]

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tandem.contract import ContractError, load_catalog, load_logs
+from tandem.data.contract import ContractError, load_catalog, load_logs
 
 
 def write_csv(path, text):

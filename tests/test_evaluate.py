@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tandem.baselines import bm25_scorer, cooccurrence_scorer, popularity_scores, static_scorer
-from tandem.config import EvalConfig
-from tandem.evaluate import (
+from tandem.core.config import EvalConfig
+from tandem.evaluation.baselines import bm25_scorer, cooccurrence_scorer, popularity_scores, static_scorer
+from tandem.evaluation.evaluate import (
     EvalSet,
     RetrievalEvaluator,
     exact_top_k,
@@ -18,7 +18,7 @@ from tandem.evaluate import (
     save_per_pair,
     summarize,
 )
-from tandem.metrics import retrieval_metrics, target_ranks
+from tandem.evaluation.metrics import retrieval_metrics, target_ranks
 
 CFG = EvalConfig(ks=(1, 2, 5), mrr_k=3, n_boot=200)
 

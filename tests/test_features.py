@@ -14,10 +14,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from tandem import features as fs
-from tandem import stages
-from tandem.config import RunConfig
-from tandem.synth import make_dataset
+from tandem.core.config import RunConfig
+from tandem.data import features as fs
+from tandem.data.synth import make_dataset
+from tandem.pipeline import stages
 
 UTC = "UTC"
 REPO_YAML = Path(__file__).resolve().parents[1] / "features" / "feature_store.yaml"

@@ -6,11 +6,12 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 
-from tandem import gate as gate_module
-from tandem.config import GateConfig, config_from_dict, load_config
-from tandem.evaluate import exact_top_k
-from tandem.gate import decide, markdown, paired_bootstrap
-from tandem.metrics import mrr_at_k, recall_at_k, target_ranks
+from tandem.core.config import config_from_dict, load_config
+from tandem.core.config_release import GateConfig
+from tandem.evaluation import gate as gate_module
+from tandem.evaluation.evaluate import exact_top_k
+from tandem.evaluation.gate import decide, markdown, paired_bootstrap
+from tandem.evaluation.metrics import mrr_at_k, recall_at_k, target_ranks
 
 FAST = GateConfig(n_boot=1000)
 PRIMARY, GUARD = "recall@100", "short_query/recall@100"
@@ -211,7 +212,7 @@ def test_paired_bootstrap_agrees_with_scipy():
 
 
 def _per_pair(vectors, queries, targets, short):
-    """Per-pair metrics from exact rankings, with tandem.metrics applied to each pair's rank."""
+    """Per-pair metrics from exact rankings, with tandem.evaluation.metrics applied to each pair's rank."""
     ranks = target_ranks(exact_top_k(vectors[queries], vectors, 100, exclude=queries), targets)
     recall = np.array([recall_at_k(ranks[i : i + 1], 10) for i in range(len(ranks))])
     mrr = np.array([mrr_at_k(ranks[i : i + 1], 10) for i in range(len(ranks))])
@@ -254,7 +255,7 @@ def test_report_section_shows_the_evidence():
 def _run_folder(tmp_path, champion: str | None, per_pair: dict | None, n_pairs: int = 400):
     import pandas as pd
 
-    from tandem.stages import RunPaths
+    from tandem.pipeline.stages import RunPaths
 
     run = RunPaths.of(tmp_path / "work", "r2")
     metrics = {"model": {PRIMARY: 0.5, GUARD: 0.5}} | ({"champion": {PRIMARY: 0.4, GUARD: 0.4}} if champion else {})
@@ -269,11 +270,12 @@ def _run_folder(tmp_path, champion: str | None, per_pair: dict | None, n_pairs: 
 
 
 def test_stage_reads_per_pair_results_and_groups_by_query(tmp_path):
-    from tandem import evaluate, stages
-    from tandem.config import RunConfig
+    from tandem.core.config import RunConfig
+    from tandem.evaluation import evaluate
+    from tandem.pipeline import stages
 
     if not hasattr(evaluate, "load_per_pair"):
-        pytest.skip("tandem.evaluate.load_per_pair (the evaluation stage's reader) is not there yet")
+        pytest.skip("tandem.evaluation.evaluate.load_per_pair (the evaluation stage's reader) is not there yet")
     new, old = arms()
     run = _run_folder(tmp_path, "tandem_old", {"model": new, "champion": old})
     saved = stages.gate(run, RunConfig())
@@ -290,8 +292,8 @@ def test_stage_reads_per_pair_results_and_groups_by_query(tmp_path):
 
 
 def test_stage_needs_per_pair_results_once_a_champion_is_live(tmp_path):
-    from tandem import stages
-    from tandem.config import RunConfig
+    from tandem.core.config import RunConfig
+    from tandem.pipeline import stages
 
     with pytest.raises(ValueError, match="per_pair.npz.*tandem_old; rerun evaluate"):
         stages.gate(_run_folder(tmp_path, "tandem_old", None), RunConfig())

@@ -12,12 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-from tandem.config import ModelConfig, TrainConfig
-from tandem.images import load_images
-from tandem.models import build_model, load_model
+from tandem.core.config import ModelConfig, TrainConfig
+from tandem.models import build_model, load_model, towers
 from tandem.models import hotelmatch as hm
 from tandem.models.base import PairExample, item_key
-from tandem.text import item_text, item_text_with_geography, query_text
+from tandem.models.images import load_images
+from tandem.models.text import item_text, item_text_with_geography, query_text
 
 COLOURS = ["red", "green", "blue", "yellow", "purple", "orange", "black", "white"]
 RGB = {
@@ -166,7 +166,7 @@ def test_load_images(images, tmp_path, caplog):
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not an image")
     paths = [images["red"], str(tmp_path / "missing.png"), str(broken), images["blue"], images["green"]]
-    with caplog.at_level(logging.WARNING, logger="tandem.images"):
+    with caplog.at_level(logging.WARNING, logger="tandem.models.images"):
         pixels = load_images(paths, size=32, max_images=2)
     assert pixels.shape == (2, 3, 32, 32) and pixels.dtype == torch.float32
     assert "missing.png" in caplog.text and "broken.jpg" in caplog.text
@@ -180,10 +180,14 @@ def test_load_images(images, tmp_path, caplog):
 def test_decoder_rule():
     import transformers as tf
 
-    assert not hm.is_decoder(tf.BertConfig()) and not hm.is_decoder(tf.RobertaConfig())
-    assert hm.is_decoder(tf.GPT2Config()) and hm.is_decoder(tf.LlamaConfig()) and hm.is_decoder(tf.Qwen2Config())
-    assert hm.is_decoder(tf.BertConfig(is_decoder=True))
-    assert hm.item_pooling(ModelConfig(item_pooling="mean"), tf.GPT2Config()) == "mean"
+    assert not towers.is_decoder(tf.BertConfig()) and not towers.is_decoder(tf.RobertaConfig())
+    assert (
+        towers.is_decoder(tf.GPT2Config())
+        and towers.is_decoder(tf.LlamaConfig())
+        and towers.is_decoder(tf.Qwen2Config())
+    )
+    assert towers.is_decoder(tf.BertConfig(is_decoder=True))
+    assert towers.item_pooling(ModelConfig(item_pooling="mean"), tf.GPT2Config()) == "mean"
 
 
 def test_forward_and_embed_shapes(cfg, catalog):

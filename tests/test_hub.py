@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tandem.config import load_config
+from tandem.core.config import load_config
 from tandem.models.hub import hub_error, load_pretrained
 
 ROOT = Path(__file__).parent.parent

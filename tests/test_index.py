@@ -7,9 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tandem.config import IndexConfig
-from tandem.evaluate import exact_top_k
-from tandem.index import META, ItemIndex, catalog_scalars, collection_name, filter_expression
+from tandem.core.config_release import IndexConfig
+from tandem.evaluation.evaluate import exact_top_k
+from tandem.release.index import META, ItemIndex, collection_name
+from tandem.release.scalars import catalog_scalars, filter_expression
 
 
 @pytest.fixture(scope="module")
@@ -293,8 +294,8 @@ def test_catalog_scalars_take_the_first_topic_as_category():
 
 
 def test_index_stage_stores_the_catalogue_fields(tmp_path, monkeypatch, vectors):
-    from tandem import stages
-    from tandem.config import RunConfig
+    from tandem.core.config import RunConfig
+    from tandem.pipeline import stages
 
     catalog = pd.DataFrame(
         {"item_id": ["a", "b"], "title": ["Red shoe", "Bag"], "topics": [["shoes", "red"], []], "city": ["Oslo", ""]}

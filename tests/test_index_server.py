@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tandem.config import IndexConfig
-from tandem.index import ItemIndex
+from tandem.core.config_release import IndexConfig
+from tandem.release.index import ItemIndex
 
 
 def _free_port() -> int:

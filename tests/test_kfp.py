@@ -11,12 +11,14 @@ import yaml
 from conftest import TINY_VISION
 from typer.testing import CliRunner
 
-from tandem import pipelines, stages
 from tandem.cli import app
-from tandem.config import EvalConfig, IndexConfig, ModelConfig, RunConfig, TrainConfig
-from tandem.contract import load_catalog
-from tandem.index import ItemIndex
-from tandem.synth import make_dataset
+from tandem.core.config import EvalConfig, ModelConfig, RunConfig, TrainConfig
+from tandem.core.config_release import IndexConfig
+from tandem.data.contract import load_catalog
+from tandem.data.synth import make_dataset
+from tandem.orchestration import kubeflow as pipelines
+from tandem.pipeline import stages
+from tandem.release.index import ItemIndex
 
 GPU_TASKS = {"train", "embed"}
 CACHED = {"mine", "validate", "train", "embed"}  # functions of their input artifacts

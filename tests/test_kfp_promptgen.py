@@ -12,8 +12,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from tandem import pipelines
 from tandem.cli import app
+from tandem.orchestration import kubeflow as pipelines
 from tandem.promptgen import TASKS, pipeline_steps
 from tandem.promptgen.pipeline_steps import EXAMPLES_FILE, QUARANTINE_FILE, SUMMARY_FILE
 from tandem.promptgen.teacher import CATALOGUE_SOURCE, COLUMNS, DEFAULT_FEW_SHOT

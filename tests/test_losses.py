@@ -10,7 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from tandem.losses import LogitScale, contrastive, gather
+from tandem.models.losses import LogitScale, contrastive, gather
 
 
 def reference(anchors, candidates, positive, anchor_keys, candidate_keys, scale) -> float:

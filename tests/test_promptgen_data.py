@@ -169,8 +169,8 @@ def test_retrieval_scorer_reciprocal_rank(catalog):
 
 def test_index_retrieval_scorer_matches_the_exact_one(catalog, tmp_path):
     """Through the project's own Milvus index (FLAT = exact) the reciprocal ranks equal the in-memory scorer's."""
-    from tandem.index import IndexConfig, ItemIndex
     from tandem.promptgen.relabel import IndexRetrievalScorer
+    from tandem.release.index import IndexConfig, ItemIndex
 
     vocab = sorted({w for t in catalog["title"] for w in t.lower().split()})
     embed = _bag_of_words(vocab)

@@ -195,11 +195,11 @@ def test_copy_bias_pulls_tokens_from_the_own_intent(fitted):
 def test_copy_bias_drops_for_tokens_already_written():
     import torch
 
-    from tandem.promptgen.model import _CopyBias
+    from tandem.promptgen.tensors import CopyBias
 
     ids = torch.tensor([[0, 5, 6, 7], [0, 0, 8, 9]])  # left-padded contexts; 0 = pad, 9 = a special token
     mask = torch.tensor([[1, 1, 1, 1], [0, 0, 1, 1]])
-    proc = _CopyBias(ids, mask, per_call=2, bias=2.0, special={0, 9}, vocab=12)
+    proc = CopyBias(ids, mask, per_call=2, bias=2.0, special={0, 9}, vocab=12)
     scores = torch.zeros((4, 12))
     first = proc(ids.repeat_interleave(2, dim=0), scores)  # nothing written yet
     assert first[0].nonzero().flatten().tolist() == [5, 6, 7] and first[1].equal(first[0])

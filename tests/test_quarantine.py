@@ -1,5 +1,5 @@
-"""Quarantine at load time (tandem.contract.load_logs) and the duplicate-event / id-type checks of
-the GX logs suite (tandem.validate): every bad row has its exact reason, keeps its original
+"""Quarantine at load time (tandem.data.contract.load_logs) and the duplicate-event / id-type checks of
+the GX logs suite (tandem.data.validate): every bad row has its exact reason, keeps its original
 values and its source file, and rows in = rows kept + rows quarantined."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tandem.config import ContractConfig, PairsConfig
-from tandem.contract import load_logs
+from tandem.core.config import ContractConfig, PairsConfig
+from tandem.data.contract import load_logs
 
 # 2024-01-01T10:00:00Z is epoch 1704103200.
 BAD_CSV = """user_id,item_id,event,ts
@@ -133,7 +133,7 @@ def _logs() -> pd.DataFrame:
 
 
 def _gx_failures(tmp_path, logs: pd.DataFrame) -> list[dict]:
-    from tandem.validate import validate_run
+    from tandem.data.validate import validate_run
 
     catalog = pd.DataFrame({"item_id": ["a", "b"], "title": ["A", "B"]})
     pairs = pd.DataFrame(

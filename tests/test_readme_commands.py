@@ -282,7 +282,7 @@ def test_kfp_submit_as_in_readme(monkeypatch):
     assert result.code == 0, result.all
     assert json.loads(result.out)["run_id"] == "run-1" and sent["host"] == "https://kfp.example"
     config = json.loads(sent["arguments"]["config"])
-    from tandem.config import load_config
+    from tandem.core.config import load_config
 
     gpu = load_config(ROOT / "training" / "hotelmatch_gpu.yaml")
     assert config["train"]["batch_size"] == gpu.train.batch_size and config["model"]["family"] == gpu.model.family
@@ -291,7 +291,7 @@ def test_kfp_submit_as_in_readme(monkeypatch):
 def test_kfp_run_local_hands_the_flags_to_the_pipeline(monkeypatch, tmp_path):
     """`tandem kfp run-local --logs L --catalog C --workdir W`: the parsing and hand-over; the pipeline run
     itself (kfp.local, a process per component) is tests/test_kfp.py's local_run."""
-    from tandem import pipelines
+    from tandem.orchestration import kubeflow as pipelines
 
     calls = {}
 
@@ -310,7 +310,7 @@ def test_kfp_run_local_hands_the_flags_to_the_pipeline(monkeypatch, tmp_path):
 def test_kfp_run_local_promptgen_hands_the_flags_to_the_pipeline(monkeypatch, tmp_path):
     """`tandem kfp run-local --pipeline promptgen --catalog C --workdir W --preset tiny --epochs 1`: the hand-over;
     the pipeline run itself is tests/test_kfp_promptgen.py's local_run."""
-    from tandem import pipelines
+    from tandem.orchestration import kubeflow as pipelines
 
     calls = {}
 

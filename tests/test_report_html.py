@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tandem.report import write_report
+from tandem.pipeline.report import write_report
 
 EVIL = '<img src=x onerror="alert(1)">'  # must come out as text, never as markup
 
@@ -176,7 +176,7 @@ def test_values_from_data_are_escaped(written):
 def test_kubeflow_report_task_of_a_rejecting_gate(tmp_path):
     """The rejected branch's report task: no promote.json (promote did not run), validate's summary and Data Docs
     arrive as an artifact from a scratch folder; the page is the task's HTML artifact and says the alias stayed."""
-    from tandem import pipelines
+    from tandem.orchestration import kubeflow as pipelines
 
     workdir, run_id = tmp_path / "work", "r1"
     run_dir = workdir / "runs" / run_id

@@ -11,10 +11,12 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from tandem import rollout
-from tandem.config import IndexConfig, RolloutConfig, RunConfig
-from tandem.index import ItemIndex
-from tandem.rollout import EVENT_COLUMNS, RolloutRefused, RolloutState, arm, bucket
+from tandem.core.config import RunConfig
+from tandem.core.config_release import IndexConfig, RolloutConfig
+from tandem.data.events import EVENT_COLUMNS
+from tandem.release import rollout
+from tandem.release.index import ItemIndex
+from tandem.release.rollout import RolloutRefused, RolloutState, arm, bucket
 
 CHAMPION, CHALLENGER = "tandem_a", "tandem_b"
 # a fixed salt keeps the simulated traffic (hence the verdicts) the same in every run
@@ -268,7 +270,7 @@ def test_cli_round_trip(tmp_path):
 
 
 def _gated(workdir, run_id: str, decision: str):
-    from tandem.stages import RunPaths
+    from tandem.pipeline.stages import RunPaths
 
     run = RunPaths.of(workdir, run_id)
     run.save("gate", {"decision": decision})
@@ -276,7 +278,7 @@ def _gated(workdir, run_id: str, decision: str):
 
 
 def test_promote_goes_live_first_then_rolls_out(tmp_path):
-    from tandem import stages
+    from tandem.pipeline import stages
 
     _two_collections(tmp_path, live=None, names=(CHAMPION, CHALLENGER, "tandem_c"))
     first = stages.promote(_gated(tmp_path, "a", "promote"), CFG)
@@ -293,7 +295,7 @@ def test_promote_goes_live_first_then_rolls_out(tmp_path):
 
 
 def test_promote_switches_live_directly_when_rollout_is_disabled(tmp_path):
-    from tandem import stages
+    from tandem.pipeline import stages
 
     _two_collections(tmp_path)
     direct = replace(CFG, rollout=replace(CFG.rollout, enabled=False))

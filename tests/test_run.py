@@ -7,14 +7,15 @@ import pytest
 from conftest import TINY_VISION
 from typer.testing import CliRunner
 
-from tandem import rollout
 from tandem.cli import app
-from tandem.config import EvalConfig, GateConfig, ModelConfig, RunConfig, TrainConfig
-from tandem.contract import load_catalog
-from tandem.evaluate import load_per_pair
-from tandem.index import ItemIndex
-from tandem.run import run
-from tandem.synth import make_dataset
+from tandem.core.config import EvalConfig, ModelConfig, RunConfig, TrainConfig
+from tandem.core.config_release import GateConfig
+from tandem.data.contract import load_catalog
+from tandem.data.synth import make_dataset
+from tandem.evaluation.evaluate import load_per_pair
+from tandem.pipeline.run import run
+from tandem.release import rollout
+from tandem.release.index import ItemIndex
 
 BASE_METRICS = {"recall@10", "recall@100", "recall@1000", "mrr@10", "ndcg@10"}
 # the synthetic items' texts are all short: both subsets hold every pair
@@ -147,8 +148,8 @@ def test_failing_validation_stops_the_run_with_a_readable_message(tmp_path, data
 
 
 def test_report_never_holds_the_milvus_token():
-    from tandem.config import IndexConfig
-    from tandem.run import redacted
+    from tandem.core.config_release import IndexConfig
+    from tandem.pipeline.run import redacted
 
     cfg = RunConfig(index=IndexConfig(milvus_uri="http://m:19530", token="user:secret"))
     assert redacted(cfg)["index"] == {**redacted(cfg)["index"], "token": "***"}

@@ -15,18 +15,19 @@ from conftest import TINY_VISION
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from tandem import rollout
 from tandem.cli import app as cli
-from tandem.config import EvalConfig, ModelConfig, RunConfig, ServeConfig, TrainConfig
-from tandem.contract import load_logs
-from tandem.evaluate import exact_top_k
+from tandem.core.config import EvalConfig, ModelConfig, RunConfig, TrainConfig
+from tandem.core.config_release import ServeConfig
+from tandem.data.contract import load_logs
+from tandem.data.synth import make_dataset
+from tandem.evaluation.evaluate import exact_top_k
 from tandem.models import build_model, load_model
-from tandem.run import run
+from tandem.pipeline.run import run
+from tandem.release import rollout
 from tandem.serve import EVENT_COLUMNS, create_app, events_dir, read_events
 from tandem.serve.batching import MicroBatcher
 from tandem.serve.events import EventLog, RecentRequests, Served
 from tandem.serve.routing import check_query_encoder, preflight, query_encoder
-from tandem.synth import make_dataset
 
 CITIES = ("Paris", "Rome")
 A, B = "it0", "it1"  # different kinds: no user of the generated log touches both

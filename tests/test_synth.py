@@ -1,4 +1,4 @@
-"""The seeded scale-log generator (tandem.synth.generate_logs / write_logs)."""
+"""The seeded scale-log generator (tandem.data.synth.generate_logs / write_logs)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from tandem.contract import load_logs
-from tandem.synth import BLOCK_EVENTS, generate_logs, write_logs
+from tandem.data.contract import load_logs
+from tandem.data.synth import BLOCK_EVENTS, generate_logs, write_logs
 
 N = 30_000
 
@@ -59,7 +59,7 @@ def test_sessions_views_then_clicks_of_other_items(logs):
 
 
 def test_written_parquet_is_the_contract_and_every_row_is_kept(tmp_path, monkeypatch):
-    import tandem.synth as synth
+    import tandem.data.synth as synth
 
     monkeypatch.setattr(synth, "BLOCK_EVENTS", 4_000)  # several blocks and chunks on a small log
     n = 10_000

@@ -16,12 +16,14 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
-from tandem import trainer
-from tandem.config import EvalConfig, TrainConfig
-from tandem.evaluate import RetrievalEvaluator
-from tandem.losses import LogitScale, contrastive, gather
+from tandem.core.config import EvalConfig, TrainConfig
+from tandem.evaluation.evaluate import RetrievalEvaluator
 from tandem.models.base import Encoder
-from tandem.trainer import PairDataset, fit, optimizer_groups, warmup_linear
+from tandem.models.losses import LogitScale, contrastive, gather
+from tandem.training import trainer
+from tandem.training.data import PairDataset, validation_set
+from tandem.training.optim import optimizer_groups, warmup_linear
+from tandem.training.trainer import fit
 
 GROUPS, PER_GROUP = 12, 4
 
@@ -330,7 +332,7 @@ def test_bad_pairs_are_rejected(catalog, pairs):
 
 def test_validation_pool_is_the_validation_items(catalog, pairs):
     valid = pairs.iloc[:24]  # groups 0 and 1
-    evaluator, pool = trainer._validation_set(valid, catalog, EvalConfig(ks=(1, 5), mrr_k=5))
+    evaluator, pool = validation_set(valid, catalog, EvalConfig(ks=(1, 5), mrr_k=5))
     assert sorted(pool["item_id"]) == sorted(set(valid["item_id"]) | set(valid["related_item_id"]))
     assert len(pool) == 8 and len(evaluator.target) == 24
 
@@ -422,7 +424,7 @@ def test_resume_after_interruption_is_identical(catalog, pairs, tmp_path, caplog
     with pytest.raises(Interrupted):
         run(toy(seed=1), ToyLoss(fail_at=32), "b", progress=True)
     model_b = toy(seed=7)  # a new process would build a new model: the checkpoint overwrites it
-    with caplog.at_level(logging.INFO, logger="tandem.trainer"):
+    with caplog.at_level(logging.INFO, logger="tandem.training.trainer"):
         b = run(model_b, ToyLoss(), "b")
     last_ckpt = 30 if grad_accum == 1 else 15  # both in the middle of epoch 2 (its 12th batch)
     assert b["resumed_from"].endswith(f"step-{last_ckpt}") and "resuming from" in caplog.text

@@ -1,4 +1,4 @@
-"""Great Expectations validation of logs / catalog / pairs (tandem.validate)."""
+"""Great Expectations validation of logs / catalog / pairs (tandem.data.validate)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import sys
 import pandas as pd
 import pytest
 
-from tandem.config import ContractConfig, PairsConfig
-from tandem.validate import DataValidationError, ValidationResult, validate_run
+from tandem.core.config import ContractConfig, PairsConfig
+from tandem.data.validate import DataValidationError, ValidationResult, validate_run
 
 CONTRACT = ContractConfig()
 PAIRS_CFG = PairsConfig(up=30.0, low=0.01, top_t=2)
@@ -88,7 +88,7 @@ def _failed_line(msg: str, suite: str, column: str) -> str:
 
 
 def test_import_has_no_side_effects():
-    code = "import sys, tandem.validate; assert 'great_expectations' not in sys.modules"
+    code = "import sys, tandem.data.validate; assert 'great_expectations' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -9,7 +9,7 @@ import torch
 from conftest import TINY_VISION
 from PIL import Image
 
-from tandem.config import ModelConfig
+from tandem.core.config import ModelConfig
 from tandem.models.vision import build_vision
 from tandem.models.vision_align import align_vision
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -12,39 +11,17 @@ from typing import Literal
 import typer
 from typer.core import HAS_RICH
 
-from tandem.config import (
-    FAMILIES,
-    PROTOCOLS,
-    EvalConfig,
-    GateConfig,
-    ModelConfig,
-    PairsConfig,
-    RunConfig,
-    SplitConfig,
-    TrainConfig,
-    load_config,
-)
-
-NOISY = ("great_expectations", "urllib3", "httpx", "matplotlib", "PIL", "pymilvus", "milvus_lite", "filelock")
-NOISY += ("faiss", "feast", "dask", "kfp")
+from tandem.core.config import EvalConfig, ModelConfig, PairsConfig, RunConfig, SplitConfig, TrainConfig, load_config
+from tandem.core.config_release import GateConfig
+from tandem.core.config_schema import FAMILIES, PROTOCOLS
+from tandem.core.setup import setup_process, with_secrets
 
 
 def setup_logging(verbose: bool) -> None:
-    """Log lines go to stderr (stdout stays for results, e.g. `tandem run --json`)."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
-    for noisy in NOISY:
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    # Milvus Lite's in-process gRPC server logs a traceback for AllocTimestamp, which it does not
-    # implement and pymilvus tolerates; a Milvus server's errors reach us as client exceptions.
-    logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # No HF_HUB_OFFLINE here: Hub ids download where the machine can reach the Hub; set
-    # HF_HUB_OFFLINE=1 yourself to use the local cache only.
+    """Log lines go to stderr (stdout stays for results, e.g. `tandem run --json`); see `tandem.core.setup`.
+    No HF_HUB_OFFLINE here: Hub ids download where the machine can reach the Hub; set HF_HUB_OFFLINE=1
+    yourself to use the local cache only."""
+    setup_process(logging.DEBUG if verbose else logging.INFO)
 
 
 def text(help_text: str) -> str:
@@ -104,9 +81,7 @@ def build_config(config: Path | None, **flags) -> RunConfig:
                 cfg = replace(cfg, **{section: replace(getattr(cfg, section), **{name: value})})
             except ValueError as e:
                 raise ValueError(f"--{name.replace('_', '-')} {value!r}: {e}") from None
-    if os.environ.get("TANDEM_MILVUS_TOKEN"):  # secrets come from the environment, never from files
-        cfg = replace(cfg, index=replace(cfg.index, token=os.environ["TANDEM_MILVUS_TOKEN"]))
-    return cfg
+    return with_secrets(cfg)  # secrets come from the environment, never from files
 
 
 # Options shared by several commands; None = keep the recipe's (or the built-in) value.

@@ -35,7 +35,7 @@ ENVIRONMENT = ("TANDEM_MILVUS_URI", "TANDEM_MILVUS_TOKEN")
 
 def as_dict(cfg) -> dict:
     """Plain YAML-able values with the Milvus token masked."""
-    from tandem import config
+    from tandem.core import config
 
     return config.config_to_dict(cfg, redact=True)
 
@@ -91,7 +91,7 @@ def config_validate(
 ) -> None:
     """Check recipes against the schema: each valid file prints `FILE: ok`; the first bad one prints the key,
     the value and what is allowed, and exits with 2."""
-    from tandem.config import load_config
+    from tandem.core.config import load_config
 
     for path in files:
         with user_errors():

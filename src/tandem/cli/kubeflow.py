@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import typer
@@ -24,14 +23,15 @@ from tandem.cli.common import (
     setup_logging,
     user_errors,
 )
-from tandem.config import RunConfig
-from tandem.pipelines import PIPELINES
+from tandem.core.config import RunConfig
+from tandem.core.setup import without_secrets
+from tandem.orchestration.kubeflow import PIPELINES
 from tandem.promptgen import PRESETS
 
 Pipeline, Preset = choice(tuple(PIPELINES)), choice(PRESETS)
 
 kfp_app = typer.Typer(
-    help="Kubeflow Pipelines: compile the pipeline (components/), run it locally with kfp.local, submit it.",
+    help="Kubeflow Pipelines: compile the pipeline (components/*.yaml), run it locally with kfp.local, submit it.",
     no_args_is_help=True,
 )
 
@@ -58,7 +58,7 @@ N_EXAMPLES = option(600, "-n", help="promptgen: examples (or intents) taken from
 def _kfp_config(config: Path | None, **flags) -> RunConfig:
     """As `build_config`, minus the Milvus token: components read it from their environment (a Secret)."""
     cfg = build_config(config, **flags)
-    return replace(cfg, index=replace(cfg.index, token=""))
+    return without_secrets(cfg)
 
 
 def _needs(pipeline: str, **given) -> None:
@@ -76,8 +76,8 @@ def kfp_compile(
     image: str = IMAGE,
     pipeline: Pipeline = PIPELINE,
 ) -> None:
-    """Compile a pipeline to KFP IR YAML (commit components/*.yaml after changing components/)."""
-    from tandem.pipelines import compile as compile_pipeline
+    """Compile a pipeline to KFP IR YAML (commit components/*.yaml after changing tandem.orchestration.kfp_*)."""
+    from tandem.orchestration.kubeflow import compile as compile_pipeline
 
     with user_errors():
         typer.echo(f"compiled: {compile_pipeline(output, image=image, pipeline=pipeline)}")
@@ -106,7 +106,7 @@ def kfp_run_local(
 ) -> None:
     """Run a whole pipeline with kfp.local (a subprocess per component, no cluster, no Docker)."""
     setup_logging(verbose)
-    from tandem.pipelines import run_local, run_local_promptgen
+    from tandem.orchestration.kubeflow import run_local, run_local_promptgen
 
     if pipeline == "promptgen":
         with user_errors(RuntimeError):
@@ -179,7 +179,7 @@ def kfp_submit(
     """Submit a compiled pipeline to a Kubeflow cluster. Credentials stay with the kfp client (kubeconfig,
     service account); the Milvus token comes from the cluster's Secret `tandem-milvus`, the Hub token for
     a gated teacher from `tandem-hf`, never from here."""
-    from tandem.pipelines import arguments, promptgen_arguments, submit
+    from tandem.orchestration.kubeflow import arguments, promptgen_arguments, submit
 
     if experiment == "tandem" and pipeline == "promptgen":
         experiment = "tandem-promptgen"

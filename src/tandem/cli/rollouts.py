@@ -19,7 +19,7 @@ rollout_app = typer.Typer(
 @contextmanager
 def _rollout_errors():
     """A refused action (stop rule, missing evidence, wrong state) exits 1; bad input exits 2."""
-    from tandem.rollout import RolloutRefused
+    from tandem.release.rollout import RolloutRefused
 
     with user_errors():
         try:
@@ -57,7 +57,7 @@ def rollout_status(
     """Stage, per-arm impressions / clicks / CTR from served events, and the stop-rule verdict."""
     import json
 
-    from tandem import rollout
+    from tandem.release import rollout
 
     with _rollout_errors():
         cfg = build_config(config, milvus_uri=milvus_uri)
@@ -76,8 +76,8 @@ def rollout_start(
     milvus_uri: str | None = MILVUS,
 ) -> None:
     """Start a rollout by hand against the live champion (the pipeline starts one after a gate 'promote')."""
-    from tandem import rollout
-    from tandem.index import ItemIndex, collection_name
+    from tandem.release import rollout
+    from tandem.release.index import ItemIndex, collection_name
 
     with _rollout_errors():
         cfg = build_config(config, milvus_uri=milvus_uri)
@@ -98,7 +98,7 @@ def rollout_advance(
     milvus_uri: str | None = MILVUS,
 ) -> None:
     """Next stage if the stop rule allows it; after 100 % the challenger goes live."""
-    from tandem import rollout
+    from tandem.release import rollout
 
     with _rollout_errors():
         cfg = build_config(config, milvus_uri=milvus_uri)
@@ -117,7 +117,7 @@ def rollout_abort(
     milvus_uri: str | None = MILVUS,
 ) -> None:
     """Stop a running rollout: every user back on the champion, live unchanged."""
-    from tandem import rollout
+    from tandem.release import rollout
 
     with _rollout_errors():
         state = rollout.abort(workdir, build_config(config, milvus_uri=milvus_uri), reason)
@@ -131,7 +131,7 @@ def rollout_rollback(
     milvus_uri: str | None = MILVUS,
 ) -> None:
     """After a completed rollout: the live alias back to the previous champion."""
-    from tandem import rollout
+    from tandem.release import rollout
 
     with _rollout_errors():
         state = rollout.rollback(workdir, build_config(config, milvus_uri=milvus_uri))

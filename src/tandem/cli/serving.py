@@ -8,7 +8,8 @@ from pathlib import Path
 import typer
 
 from tandem.cli.common import CONFIG, MILVUS, VERBOSE, WORKDIR, build_config, choice, option, setup_logging, user_errors
-from tandem.config import QUERY_ENCODERS, ServeConfig
+from tandem.core.config_release import ServeConfig
+from tandem.core.config_schema import QUERY_ENCODERS
 
 QueryEncoder = choice(QUERY_ENCODERS)
 

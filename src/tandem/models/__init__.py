@@ -12,7 +12,7 @@ import importlib
 import json
 from pathlib import Path
 
-from tandem.config import ModelConfig, TrainConfig
+from tandem.core.config import ModelConfig, TrainConfig
 
 _MODULES = {"hotelmatch": "tandem.models.hotelmatch", "notellm2": "tandem.models.notellm2"}
 

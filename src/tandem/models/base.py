@@ -2,7 +2,7 @@
 
 A model family is an `Encoder` subclass. The trainer only calls `collate`, `forward` and
 `param_groups`; the pipeline only calls `embed_items` / `embed_queries`, `save` / `load`.
-The loss is a separate small module (`tandem.losses`, habit 4): `forward` returns the
+The loss is a separate small module (`tandem.models.losses`, habit 4): `forward` returns the
 embeddings (and auxiliary logits), the loss turns them into a number.
 """
 
@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from tandem.config import ModelConfig, TrainConfig
+from tandem.core.config import ModelConfig, TrainConfig
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"

@@ -23,9 +23,7 @@ token attends to them.
 
 from __future__ import annotations
 
-import copy
 import inspect
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -36,14 +34,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tandem import losses
-from tandem.config import ModelConfig, TrainConfig
-from tandem.images import load_images
+from tandem.core.config import ModelConfig, TrainConfig
 from tandem.models.base import (
     WEIGHTS_FILE,
     Encoder,
     PairExample,
-    as_list,
     bundled_minilm,
     drop_pooler,
     embed_in_batches,
@@ -53,8 +48,11 @@ from tandem.models.base import (
     read_meta,
     write_meta,
 )
+from tandem.models.hotelmatch_inputs import facility_vocabulary, item_batch
+from tandem.models.losses import HotelMatchLoss
+from tandem.models.text import query_text
+from tandem.models.towers import item_pooling, last_attended, prepare_tokenizer, truncated_copy
 from tandem.models.vision import build_vision, freeze, pool_images, vision_from_config
-from tandem.text import item_text_with_geography, query_text
 
 FORMAT = "tandem.HotelMatch"
 FORMAT_VERSION = 2
@@ -74,86 +72,6 @@ class Parts(NamedTuple):
     vision: nn.Module
 
 
-def is_decoder(config) -> bool:
-    """Whether a Hugging Face config describes a decoder LLM (pooled at its last token).
-
-    Rule: `config.is_decoder` is set, or transformers knows the config class as a causal LM
-    but not as a masked LM. GPT-2, Llama, Qwen2, Mistral, ... are decoders; BERT and RoBERTa
-    have both heads (their causal one is a fine-tuning variant) and count as encoders.
-    """
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_FOR_MASKED_LM_MAPPING
-
-    if getattr(config, "is_decoder", False):
-        return True
-    kind = type(config)
-    return kind in MODEL_FOR_CAUSAL_LM_MAPPING and kind not in MODEL_FOR_MASKED_LM_MAPPING
-
-
-def item_pooling(cfg: ModelConfig, config) -> str:
-    """'mean' or 'last' for the item tower: `cfg.item_pooling`, with 'auto' decided by `is_decoder`."""
-    if cfg.item_pooling != "auto":
-        return cfg.item_pooling
-    return "last" if is_decoder(config) else "mean"
-
-
-def facility_vocabulary(catalog: pd.DataFrame | None, max_facilities: int) -> list[str]:
-    """The `max_facilities` facility labels found on most items (ties by name), most frequent first."""
-    if catalog is None or "facilities" not in catalog.columns or max_facilities <= 0:
-        return []
-    counts = Counter(label for cell in catalog["facilities"] for label in set(_labels(cell)))
-    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
-    return [label for label, _ in ranked[:max_facilities]]
-
-
-def _labels(cell: object) -> list[str]:
-    return [s for s in (str(v).strip() for v in as_list(_scalar(cell))) if s]
-
-
-def _scalar(value: object) -> object:
-    """None for missing catalogue cells (None, NaN, pd.NA, NaT); other values unchanged."""
-    if value is None or isinstance(value, (list, tuple, np.ndarray)):
-        return value
-    try:
-        return None if pd.isna(value) else value
-    except (TypeError, ValueError):
-        return value
-
-
-def truncated_copy(encoder: nn.Module, layers: int) -> nn.Module:
-    """A fresh encoder with the first `layers` layers of `encoder` and a copy of its weights."""
-    total = encoder.config.num_hidden_layers
-    if not 1 <= layers <= total:
-        raise ValueError(f"model.query_layers must be between 1 and {total} (the item encoder's layers), got {layers}")
-    from transformers import AutoModel
-
-    config = copy.deepcopy(encoder.config)
-    config.num_hidden_layers = layers
-    query = drop_pooler(AutoModel.from_config(config)).to(next(encoder.parameters()).dtype)
-    target = query.state_dict()
-    state = {k: v.clone() for k, v in encoder.state_dict().items() if k in target}
-    result = query.load_state_dict(state, strict=False)
-    assert not result.missing_keys, f"truncated copy lacks weights for {result.missing_keys}"
-    return query
-
-
-def _prepare_tokenizer(tokenizer, what: str):
-    """Right padding; a tokenizer without a pad token (most LLMs) pads with its eos token."""
-    tokenizer.padding_side = "right"
-    if tokenizer.pad_token is None:
-        if tokenizer.eos_token is None:
-            raise ValueError(
-                f"model.{what}: the tokenizer has neither a pad nor an eos token; give one with a pad token"
-            )
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
-def _last_attended(mask: torch.Tensor) -> torch.Tensor:
-    """Index of the last position where `mask` (B, L) is 1 (masked visual tokens may come first)."""
-    positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
-    return torch.where(mask.bool(), positions, -1).amax(1).clamp(min=0)
-
-
 class HotelMatch(Encoder):
     """Query tower + multimodal item tower; embeddings are unit vectors compared by cosine."""
 
@@ -164,8 +82,8 @@ class HotelMatch(Encoder):
         super().__init__()
         self.cfg = cfg
         self.item_encoder, self.item_tokenizer, self.query_encoder, self.query_tokenizer, self.vision = parts
-        _prepare_tokenizer(self.item_tokenizer, "item_encoder")
-        _prepare_tokenizer(self.query_tokenizer, "query_encoder")
+        prepare_tokenizer(self.item_tokenizer, "item_encoder")
+        prepare_tokenizer(self.query_tokenizer, "query_encoder")
         self.pooling = item_pooling(cfg, self.item_encoder.config)
         self.facilities = list(facilities)
         item_width = self.item_encoder.config.hidden_size
@@ -244,59 +162,8 @@ class HotelMatch(Encoder):
 
     def prepare_items(self, rows: Sequence[Mapping]) -> dict[str, torch.Tensor]:
         """Tokens, images, geography token mask and facility labels of catalogue rows."""
-        texts, spans = [], []
-        for r in rows:
-            text, span = item_text_with_geography(
-                _scalar(r.get("title")),
-                as_list(_scalar(r.get("topics"))),
-                _scalar(r.get("content")),
-                _scalar(r.get("city")),
-                _scalar(r.get("country")),
-            )
-            texts.append(text)
-            spans.append(span)
-        want_spans = self.mlm_transform is not None and any(spans)
-        if want_spans and not self.item_tokenizer.is_fast:
-            raise ValueError(
-                "the city/country masked-LM task needs a fast tokenizer (offsets); set model.mlm_weight: 0"
-            )
-        tokens = self.item_tokenizer(
-            texts,
-            padding=True,
-            truncation=True,
-            max_length=self.cfg.max_item_tokens,
-            return_tensors="pt",
-            return_offsets_mapping=want_spans,
-        )
-        geo_mask = torch.zeros_like(tokens["input_ids"], dtype=torch.bool)
-        if want_spans:
-            starts, ends = tokens["offset_mapping"].unbind(-1)
-            for i, item_spans in enumerate(spans):
-                for lo, hi in item_spans:  # tokens overlapping the span; special tokens have empty offsets
-                    geo_mask[i] |= (starts[i] < hi) & (ends[i] > lo) & (ends[i] > starts[i])
-            geo_mask &= tokens["attention_mask"].bool()
-        size = self.cfg.image_size
-        images = [load_images(as_list(_scalar(r.get("images"))), size, self.cfg.max_images) for r in rows]
-        counts = torch.tensor([len(x) for x in images], dtype=torch.long)
-        pixels = torch.cat(images) if counts.sum() else torch.zeros((0, 3, size, size))
-        batch = {
-            "item_input_ids": tokens["input_ids"],
-            "item_attention_mask": tokens["attention_mask"],
-            "pixels": pixels,
-            "image_counts": counts,
-            "geo_mask": geo_mask,
-        }
-        if self.facility_head is not None:
-            labels = torch.zeros((len(rows), len(self.facilities)), dtype=torch.float32)
-            known = torch.zeros(len(rows), dtype=torch.bool)
-            for i, r in enumerate(rows):
-                names = _labels(r.get("facilities"))
-                known[i] = bool(names)  # an empty cell means "not listed", not "has none"
-                for name in names:
-                    if name in self._facility_index:
-                        labels[i, self._facility_index[name]] = 1.0
-            batch |= {"facility_labels": labels, "has_facilities": known}
-        return batch
+        facilities = self._facility_index if self.facility_head is not None else None
+        return item_batch(rows, self.item_tokenizer, self.cfg, self.mlm_transform is not None, facilities)
 
     def collate(self, examples: Sequence[PairExample]) -> dict[str, torch.Tensor]:
         """CPU tensors for `forward`: query tokens, the positive items' batch and both keys."""
@@ -363,7 +230,7 @@ class HotelMatch(Encoder):
             inputs_embeds=embeds, attention_mask=full_mask, position_ids=positions.expand(len(ids), -1)
         ).last_hidden_state
         if self.pooling == "last":
-            pooled = hidden[torch.arange(len(ids), device=device), _last_attended(full_mask)]
+            pooled = hidden[torch.arange(len(ids), device=device), last_attended(full_mask)]
         else:
             pooled = mean_pool(hidden, full_mask)
         out["item"] = F.normalize(pooled, dim=-1)
@@ -487,44 +354,6 @@ class HotelMatch(Encoder):
         model = cls(cfg, parts, facilities=meta.get("facilities", []))
         load_model(model, str(directory / WEIGHTS_FILE), strict=True)
         return model.to(device).eval()
-
-
-class HotelMatchLoss(nn.Module):
-    """L = weighted retrieval + masked-LM + facility losses (0.7 / 0.2 / 0.1 in the paper).
-
-    The weights are renormalised over the terms present in a batch: a batch without masked
-    geography tokens or listed facilities (a catalogue without those columns, or an eval
-    pass) trains retrieval alone at full weight, and the total stays on the same scale.
-    """
-
-    def __init__(self, cfg: ModelConfig, train: TrainConfig):
-        super().__init__()
-        if cfg.retrieval_weight <= 0 or cfg.mlm_weight < 0 or cfg.facility_weight < 0:
-            raise ValueError(
-                "model.retrieval_weight must be positive and model.mlm_weight / model.facility_weight "
-                f"not negative (got {cfg.retrieval_weight}, {cfg.mlm_weight}, {cfg.facility_weight})"
-            )
-        self.weights = {"retrieval": cfg.retrieval_weight, "mlm": cfg.mlm_weight, "facility": cfg.facility_weight}
-        self.scale = losses.LogitScale(train.init_scale)
-
-    def forward(self, out: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        items, offset = losses.gather(out["item"])
-        item_keys, _ = losses.gather(out["item_keys"])
-        queries = out["query"]
-        positive = offset + torch.arange(len(queries), device=queries.device)
-        parts = {
-            "retrieval": losses.contrastive(
-                queries.float(), items.float(), positive, out["query_keys"], item_keys, self.scale()
-            )
-        }
-        if "mlm_logits" in out and out["mlm_logits"].numel():
-            parts["mlm"] = F.cross_entropy(out["mlm_logits"].float(), out["mlm_labels"])
-        if "facility_logits" in out and out["facility_logits"].numel():
-            parts["facility"] = F.binary_cross_entropy_with_logits(
-                out["facility_logits"].float(), out["facility_labels"].float()
-            )
-        total = sum(self.weights[k] * v for k, v in parts.items()) / sum(self.weights[k] for k in parts)
-        return total, parts
 
 
 def build(cfg: ModelConfig, catalog: pd.DataFrame | None = None) -> HotelMatch:

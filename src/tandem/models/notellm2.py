@@ -36,7 +36,6 @@ Choices of ours, where the paper is silent or the setting differs:
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -48,9 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
-from tandem.config import ModelConfig, TrainConfig
-from tandem.images import load_images
-from tandem.losses import LogitScale, contrastive, gather
+from tandem.core.config import ModelConfig, TrainConfig
 from tandem.models.base import (
     WEIGHTS_FILE,
     Encoder,
@@ -65,80 +62,15 @@ from tandem.models.base import (
     read_meta,
     write_meta,
 )
+from tandem.models.images import load_images
+from tandem.models.losses import NoteLLM2Loss
+from tandem.models.notellm2_prompts import BASIC, FIELDS, IMG, IMG_EMB, MICL, truncate
+from tandem.models.text import clean
+from tandem.models.towers import attends_causally, load_llm
 from tandem.models.vision import build_vision, freeze, vision_from_config
-from tandem.text import clean
 
 FORMAT = "tandem.NoteLLM2"
 FORMAT_VERSION = 1
-
-# Placeholder ids in collated `input_ids` (never real token ids): `forward` replaces IMG by the
-# connector's visual embeddings and IMG_EMB by the learned <IMG_EMB> embedding.
-IMG = -1
-IMG_EMB = -2
-
-# Prompt templates (SEEDS.md §1) as pieces: fixed text, placeholders and the item's fields.
-_BASIC = (
-    "Note content: {'image': ",
-    IMG,
-    ", 'title': '",
-    "title",
-    "', 'topic': '",
-    "topic",
-    "', 'content': '",
-    "content",
-    "'}. Compress this note into one word:\"",
-)
-_MICL = (
-    "Note content: {'image': ",
-    IMG,
-    '}, Compress this note into one word: "',
-    IMG_EMB,
-    "\". Note content: {'title': '",
-    "title",
-    "', 'topic': '",
-    "topic",
-    "', 'content': '",
-    "content",
-    "'}. Compress this note into one word: \"",
-)
-_FIELDS = ("title", "topic", "content")
-_CUT_ORDER = ("content", "topic", "title")  # what gives way first when the prompt is too long
-
-
-def _attends_causally(llm: nn.Module) -> bool:
-    """Whether changing the last token leaves the hidden states before it unchanged."""
-    was_training = llm.training
-    llm.eval()
-    vocab = llm.get_input_embeddings().num_embeddings
-    ids = torch.tensor([[1, 2, 3], [1, 2, 4]]) % vocab
-    try:
-        with torch.no_grad():
-            hidden = llm(input_ids=ids.to(next(llm.parameters()).device)).last_hidden_state.float()
-    finally:
-        llm.train(was_training)
-    return torch.allclose(hidden[0, :2], hidden[1, :2], atol=1e-4, rtol=1e-3)
-
-
-def load_llm(spec: str) -> nn.Module:
-    """The base model (no LM head) at `spec`, in float32, attending causally."""
-    from transformers import AutoConfig, AutoModel
-
-    config = from_pretrained(AutoConfig, spec, "llm")
-    kwargs: dict[str, Any] = {"dtype": torch.float32}
-    if getattr(config, "is_decoder", None) is False:  # a BERT-like encoder: run it as a decoder
-        kwargs["is_decoder"] = True
-    return drop_pooler(from_pretrained(AutoModel, spec, "llm", **kwargs))
-
-
-def _truncate(values: dict[str, list[int]], budget: int) -> dict[str, list[int]]:
-    over = sum(len(v) for v in values.values()) - budget
-    for name in _CUT_ORDER:
-        if over <= 0:
-            break
-        cut = min(over, len(values[name]))
-        values[name] = values[name][: len(values[name]) - cut]
-        over -= cut
-    return values
 
 
 class NoteLLM2(Encoder):
@@ -189,11 +121,11 @@ class NoteLLM2(Encoder):
         self.gate = nn.Linear(2 * hidden, hidden, bias=False) if cfg.late_fusion else None
         self.reduce = nn.Linear(hidden, cfg.output_dim) if cfg.output_dim > 0 else None
 
-        self._template = _MICL if cfg.prompt == "micl" else _BASIC
+        self._template = MICL if cfg.prompt == "micl" else BASIC
         self._prefix = self._special_prefix()
-        self._pieces = {p: self._tokenize([p])[0] for p in self._template if isinstance(p, str) and p not in _FIELDS}
+        self._pieces = {p: self._tokenize([p])[0] for p in self._template if isinstance(p, str) and p not in FIELDS}
         self._fixed_tokens = len(self._prefix) + sum(
-            len(self._pieces[p]) if isinstance(p, str) else 1 for p in self._template if p != IMG and p not in _FIELDS
+            len(self._pieces[p]) if isinstance(p, str) else 1 for p in self._template if p != IMG and p not in FIELDS
         )
         self._check_llm()
 
@@ -214,7 +146,7 @@ class NoteLLM2(Encoder):
                 "model.llm must accept inputs_embeds, position_ids and attention_mask (a Hugging Face base model)"
             )
         self._llm_kwargs = {"use_cache": False} if "use_cache" in accepted else {}
-        if not _attends_causally(self.llm):
+        if not attends_causally(self.llm):
             raise ValueError(
                 f"model.llm ({self.cfg.llm or 'all-MiniLM-L6-v2'}) does not attend causally, so n_v would see the "
                 "text; give a decoder LLM (or a BERT-like model, which is loaded with is_decoder=True)"
@@ -260,11 +192,11 @@ class NoteLLM2(Encoder):
         size = self.cfg.image_size
         images = [load_images(as_list(r.get("images")), size, 1) for r in rows]
         notes = [self.note_fields(r, title_chars) for r in rows]
-        values = {f: self._tokenize([n[f] for n in notes]) for f in _FIELDS}
+        values = {f: self._tokenize([n[f] for n in notes]) for f in FIELDS}
         budget = self.cfg.max_prompt_tokens - self._fixed_tokens
         sequences = []
         for i, image in enumerate(images):
-            own = _truncate({f: values[f][i] for f in _FIELDS}, budget)
+            own = truncate({f: values[f][i] for f in FIELDS}, budget)
             ids = list(self._prefix)
             for piece in self._template:
                 if piece == IMG:
@@ -272,7 +204,7 @@ class NoteLLM2(Encoder):
                 elif piece == IMG_EMB:
                     ids.append(IMG_EMB)
                 else:
-                    ids += own[piece] if piece in _FIELDS else self._pieces[piece]
+                    ids += own[piece] if piece in FIELDS else self._pieces[piece]
             sequences.append(torch.tensor(ids, dtype=torch.long))
         input_ids = pad_sequence(sequences, batch_first=True, padding_value=self.pad_id)
         lengths = torch.tensor([len(s) for s in sequences])
@@ -443,38 +375,6 @@ class NoteLLM2(Encoder):
         model = cls(cfg, llm, vision, tokenizer)
         load_model(model, str(directory / WEIGHTS_FILE), strict=True)
         return model.to(device).eval()
-
-
-class NoteLLM2Loss(nn.Module):
-    """In-batch contrastive loss over the 2B items, for n_m and n_v: (L_v + α L_m) / (1 + α).
-
-    Every item's positive is its pair partner; every other item of the batch, on every
-    device, is a negative (copies of the item or of its partner excepted). With the basic
-    prompt (no n_v) the loss is L_m.
-    """
-
-    def __init__(self, alpha: float = 9.0, init_scale: float = math.exp(3.0)):
-        super().__init__()
-        self.alpha = alpha
-        self.scale = LogitScale(init_scale)
-
-    def forward(self, outputs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        keys = outputs["keys"]
-        n = keys.shape[0]
-        all_keys, _ = gather(keys)
-        partner = (torch.arange(n, device=keys.device) + n // 2) % n
-        scale = self.scale()
-        parts = {}
-        for part in ("m", "v"):
-            if f"n_{part}" in outputs:
-                local = outputs[f"n_{part}"]
-                candidates, offset = gather(local)
-                parts[f"L_{part}"] = contrastive(local, candidates, partner + offset, keys, all_keys, scale)
-        if "L_v" in parts:
-            total = (parts["L_v"] + self.alpha * parts["L_m"]) / (1 + self.alpha)
-        else:
-            total = parts["L_m"]
-        return total, parts
 
 
 def build(cfg: ModelConfig, catalog: pd.DataFrame | None = None) -> NoteLLM2:

@@ -213,7 +213,7 @@ class OnnxQueryEncoder:
         import onnxruntime
         from transformers import AutoTokenizer
 
-        from tandem.models.hotelmatch import _prepare_tokenizer
+        from tandem.models.towers import prepare_tokenizer
 
         if threads is not None and threads < 1:
             raise ValueError(f"threads must be at least 1 (or None for onnxruntime's default), got {threads}")
@@ -222,7 +222,7 @@ class OnnxQueryEncoder:
         self.meta = check_export(self.model_dir, precision)
         self.dim = int(self.meta["dim"])
         self.max_query_tokens = int(self.meta["max_query_tokens"])
-        self.tokenizer = _prepare_tokenizer(
+        self.tokenizer = prepare_tokenizer(
             AutoTokenizer.from_pretrained(self.model_dir / "query_tokenizer"), "query_encoder"
         )
         options = onnxruntime.SessionOptions()
@@ -236,7 +236,7 @@ class OnnxQueryEncoder:
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
-        from tandem.text import query_text
+        from tandem.models.text import query_text
 
         tokens = self.tokenizer(
             [query_text(t) for t in texts],

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
-from tandem.config import ModelConfig
+from tandem.core.config import ModelConfig
 from tandem.models.base import from_pretrained
 
 

@@ -20,12 +20,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from tandem.config import ModelConfig
-from tandem.images import load_images
-from tandem.losses import LogitScale
+from tandem.core.config import ModelConfig
 from tandem.models.base import as_list, bundled_minilm, from_pretrained, mean_pool
+from tandem.models.images import load_images
+from tandem.models.losses import LogitScale
+from tandem.models.text import item_text
 from tandem.models.vision import build_vision
-from tandem.text import item_text
 
 log = logging.getLogger(__name__)
 

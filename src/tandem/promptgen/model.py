@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tandem.promptgen import LENGTHS, RELEVANCE, TASKS, command
+from tandem.promptgen.tensors import CopyBias, pad_left, pad_right
 
 INTENT, PROMPT, EOS, PAD = "<intent>", "<prompt>", "<eos>", "<pad>"
 CONFIG_FILE = "generator.json"
@@ -220,7 +221,7 @@ class PromptGenerator:
             epoch_loss = 0.0
             for s in range(steps_per_epoch):
                 batch = [encoded[i] for i in order[s * tc.batch_size : (s + 1) * tc.batch_size]]
-                ids, labels, mask = (t.to(device) for t in _pad_right(batch, tok.pad_token_id))
+                ids, labels, mask = (t.to(device) for t in pad_right(batch, tok.pad_token_id))
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                     loss = self.model(input_ids=ids, attention_mask=mask, labels=labels).loss
                 opt.zero_grad(set_to_none=True)
@@ -301,10 +302,10 @@ class PromptGenerator:
         out: list[list[str]] = []
         for b in range(0, len(intents), batch_size):
             contexts = [self.encode_context(str(i), task, length, relevance) for i in intents[b : b + batch_size]]
-            ids, mask = (t.to(self.model.device) for t in _pad_left(contexts, tok.pad_token_id))
+            ids, mask = (t.to(self.model.device) for t in pad_left(contexts, tok.pad_token_id))
             extra = LogitsProcessorList()
             if copy_bias:
-                extra.append(_CopyBias(ids, mask, per_call, copy_bias, set(tok.all_special_ids), len(tok)))
+                extra.append(CopyBias(ids, mask, per_call, copy_bias, set(tok.all_special_ids), len(tok)))
             with torch.no_grad():
                 seqs = self.model.generate(
                     input_ids=ids, attention_mask=mask, generation_config=gen_cfg, logits_processor=extra
@@ -347,55 +348,3 @@ class PromptGenerator:
         gen.tokenizer.padding_side = "left"
         gen.model = GPT2LMHeadModel.from_pretrained(d).eval()
         return gen
-
-
-class _CopyBias:
-    """Logits processor: + `bias` on the tokens of each row's own context (its intent; special tokens
-    excluded) that the row has not written yet, so a copied word is not pushed again (a flat bias makes
-    the prompt repeat the intent's words). HF repeats each input row `per_call` times in a row for
-    num_return_sequences."""
-
-    def __init__(self, ids, mask, per_call: int, bias: float, special: set[int], vocab: int):
-        import torch
-
-        table = torch.zeros((ids.shape[0], vocab), dtype=torch.float32, device=ids.device)
-        for r in range(ids.shape[0]):
-            words = [t for t in ids[r][mask[r].bool()].tolist() if t not in special]
-            table[r, torch.tensor(sorted(set(words)), dtype=torch.long, device=ids.device)] = bias
-        self.table = table.repeat_interleave(per_call, dim=0)
-        self.start = ids.shape[1]  # generated tokens begin here
-
-    def __call__(self, input_ids, scores):
-        table = self.table[:, : scores.shape[1]]
-        written = input_ids[:, self.start :]
-        if written.numel():
-            table = table.scatter(1, written.clamp(max=table.shape[1] - 1), 0.0)
-        return scores + table.to(scores.dtype)
-
-
-def _pad_right(batch, pad_id: int):
-    """Training batch: (input_ids, labels, attention_mask), right-padded (labels -100 on padding)."""
-    import torch
-
-    width = max(len(ids) for ids, _ in batch)
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(batch), width), -100, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for i, (x, y) in enumerate(batch):
-        ids[i, : len(x)] = torch.tensor(x)
-        labels[i, : len(y)] = torch.tensor(y)
-        mask[i, : len(x)] = 1
-    return ids, labels, mask
-
-
-def _pad_left(contexts: list[list[int]], pad_id: int):
-    """Generation batch: (input_ids, attention_mask), left-padded so every row ends where generation starts."""
-    import torch
-
-    width = max(len(c) for c in contexts)
-    ids = torch.full((len(contexts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(contexts), width), dtype=torch.long)
-    for i, c in enumerate(contexts):
-        ids[i, width - len(c) :] = torch.tensor(c)
-        mask[i, width - len(c) :] = 1
-    return ids, mask

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from tandem.core import layout
+from tandem.core.setup import set_env_defaults
 from tandem.promptgen import TASKS
 
 CATALOGUE = "catalogue"  # teacher_model value that selects the offline demo teacher
@@ -131,7 +133,7 @@ def teacher_examples(
     kind = check_source(teacher_model, catalog, intents, teacher_jsonl)
     few = parse_few_shot(few_shot) if kind == "hf" else None
     if kind in ("catalogue", "hf") and catalog:
-        from tandem.contract import load_catalog
+        from tandem.data.contract import load_catalog
 
         loaded = load_catalog(catalog)
         quarantine = _quarantine(loaded.quarantined, "catalog")
@@ -183,11 +185,10 @@ def hub_environment(workdir: str = "", allow_download: bool = False) -> None:
     shared volume (`WORKDIR/hf-cache`, unless HF_HOME is set) and downloads only when allowed (the
     image sets HF_HUB_OFFLINE=1: models come from paths on the volume by default)."""
     if workdir and "HF_HOME" not in os.environ:
-        os.environ["HF_HOME"] = str(Path(workdir) / "hf-cache")
+        os.environ["HF_HOME"] = str(layout.hf_cache(workdir))
     if allow_download:
         os.environ["HF_HUB_OFFLINE"] = "0"
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    set_env_defaults(offline_hub=True)
 
 
 def write_teacher(out_dir: str | Path, examples: pd.DataFrame, quarantine: pd.DataFrame, summary: Mapping) -> Path:
@@ -231,8 +232,7 @@ def run_train(
     from tandem.promptgen.model import GeneratorTrainConfig
     from tandem.promptgen.train import preset_config, train_generator
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the relabelling encoder is the bundled MiniLM
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    set_env_defaults(offline_hub=True)  # the relabelling encoder is the bundled MiniLM
     preset_config(preset)  # a bad preset fails before reading anything
     train_cfg = GeneratorTrainConfig(epochs=epochs, seed=seed)
     return train_generator(read_examples(examples_dir), out_dir, preset, train_cfg)

@@ -121,7 +121,7 @@ def _reciprocal_ranks(ranked: Sequence[Sequence[str]], targets: Sequence) -> np.
 
 class IndexRetrievalScorer:
     """Relevance = reciprocal rank (0 beyond k) of the first of the row's target_items when the prompt
-    is searched in `collection` (name or alias, e.g. "live") of a `tandem.index.ItemIndex`; `embed_fn`
+    is searched in `collection` (name or alias, e.g. "live") of a `tandem.release.index.ItemIndex`; `embed_fn`
     must be the query encoder of the model that wrote the collection."""
 
     def __init__(self, index, collection: str, embed_fn: Callable[[list[str]], np.ndarray], k: int = 10):
@@ -133,9 +133,9 @@ class IndexRetrievalScorer:
     def live(cls, workdir, cfg=None, k: int = 10) -> IndexRetrievalScorer:
         """The scorer over WORKDIR's live collection, embedding prompts with the query tower of the run
         that built it (what `tandem serve` answers with). Call `close()` when done."""
-        from tandem.config import RunConfig
-        from tandem.index import ItemIndex, model_dir_of
+        from tandem.core.config import RunConfig
         from tandem.models import load_model
+        from tandem.release.index import ItemIndex, model_dir_of
 
         cfg = cfg or RunConfig()
         index = ItemIndex(cfg.index, workdir)

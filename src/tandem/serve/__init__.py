@@ -1,5 +1,5 @@
 """The search service (`tandem serve`): FastAPI over the live Milvus collection, A/B routing by
-`tandem.rollout`, and the served impressions and clicks logged as the next run's behaviour log.
+`tandem.release.rollout`, and the served impressions and clicks logged as the next run's behaviour log.
 
 `read_events` stays light (pandas only); `create_app` imports FastAPI, pymilvus and the models
 on first call.
@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tandem.config import RunConfig
-from tandem.serve.events import EVENT_COLUMNS, events_dir, read_events
+from tandem.core.config import RunConfig
+from tandem.data.events import EVENT_COLUMNS, events_dir, read_events
 
 if TYPE_CHECKING:
     from fastapi import FastAPI

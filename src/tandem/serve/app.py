@@ -27,70 +27,23 @@ import numpy as np
 from fastapi import FastAPI, Header, HTTPException, Query, Request, Response
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
-from tandem.config import RunConfig
-from tandem.index import ItemIndex, filter_expression
+from tandem.core import layout
+from tandem.core.config import RunConfig
+from tandem.data.events import events_dir
 from tandem.promptgen.expand import MAX_K, QueryExpander, parse_expand
+from tandem.release.index import ItemIndex
+from tandem.release.scalars import filter_expression
 from tandem.serve.batching import MicroBatcher
-from tandem.serve.events import EventLog, RecentRequests, Served, events_dir
+from tandem.serve.events import EventLog, RecentRequests, Served
 from tandem.serve.page import add_page_routes
 from tandem.serve.routing import Arm, Router, Unavailable
+from tandem.serve.schemas import Click, Clicked, Health, Results
 
 log = logging.getLogger(__name__)
 USER_HEADER = "X-User-Id"
-
-
-class Hit(BaseModel):
-    model_config = ConfigDict(extra="allow")  # plus the index's scalar fields (category, city, ...); rrf with expand
-
-    item_id: str
-    score: float = Field(description="cosine similarity to the query")
-    title: str = ""
-
-
-class Results(BaseModel):
-    request_id: str = Field(description="send it back with POST /click")
-    user_id: str = Field(description="the user served; anonymous users get a request-scoped id")
-    arm: str = Field(description="'champion' or 'challenger'")
-    collection: str
-    items: list[Hit] = Field(
-        description="best first; with expand, ordered by the fused score `rrf`, and `score` is the item's best "
-        "cosine similarity to any of the queries"
-    )
-    expansion: list[str] | None = Field(
-        default=None, description="with expand: every query searched and fused, q first, then the generated prompts"
-    )
-
-
-class Click(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    request_id: str = Field(min_length=1, description="the request_id of the results the item was shown in")
-    item_id: str = Field(min_length=1)
-    user_id: str | None = Field(default=None, min_length=1, description="default: the user of that request")
-
-
-class Clicked(BaseModel):
-    request_id: str
-    user_id: str
-    item_id: str
-    arm: str
-    position: int
-
-
-class Health(BaseModel):
-    status: str
-    live: str = Field(description="the champion's collection (the live alias)")
-    challenger: str | None = Field(description="the rollout's challenger collection while a rollout runs")
-    experiment: str
-    share: float = Field(description="percent of users routed to the challenger")
-    items: int = Field(description="items in the live collection")
-    family: str = Field(description="model family of the champion")
-    events_buffered: int
-    events_written: int
 
 
 def _user(value: str | None, header: str | None) -> str | None:
@@ -177,7 +130,7 @@ def create_app(
     workdir = Path(workdir).resolve()
     s = cfg.serve
     filterable = tuple(f for f in cfg.index.scalar_fields if f != "title")
-    if not cfg.index.milvus_uri and not (workdir / "milvus.db").exists():
+    if not cfg.index.milvus_uri and not layout.milvus_db(workdir).exists():
         raise ValueError(f"no Milvus Lite database in {workdir}: run `tandem run --workdir {workdir}` first")
     if not 1 <= expand_k <= MAX_K:
         raise ValueError(f"--expand-k {expand_k}: give 1 to {MAX_K} prompts per query")

@@ -22,6 +22,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, HTMLResponse
 
+from tandem.core import layout
 from tandem.serve.routing import Unavailable
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ class ItemImages:
     def _load(self, run_id: str) -> dict[str, Path]:
         import pandas as pd
 
-        path = self.workdir / "runs" / run_id / "data" / "catalog.parquet"
+        path = layout.run_dir(self.workdir, run_id) / "data" / "catalog.parquet"
         if not path.is_file():
             log.warning("no catalogue at %s: items of run %s are shown without photos", path, run_id)
             return {}

@@ -1,7 +1,7 @@
 """Which collection, and which query tower (torch, or its ONNX export), serves a user.
 
 The champion is whatever the live alias points at; while a rollout is running, the users that
-`tandem.rollout.arm` puts in the challenger arm get the rollout's challenger collection. The
+`tandem.release.rollout.arm` puts in the challenger arm get the rollout's challenger collection. The
 rollout state file is re-read whenever it changes (so `tandem rollout advance` takes effect
 without a restart) and the alias every `ServeConfig.refresh_seconds`. Each collection's model
 is loaded once and dropped when its collection leaves both arms.
@@ -16,8 +16,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tandem.config import RunConfig
-from tandem.index import ItemIndex, model_dir_of
+from tandem.core import layout
+from tandem.core.config import RunConfig
+from tandem.release.index import ItemIndex, model_dir_of
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ class View:
     """A consistent snapshot of what serves whom (requests read it once, without a lock)."""
 
     live: str
-    state: object | None  # tandem.rollout.RolloutState, or None when no rollout was ever started
+    state: object | None  # tandem.release.rollout.RolloutState, or None when no rollout was ever started
 
     @property
     def running(self) -> bool:
@@ -103,7 +104,7 @@ class Router:
     def __init__(self, workdir: str | Path, cfg: RunConfig, index: ItemIndex):
         self.workdir = Path(workdir)
         self.cfg, self.index = cfg, index
-        self.state_file = self.workdir / "rollout" / "state.json"  # written by tandem.rollout.save_state
+        self.state_file = layout.rollout_state(self.workdir)  # written by tandem.release.rollout.save_state
         self._arms: dict[str, Arm] = {}
         self._lock = threading.RLock()
         self._signature: tuple | None = None
@@ -124,7 +125,7 @@ class Router:
         if not force and not due and signature == self._signature and self.view is not None:
             return self.view
         with self._lock:
-            from tandem.rollout import load_state
+            from tandem.release.rollout import load_state
 
             state = load_state(self.workdir)
             live = self.index.live()
@@ -170,7 +171,7 @@ class Router:
 
     def route(self, user_id: str | None) -> tuple[str, Arm, View]:
         """(arm name, arm, view) for a user; anonymous users always get the champion."""
-        from tandem.rollout import arm as choose
+        from tandem.release.rollout import arm as choose
 
         try:
             view = self.refresh()

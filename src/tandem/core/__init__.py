@@ -1,0 +1,1 @@
+"""The lowest layer: typed configuration, the work-folder layout, process set-up."""

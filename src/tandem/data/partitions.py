@@ -1,0 +1,83 @@
+"""Date-partitioned behaviour logs, for scheduled runs keyed on a data interval.
+
+`ingest` copies the events of an interval from wherever they land (a CSV/Parquet file or a
+folder of them) into `WAREHOUSE/logs/date=YYYY-MM-DD/part.parquet`, replacing those days'
+partitions, so rerunning an interval never duplicates events. `select` lists the
+partitions of a look-back window for the loop to read.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import duckdb
+
+from tandem.data.contract import log_files, reader_sql, ts_sql
+
+log = logging.getLogger(__name__)
+
+
+def _utc(value: datetime | date | str) -> datetime:
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if not isinstance(value, datetime):
+        value = datetime(value.year, value.month, value.day)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _days(start: datetime, end: datetime) -> list[date]:
+    first, last = start.date(), (end - timedelta(microseconds=1)).date()
+    return [first + timedelta(days=i) for i in range((last - first).days + 1)]
+
+
+def ingest(source: str | Path, warehouse: str | Path, start, end) -> dict[str, int]:
+    """Copy the events with start <= ts < end into daily partitions; returns rows per day.
+
+    Timestamps are parsed as the contract says (ISO strings, timestamps, epoch seconds); rows
+    whose ts cannot be parsed are left for `load` to quarantine, so they are kept in the
+    partition of the interval's first day rather than lost.
+    """
+    start, end = _utc(start), _utc(end)
+    if end <= start:
+        raise ValueError(f"empty interval: start {start} is not before end {end}")
+    files, fmt = log_files(source)
+    con = duckdb.connect()
+    con.execute("SET TimeZone='UTC'")
+    con.execute(f"CREATE TEMP VIEW raw AS SELECT * FROM {reader_sql(files, fmt)}")
+    ts_type = dict(con.execute("SELECT column_name, column_type FROM (DESCRIBE raw)").fetchall()).get("ts")
+    if ts_type is None:
+        raise ValueError(f"log source {source} has no column 'ts'; the behaviour-log contract needs it")
+    parsed = ts_sql(ts_type, source)
+    counts: dict[str, int] = {}
+    root = Path(warehouse) / "logs"
+    for day in _days(start, end):
+        lo, hi = max(start, _utc(day)), min(end, _utc(day + timedelta(days=1)))
+        folder = root / f"date={day.isoformat()}"
+        shutil.rmtree(folder, ignore_errors=True)  # a rerun replaces the day
+        folder.mkdir(parents=True)
+        unparsed = f" OR ({parsed}) IS NULL" if day == start.date() else ""
+        target = str(folder / "part.parquet").replace("'", "''")
+        con.execute(
+            f"COPY (SELECT * FROM raw WHERE (({parsed}) >= $lo AND ({parsed}) < $hi){unparsed}) "
+            f"TO '{target}' (FORMAT parquet)",
+            {"lo": lo, "hi": hi},
+        )
+        counts[day.isoformat()] = con.execute(f"SELECT count(*) FROM read_parquet('{target}')").fetchone()[0]
+    con.close()
+    log.info("ingested %d events for %s .. %s into %s", sum(counts.values()), start, end, root)
+    return counts
+
+
+def select(warehouse: str | Path, end, days: int) -> list[Path]:
+    """Partition files of the `days` days before `end` (the look-back window of a run)."""
+    end = _utc(end)
+    wanted = {d.isoformat() for d in _days(end - timedelta(days=days), end)}
+    root = Path(warehouse) / "logs"
+    files = sorted(p / "part.parquet" for p in root.glob("date=*") if p.name[5:] in wanted)
+    files = [f for f in files if f.is_file()]
+    if not files:
+        raise ValueError(f"no log partitions under {root} for the {days} days before {end}; ingest them first")
+    return files

@@ -1,0 +1,1 @@
+"""Offline evaluation: ranking metrics, the evaluation protocols, baselines and the release gate."""

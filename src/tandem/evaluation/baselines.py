@@ -1,0 +1,83 @@
+"""Baselines that rank the same pool as the model, as scorers for `tandem.evaluation.evaluate.EvalSet.evaluate`:
+
+- popularity: one global ranking by the training window's distinct users per item;
+- bm25: BM25 (bm25s) over the pool items' full text, queried by the query text (the title);
+- cooccurrence: the query item's training-pair partners by pair score, then the rest by popularity.
+
+(The untrained encoder is a model like any other: `EvalSet.score_encoder` on a fresh one.)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from tandem.evaluation.evaluate import EvalSet, Scorer, catalog_texts
+
+
+def popularity_scores(item_ids, popularity: pd.DataFrame) -> np.ndarray:
+    """Distinct users per item (pairs/popularity.parquet: item_id, users), in `item_ids` order; 0 if unseen."""
+    pop = popularity.set_index("item_id")["users"]
+    return pop.reindex(pd.Index(item_ids)).fillna(0).to_numpy(dtype=np.float64)
+
+
+def static_scorer(ev: EvalSet, item_scores: np.ndarray) -> Scorer:
+    """Every query gets the same ranking by `item_scores` (catalogue order)."""
+    pool_scores = np.asarray(item_scores, dtype=np.float64)[ev.pool]
+    return lambda batch: np.broadcast_to(pool_scores, (len(batch), len(pool_scores)))
+
+
+def bm25_scorer(ev: EvalSet, catalog: pd.DataFrame) -> Scorer:
+    """BM25 scores of each query text against the pool items' `item_text` (English stop words removed)."""
+    import bm25s
+
+    retriever = bm25s.BM25()
+    corpus = bm25s.tokenize(catalog_texts(catalog, ev.pool), stopwords="en", show_progress=False)
+    retriever.index(corpus, show_progress=False)
+    queries = bm25s.tokenize(ev.query_texts, stopwords="en", return_ids=False, show_progress=False)
+    empty = np.zeros(len(ev.pool), dtype=np.float64)  # a query of stop words only matches nothing
+
+    def score(batch: np.ndarray) -> np.ndarray:
+        return np.stack([retriever.get_scores(queries[q]) if queries[q] else empty for q in batch])
+
+    return score
+
+
+def cooccurrence_scorer(ev: EvalSet, item_ids, train_pairs: pd.DataFrame, item_popularity: np.ndarray) -> Scorer:
+    """Partners of the query item in the training pairs first, by pair score (then popularity,
+    then catalogue order), then every other pool item by popularity.
+
+    A pair counts in both directions (A->B makes B a partner of A and A of B; the higher score
+    wins): co-occurrence is evidence either way. Query items without training pairs fall back to
+    the popularity ranking alone.
+    """
+    ids = np.asarray(item_ids)
+    pop = np.asarray(item_popularity, dtype=np.float64)[ev.pool]
+    base = pop / (pop.max() + 1.0)  # popularity in [0, 1): below every partner's score
+    query_of = pd.Series(np.arange(len(ev.query_item)), index=ids[ev.query_item])
+    pool_of = pd.Series(np.arange(len(ev.pool)), index=ids[ev.pool])
+    both = pd.concat(
+        [
+            train_pairs[["item_id", "related_item_id", "score"]].set_axis(["src", "dst", "score"], axis=1),
+            train_pairs[["related_item_id", "item_id", "score"]].set_axis(["src", "dst", "score"], axis=1),
+        ]
+    )
+    edges = both[both["src"].isin(query_of.index) & both["dst"].isin(pool_of.index)]
+    edges = edges.groupby(["src", "dst"], as_index=False)["score"].max()
+    cols = pool_of.loc[edges["dst"]].to_numpy(dtype=np.int64)
+    edges = edges.assign(query=query_of.loc[edges["src"]].to_numpy(dtype=np.int64), col=cols, pop=base[cols])
+    edges = edges.sort_values(["query", "score", "pop", "col"], ascending=[True, False, False, True])
+    order = edges.groupby("query").cumcount().to_numpy()  # 0 = best partner
+    size = edges.groupby("query")["col"].transform("size").to_numpy()
+    bonus = 2.0 + (size - order) / (size + 1.0)  # in (2, 3), decreasing along each query's partner list
+    queries, cols = edges["query"].to_numpy(), edges["col"].to_numpy()
+
+    def score(batch: np.ndarray) -> np.ndarray:
+        out = np.tile(base, (len(batch), 1))
+        row = np.full(len(ev.query_item), -1)
+        row[batch] = np.arange(len(batch))
+        mine = row[queries] >= 0
+        out[row[queries[mine]], cols[mine]] = bonus[mine]
+        return out
+
+    return score

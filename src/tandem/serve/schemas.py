@@ -1,0 +1,55 @@
+"""The search service's request and response bodies (pydantic; they are its OpenAPI schema at /docs)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Hit(BaseModel):
+    model_config = ConfigDict(extra="allow")  # plus the index's scalar fields (category, city, ...); rrf with expand
+
+    item_id: str
+    score: float = Field(description="cosine similarity to the query")
+    title: str = ""
+
+
+class Results(BaseModel):
+    request_id: str = Field(description="send it back with POST /click")
+    user_id: str = Field(description="the user served; anonymous users get a request-scoped id")
+    arm: str = Field(description="'champion' or 'challenger'")
+    collection: str
+    items: list[Hit] = Field(
+        description="best first; with expand, ordered by the fused score `rrf`, and `score` is the item's best "
+        "cosine similarity to any of the queries"
+    )
+    expansion: list[str] | None = Field(
+        default=None, description="with expand: every query searched and fused, q first, then the generated prompts"
+    )
+
+
+class Click(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: str = Field(min_length=1, description="the request_id of the results the item was shown in")
+    item_id: str = Field(min_length=1)
+    user_id: str | None = Field(default=None, min_length=1, description="default: the user of that request")
+
+
+class Clicked(BaseModel):
+    request_id: str
+    user_id: str
+    item_id: str
+    arm: str
+    position: int
+
+
+class Health(BaseModel):
+    status: str
+    live: str = Field(description="the champion's collection (the live alias)")
+    challenger: str | None = Field(description="the rollout's challenger collection while a rollout runs")
+    experiment: str
+    share: float = Field(description="percent of users routed to the challenger")
+    items: int = Field(description="items in the live collection")
+    family: str = Field(description="model family of the champion")
+    events_buffered: int
+    events_written: int

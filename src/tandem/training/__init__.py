@@ -1,0 +1,1 @@
+"""Training: the loop that fits a model family on pairs."""

@@ -1,0 +1,127 @@
+"""What the trainer feeds the model: pairs resolved against the catalogue, seeded batches, collation,
+and the validation set (the catalogue rows of the validation pairs' items)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from tandem.core.config import EvalConfig
+from tandem.evaluation.evaluate import RetrievalEvaluator
+from tandem.models.base import PairExample, item_key
+from tandem.models.text import query_text
+
+
+def _blank(value: object) -> bool:
+    """None, NaN, pd.NA or a string of whitespace."""
+    if isinstance(value, str):
+        return not value.strip()
+    return value is None or (pd.api.types.is_scalar(value) and bool(pd.isna(value)))
+
+
+class PairDataset(Dataset):
+    """Pairs resolved against the catalogue; item `i` is the `PairExample` of pair row `i`.
+
+    Ids are compared as strings. A non-empty `query` cell (a search followed by a click) is
+    that pair's query text, otherwise the query item's title.
+    """
+
+    def __init__(self, pairs: pd.DataFrame, catalog: pd.DataFrame, what: str = "pairs"):
+        missing_cols = [c for c in ("item_id", "related_item_id") if c not in pairs.columns]
+        if missing_cols:
+            raise ValueError(
+                f"{what} lack column(s) {', '.join(missing_cols)}; expected item_id, related_item_id "
+                "(optional: query, the search text that led to the click)"
+            )
+        if "item_id" not in catalog.columns:
+            raise ValueError("the catalogue has no item_id column")
+        ids = pd.Index(catalog["item_id"].astype(str))
+        if not ids.is_unique:
+            dup = ids[ids.duplicated()].unique()[:5].tolist()
+            raise ValueError(f"the catalogue has duplicate item_id values, e.g. {', '.join(dup)}")
+        left = pairs["item_id"].astype(str)
+        right = pairs["related_item_id"].astype(str)
+        self.left = ids.get_indexer(left)
+        self.right = ids.get_indexer(right)
+        missing = sorted(set(left[self.left < 0]) | set(right[self.right < 0]))
+        if missing:
+            shown = ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
+            raise ValueError(
+                f"{len(missing)} item id(s) of the {what} are not in the catalogue: {shown}; "
+                "filter the pairs to catalogue items before training"
+            )
+        self.ids = ids.to_numpy(dtype=object)
+        self.rows = catalog.to_dict("records")
+        self.keys = [item_key(i) for i in ids]
+        titles = [r.get("title", "") for r in self.rows]
+        queries = pairs["query"].tolist() if "query" in pairs.columns else [None] * len(pairs)
+        self.queries = [query_text(titles[li] if _blank(q) else q) for q, li in zip(queries, self.left.tolist())]
+
+    def __len__(self) -> int:
+        return len(self.queries)
+
+    def fingerprint(self) -> str:
+        """Hash of the pairs as trained on (ids and query texts, in order), to tell runs on
+        other data apart."""
+        h = hashlib.blake2b(digest_size=16)
+        for column in (self.ids[self.left], self.ids[self.right], self.queries):
+            h.update("\x00".join(column).encode())
+            h.update(b"\x01")
+        return h.hexdigest()
+
+    def __getitem__(self, i: int) -> PairExample:
+        li, ri = int(self.left[i]), int(self.right[i])
+        return PairExample(
+            query_text=self.queries[i],
+            query_item=self.rows[li],
+            item=self.rows[ri],
+            query_key=self.keys[li],
+            item_key=self.keys[ri],
+        )
+
+
+class PairBatchSampler(Sampler[list[int]]):
+    """Shuffled index batches of `batch_size`; the order of epoch e depends only on
+    `seed + e` (set `.epoch` before iterating), so a resumed run sees the same batches.
+    A last batch of fewer than 2 pairs is dropped. (Not `set_epoch`: accelerate would set
+    it from its own iteration counter.)"""
+
+    drop_last = False  # read by accelerate's BatchSamplerShard: it fills the last batches up evenly
+
+    def __init__(self, n: int, batch_size: int, seed: int):
+        self.n, self.batch_size, self.seed, self.epoch = n, batch_size, seed, 0
+
+    def batches(self) -> list[list[int]]:
+        perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        return [b.tolist() for b in perm.split(self.batch_size) if len(b) >= 2]
+
+    def __iter__(self):
+        return iter(self.batches())
+
+    def __len__(self) -> int:
+        return self.n // self.batch_size + (self.n % self.batch_size >= 2)
+
+
+class Collate:
+    """(pairs in the batch, model.collate(examples)): the trainer counts pairs without
+    knowing what the model's batch holds."""
+
+    def __init__(self, collate):
+        self.collate = collate
+
+    def __call__(self, examples):
+        return len(examples), self.collate(examples)
+
+
+def validation_set(valid_pairs: pd.DataFrame, catalog: pd.DataFrame, eval_cfg: EvalConfig):
+    """(evaluator, pool): the pool is the catalogue rows of the items in the validation pairs."""
+    data = PairDataset(valid_pairs, catalog, "validation pairs")
+    used = np.unique(np.concatenate([data.left, data.right]))
+    pool = catalog.iloc[used].reset_index(drop=True)
+    ids = catalog["item_id"].to_numpy()
+    resolved = pd.DataFrame({"item_id": ids[data.left], "related_item_id": ids[data.right]})
+    return RetrievalEvaluator.from_pairs(resolved, pool, eval_cfg), pool
