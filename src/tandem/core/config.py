@@ -118,6 +118,9 @@ class SplitConfig:
     )
     valid_fraction: Fraction = field(default=0.1, metadata={"help": "share of training pairs held out for validation"})
     seed: NonNegative = 0
+    drop_reverse: StrictBool = field(
+        default=True, metadata={"help": "drop a test pair B->A whose reverse A->B is a training pair (counted)"}
+    )
 
 
 @section("model")
@@ -274,6 +277,13 @@ class EvalConfig:
     baselines: Annotated[tuple[Baseline, ...], BeforeValidator(as_tuple)] = field(
         default=("untrained", "popularity", "bm25", "cooccurrence"),
         metadata={"help": "baselines scored beside the model: untrained, popularity, bm25, cooccurrence"},
+    )
+    pool_without_train: StrictBool = field(
+        default=False,
+        metadata={
+            "help": "leave every item of a training pair out of the pool (NoteLLM-2's cold-start pool); "
+            "test pairs whose target is one are dropped and counted"
+        },
     )
 
 

@@ -97,6 +97,14 @@ class GateConfig:
     max_latency_ratio: NonNegFloat = field(
         default=1.5, metadata={"help": "largest challenger / champion median query latency; 0 = no latency guard"}
     )
+    beat_baselines: StrictBool = field(
+        default=True,
+        metadata={"help": "refuse a challenger (a first run too) whose primary metric loses to the strongest baseline"},
+    )
+    baseline_tolerance: NonNegFloat = field(
+        default=0.01,
+        metadata={"help": "beat_baselines: largest allowed shortfall of the primary metric below the best baseline"},
+    )
 
     def __post_init__(self) -> None:
         metrics = [metric for metric, _ in self.guards]
