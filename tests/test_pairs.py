@@ -95,3 +95,24 @@ def test_popularity_counts_distinct_users():
 def test_empty_logs_are_an_error():
     with pytest.raises(ValueError, match="quarantine"):
         split_pairs(EXAMPLE.iloc[0:0])
+
+
+def test_split_drops_test_pairs_whose_reverse_trained():
+    # before the cutoff users go A -> B; after it, B -> A (the reverse) and C -> D (new)
+    early = [(f"u{u}", a, e, h) for u in range(3) for a, e, h in (("A", "view", u), ("B", "click", u + 0.5))]
+    late = [
+        (f"u{u}", a, e, 100 + h)
+        for u in range(3)
+        for a, e, h in (("B", "view", u), ("A", "click", u + 0.5), ("C", "view", u + 1), ("D", "click", u + 1.5))
+    ]
+    cfg = (PairsConfig(low=0.0), SplitConfig(test_fraction=0.3, valid_fraction=0.0))
+    split = split_pairs(_logs(early + late), *cfg)
+    test = set(zip(split.test.item_id, split.test.related_item_id))
+    assert ("A", "B") in set(zip(split.train.item_id, split.train.related_item_id))
+    assert ("B", "A") not in test and ("C", "D") in test
+    assert split.counts()["test_dropped_reverse"] >= 1 and split.counts()["test_dropped_seen"] == 0
+    kept = split_pairs(
+        _logs(early + late), cfg[0], SplitConfig(test_fraction=0.3, valid_fraction=0.0, drop_reverse=False)
+    )
+    assert ("B", "A") in set(zip(kept.test.item_id, kept.test.related_item_id))
+    assert kept.counts()["test_dropped_reverse"] == 0

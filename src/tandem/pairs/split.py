@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -18,6 +18,7 @@ class Split:
     test: pd.DataFrame
     cutoff: pd.Timestamp  # train logs are before it, test logs at or after it
     train_logs: pd.DataFrame
+    dropped: dict[str, int] = field(default_factory=dict)  # test pairs removed, by reason
 
     def all(self) -> pd.DataFrame:
         """All pairs with a `split` column."""
@@ -27,7 +28,10 @@ class Split:
         return pd.concat(parts, ignore_index=True)
 
     def counts(self) -> dict[str, int]:
-        return {"train": len(self.train), "valid": len(self.valid), "test": len(self.test)}
+        """Pairs per split, and the test pairs dropped for leakage (`test_dropped_seen`: the same pair
+        trained; `test_dropped_reverse`: its reverse A->B trained, B->A in test)."""
+        out = {"train": len(self.train), "valid": len(self.valid), "test": len(self.test)}
+        return out | {f"test_dropped_{why}": n for why, n in self.dropped.items()}
 
 
 def split_pairs(
@@ -37,7 +41,9 @@ def split_pairs(
     contract: ContractConfig = ContractConfig(),
 ) -> Split:
     """Mine the earlier and the later part of the log separately (no view/click crosses the cutoff),
-    hold out a validation share of the training pairs, and drop test pairs seen in training."""
+    hold out a validation share of the training pairs, and drop test pairs seen in training, and
+    (`split.drop_reverse`) those whose reverse trained: A->B in training makes B->A in test a pair
+    whose evidence the model has already seen (the pairs are co-occurrences, symmetric in practice)."""
     if logs.empty:
         raise ValueError("no usable log rows left after loading; check the quarantine file for the reasons")
     t0, t1 = logs["ts"].min(), logs["ts"].max()
@@ -45,8 +51,11 @@ def split_pairs(
     early, late = logs[logs["ts"] < cutoff], logs[logs["ts"] >= cutoff]
     train = mine_pairs(early, pairs_cfg, contract)
     test = mine_pairs(late, pairs_cfg, contract)
-    seen = train.set_index(["item_id", "related_item_id"]).index
-    test = test[~test.set_index(["item_id", "related_item_id"]).index.isin(seen)].reset_index(drop=True)
+    seen = pd.MultiIndex.from_arrays([train["item_id"], train["related_item_id"]])
+    forward = pd.MultiIndex.from_arrays([test["item_id"], test["related_item_id"]]).isin(seen)
+    backward = pd.MultiIndex.from_arrays([test["related_item_id"], test["item_id"]]).isin(seen)
+    backward = backward & ~forward if split.drop_reverse else np.zeros(len(test), dtype=bool)
+    test = test[~(forward | backward)].reset_index(drop=True)
     held = np.random.default_rng(split.seed).random(len(train)) < split.valid_fraction
     return Split(
         train=train[~held].reset_index(drop=True),
@@ -54,4 +63,5 @@ def split_pairs(
         test=test,
         cutoff=cutoff,
         train_logs=early,
+        dropped={"seen": int(forward.sum()), "reverse": int(backward.sum())},
     )
