@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -103,6 +105,60 @@ FAMILY = option(None, help="seed model family", shown=ModelConfig.family)
 MARGIN = option(None, help="required improvement over the champion", shown=GateConfig.min_improvement)
 WORKDIR = option(Path("work"), "--workdir", help="where runs, reports and the Milvus Lite file go")
 VERBOSE = option(False, "--verbose", "-v", help="debug logging")
+
+# The recipe options of `tandem run`, `tandem demo` and `tandem config show`, in --help order:
+# name -> (type, option). Every name but `config` is a flag of SECTIONS.
+RECIPE_OPTIONS = {
+    "config": (Path | None, CONFIG),
+    "epochs": (int | None, EPOCHS),
+    "max_steps": (int | None, MAX_STEPS),
+    "batch_size": (int | None, BATCH),
+    "window_hours": (float | None, WINDOW),
+    "test_fraction": (float | None, TEST_FRACTION),
+    "primary_metric": (str | None, PRIMARY),
+    "protocol": (Protocol | None, PROTOCOL),
+    "milvus_uri": (str | None, MILVUS),
+    "item_encoder": (str | None, ENCODER),
+    "family": (Family | None, FAMILY),
+    "min_improvement": (float | None, MARGIN),
+}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What a command got of the recipe options: the --config file and each flag (None = not given)."""
+
+    config: Path | None
+    flags: dict
+
+    def build(self) -> RunConfig:
+        return build_config(self.config, **self.flags)
+
+
+def recipe_options(command):
+    """Give a Typer command the recipe options in place of its parameter `recipe: Recipe`, which then
+    receives them as one Recipe: the options are declared once, here, for every command that has them."""
+    signature = inspect.signature(command, eval_str=True)
+    if "recipe" not in signature.parameters:
+        raise TypeError(f"{command.__name__} has no parameter `recipe` for the recipe options")
+    params = []
+    for param in signature.parameters.values():
+        if param.name == "recipe":
+            params += [
+                inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=kind)
+                for name, (kind, opt) in RECIPE_OPTIONS.items()
+            ]
+        else:
+            params.append(param.replace(kind=inspect.Parameter.KEYWORD_ONLY))
+
+    @functools.wraps(command)
+    def with_recipe(**kwargs):
+        given = {name: kwargs.pop(name) for name in RECIPE_OPTIONS}
+        return command(recipe=Recipe(given.pop("config"), given), **kwargs)
+
+    with_recipe.__signature__ = signature.replace(parameters=params)
+    with_recipe.__annotations__ = {p.name: p.annotation for p in params}  # Typer reads these as type hints
+    return with_recipe
 
 
 @contextmanager

@@ -7,24 +7,7 @@ from pathlib import Path
 
 import typer
 
-from tandem.cli.common import (
-    BATCH,
-    CONFIG,
-    ENCODER,
-    EPOCHS,
-    FAMILY,
-    MARGIN,
-    MAX_STEPS,
-    MILVUS,
-    PRIMARY,
-    PROTOCOL,
-    TEST_FRACTION,
-    WINDOW,
-    Family,
-    Protocol,
-    build_config,
-    user_errors,
-)
+from tandem.cli.common import Recipe, recipe_options, user_errors
 
 config_app = typer.Typer(
     help="The configuration: `show` prints what a command would run with, `validate` checks recipes.",
@@ -41,45 +24,19 @@ def as_dict(cfg) -> dict:
 
 
 @config_app.command("show")
-def config_show(
-    ctx: typer.Context,
-    config: Path | None = CONFIG,
-    epochs: int | None = EPOCHS,
-    max_steps: int | None = MAX_STEPS,
-    batch_size: int | None = BATCH,
-    window_hours: float | None = WINDOW,
-    test_fraction: float | None = TEST_FRACTION,
-    primary_metric: str | None = PRIMARY,
-    protocol: Protocol | None = PROTOCOL,
-    milvus_uri: str | None = MILVUS,
-    item_encoder: str | None = ENCODER,
-    family: Family | None = FAMILY,
-    min_improvement: float | None = MARGIN,
-) -> None:
+@recipe_options
+def config_show(ctx: typer.Context, recipe: Recipe = None) -> None:
     """Print the effective configuration as YAML: the built-in defaults, then the recipe (--config), then
     the flags of `tandem run`, then the environment (TANDEM_MILVUS_URI, TANDEM_MILVUS_TOKEN; the token
     is shown as ***). The output is a recipe `--config` reads."""
     import yaml
 
-    flags = {
-        "epochs": epochs,
-        "max_steps": max_steps,
-        "batch_size": batch_size,
-        "window_hours": window_hours,
-        "test_fraction": test_fraction,
-        "primary_metric": primary_metric,
-        "protocol": protocol,
-        "milvus_uri": milvus_uri,
-        "item_encoder": item_encoder,
-        "family": family,
-        "min_improvement": min_improvement,
-    }
     with user_errors():
-        cfg = build_config(config, **flags)
-    typed = [k for k in flags if getattr(ctx.get_parameter_source(k), "name", "") == "COMMANDLINE"]
-    given = [f"--{k.replace('_', '-')} {flags[k]}" for k in typed]
+        cfg = recipe.build()
+    typed = [k for k in recipe.flags if getattr(ctx.get_parameter_source(k), "name", "") == "COMMANDLINE"]
+    given = [f"--{k.replace('_', '-')} {recipe.flags[k]}" for k in typed]
     env = [name for name in ENVIRONMENT if os.environ.get(name)]
-    typer.echo(f"# recipe: {config or 'none (built-in defaults)'}")
+    typer.echo(f"# recipe: {recipe.config or 'none (built-in defaults)'}")
     typer.echo(f"# flags: {', '.join(given) or 'none'}")
     typer.echo(f"# environment: {', '.join(env) or 'none'}")
     typer.echo(yaml.safe_dump(as_dict(cfg), sort_keys=False, default_flow_style=False).rstrip())

@@ -11,24 +11,11 @@ from pathlib import Path
 import typer
 
 from tandem.cli.common import (
-    BATCH,
-    CONFIG,
-    ENCODER,
-    EPOCHS,
-    FAMILY,
-    MARGIN,
-    MAX_STEPS,
-    MILVUS,
-    PRIMARY,
-    PROTOCOL,
-    TEST_FRACTION,
     VERBOSE,
-    WINDOW,
     WORKDIR,
-    Family,
-    Protocol,
-    build_config,
+    Recipe,
     option,
+    recipe_options,
     setup_logging,
     user_errors,
 )
@@ -87,12 +74,12 @@ def print_report(report: dict) -> None:
     typer.echo(f"report.json: {run_dir / 'report.json'}")
 
 
-def run_loop(logs: Path | list[Path], catalog: Path, workdir: Path, config: Path | None, as_json: bool, **flags):
+def run_loop(logs: Path | list[Path], catalog: Path, workdir: Path, recipe: Recipe, as_json: bool):
     """Recipe + flags -> one run of the loop -> the report on stdout (text, or JSON for scripts)."""
     from tandem.pipeline.run import run as run_once
 
     with user_errors():
-        cfg = build_config(config, **flags)
+        cfg = recipe.build()
         with stdout_to_stderr(as_json):
             report = run_once(logs, catalog, workdir, cfg)
     if as_json:
@@ -106,6 +93,7 @@ def register(app: typer.Typer) -> None:
     app.command("demo")(demo)
 
 
+@recipe_options
 def run(
     logs: list[Path] = option(
         ...,
@@ -117,61 +105,23 @@ def run(
         ..., "--catalog", help="catalogue: CSV, Parquet or JSONL (item_id, title[, topics, content, images, ...])"
     ),
     workdir: Path = WORKDIR,
-    config: Path | None = CONFIG,
-    epochs: int | None = EPOCHS,
-    max_steps: int | None = MAX_STEPS,
-    batch_size: int | None = BATCH,
-    window_hours: float | None = WINDOW,
-    test_fraction: float | None = TEST_FRACTION,
-    primary_metric: str | None = PRIMARY,
-    protocol: Protocol | None = PROTOCOL,
-    milvus_uri: str | None = MILVUS,
-    item_encoder: str | None = ENCODER,
-    family: Family | None = FAMILY,
-    min_improvement: float | None = MARGIN,
+    recipe: Recipe = None,  # --config and the flags, see recipe_options
     as_json: bool = JSON,
     verbose: bool = VERBOSE,
 ) -> None:
     """Run the loop once on your data and print where the report is."""
     setup_logging(verbose)
-    run_loop(
-        logs[0] if len(logs) == 1 else list(logs),
-        catalog,
-        workdir,
-        config,
-        as_json,
-        epochs=epochs,
-        max_steps=max_steps,
-        batch_size=batch_size,
-        window_hours=window_hours,
-        test_fraction=test_fraction,
-        primary_metric=primary_metric,
-        protocol=protocol,
-        milvus_uri=milvus_uri,
-        item_encoder=item_encoder,
-        family=family,
-        min_improvement=min_improvement,
-    )
+    run_loop(logs[0] if len(logs) == 1 else list(logs), catalog, workdir, recipe, as_json)
 
 
+@recipe_options
 def demo(
     workdir: Path = WORKDIR,
     full: bool = option(False, "--full", help="all 92k products and 1.47M transactions (slow on CPU)"),
     max_items: int = option(
         3000, "--max-items", min=1, help="products kept (those bought by most households) unless --full"
     ),
-    config: Path | None = CONFIG,
-    epochs: int | None = EPOCHS,
-    max_steps: int | None = MAX_STEPS,
-    batch_size: int | None = BATCH,
-    window_hours: float | None = WINDOW,
-    test_fraction: float | None = TEST_FRACTION,
-    primary_metric: str | None = PRIMARY,
-    protocol: Protocol | None = PROTOCOL,
-    milvus_uri: str | None = MILVUS,
-    item_encoder: str | None = ENCODER,
-    family: Family | None = FAMILY,
-    min_improvement: float | None = MARGIN,
+    recipe: Recipe = None,  # --config and the flags, see recipe_options
     as_json: bool = JSON,
     verbose: bool = VERBOSE,
 ) -> None:
@@ -183,21 +133,4 @@ def demo(
     data_dir = workdir / "data" / ("completejourney-full" if full else f"completejourney-{max_items}")
     with stdout_to_stderr(as_json):
         logs, catalog = completejourney.write(data_dir, None if full else max_items)
-    run_loop(
-        logs,
-        catalog,
-        workdir,
-        config,
-        as_json,
-        epochs=epochs,
-        max_steps=max_steps,
-        batch_size=batch_size,
-        window_hours=window_hours,
-        test_fraction=test_fraction,
-        primary_metric=primary_metric,
-        protocol=protocol,
-        milvus_uri=milvus_uri,
-        item_encoder=item_encoder,
-        family=family,
-        min_improvement=min_improvement,
-    )
+    run_loop(logs, catalog, workdir, recipe, as_json)
