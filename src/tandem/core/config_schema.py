@@ -178,15 +178,10 @@ IndexType = Literal["HNSW", "HNSW_SQ", "FLAT", "IVF_FLAT", "IVF_SQ8", "AUTOINDEX
 Metric = Literal["COSINE", "IP", "L2"]
 QueryEncoder = Literal["torch", "onnx-int8", "onnx-fp32"]
 
+# The values that code outside the schema lists (CLI choices, messages); `choices(T)` gives any other's.
 FAMILIES = typing.get_args(Family)
 PAIR_MODES = typing.get_args(PairMode)
 FOLLOWS = typing.get_args(Follow)
-ITEM_POOLINGS = typing.get_args(ItemPooling)
-CONNECTORS = typing.get_args(Connector)
-PROMPTS = typing.get_args(Prompt)
-MIXED_PRECISIONS = typing.get_args(MixedPrecision)
 PROTOCOLS = typing.get_args(Protocol)
-BASELINES = typing.get_args(Baseline)
 INDEX_TYPES = typing.get_args(IndexType)
-METRICS = typing.get_args(Metric)
 QUERY_ENCODERS = typing.get_args(QueryEncoder)
