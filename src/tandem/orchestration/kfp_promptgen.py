@@ -80,6 +80,13 @@ def gpu(t, cpu: str, memory: str):
     return t
 
 
+def by_name(component, parameters: dict, **others) -> dict:
+    """A component's arguments: each input takes the pipeline parameter of the same name; `others`
+    gives the rest (an input named otherwise, an upstream output). A missing one fails the compile."""
+    names = set(component.component_spec.inputs or {}) - set(others)
+    return {name: parameters[name] for name in names if name in parameters} | others
+
+
 def build(image: str, mount_path: str):
     """The pipeline, its components running in `image`, the shared volume mounted at `mount_path`
     (the inputs, a teacher model saved there, and the Hub cache `WORKDIR/hf-cache` live on it)."""
@@ -107,27 +114,15 @@ def build(image: str, mount_path: str):
         workdir: str = mount_path,
         pvc: str = "tandem-workdir",
     ) -> Model:
+        parameters = dict(locals())  # first: the pipeline's parameters (and the closure's c, mount_path)
         # reads files that may change under the same path: never cached
-        taught = c["teacher"](
-            teacher_model=teacher_model,
-            catalog=catalog,
-            intents=intents,
-            teacher_jsonl=teacher_jsonl,
-            n=n,
-            seed=seed,
-            few_shot=few_shot,
-            max_new_tokens=max_new_tokens,
-            batch_size=teacher_batch_size,
-            temperature=temperature,
-            workdir=workdir,
-            allow_download=allow_download,
-        )
+        taught = c["teacher"](**by_name(c["teacher"], parameters, batch_size=teacher_batch_size))
         taught.set_caching_options(False)
         kubernetes.mount_pvc(taught, pvc_name=pvc, mount_path=mount_path)
         kubernetes.use_secret_as_env(taught, HF_SECRET, {"token": "HF_TOKEN"}, optional=True)
         gpu(taught, cpu="8", memory="48G")  # host memory to load an 8B checkpoint (~16 GB in bf16, the GPU default)
         # a function of its input artifact and parameters: cached
-        trained = c["train_promptgen"](preset=preset, epochs=epochs, seed=seed, examples=taught.outputs["examples"])
+        trained = c["train_promptgen"](**by_name(c["train_promptgen"], parameters, examples=taught.outputs["examples"]))
         trained.set_caching_options(True)
         gpu(trained, cpu="8", memory="32G")
         return trained.outputs["model"]
