@@ -10,11 +10,10 @@ import logging
 import time
 import uuid
 from contextlib import contextmanager
-from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
-from tandem.core.config import RunConfig
+from tandem.core.config import RunConfig, config_to_dict
 from tandem.pipeline import stages
 from tandem.pipeline.report import write_report
 
@@ -70,11 +69,8 @@ def run(
 
 
 def redacted(cfg: RunConfig) -> dict:
-    """The config as plain values, with secrets masked: reports are shared, tokens are not."""
-    values = asdict(cfg)
-    if values["index"]["token"]:
-        values["index"]["token"] = "***"
-    return values
+    """The config as plain values (a recipe `--config` reads), secrets masked: reports are shared, tokens are not."""
+    return config_to_dict(cfg, redact=True)
 
 
 def write(run: stages.RunPaths, cfg: RunConfig, timings: dict[str, float] | None = None) -> dict:
