@@ -210,3 +210,30 @@ def test_kubeflow_report_task_of_a_rejecting_gate(tmp_path):
     assert "`live` not moved" in (run_dir / "report.md").read_text()
     with pytest.raises(ValueError, match="the gate task said 'promote'"):
         component.python_func(**args, decision="promote", page=SimpleNamespace(path=str(page)))
+
+
+def test_first_table_is_the_model_beside_the_baselines_all_warm_cold(tmp_path):
+    report = _report(tmp_path)
+    for values in report["metrics"].values():
+        values.update({"warm/recall@100": 0.95, "cold/recall@100": 0.4})
+    report["metrics"]["popularity"] = {m: 0.5 for m in report["metrics"]["model"]}
+    report["eval"]["unavailable"] = {"bm25": "no pool item has text"}
+    report["eval"]["counts"] |= {"warm": 30, "cold": 10}
+    report["gate"]["evidence"]["baselines"] = {"metric": "recall@100", "baseline": "popularity", "diff": 0.4,
+                                               "challenger": 0.9, "baseline_value": 0.5, "ci": [0.3, 0.5],
+                                               "tolerance": 0.01, "ok": True, "status": "ok"}  # fmt: skip
+    paths = write_report(report, tmp_path)
+    page = Page()
+    page.feed(paths["html"].read_text())
+    tables = [attrs.get("id") for tag, attrs in page.tags if tag == "table"]
+    assert tables[0] == "versus"
+    text = " ".join(page.text)
+    assert "recall@100 warm" in text and "recall@100 cold" in text and "(strongest baseline)" in text
+    assert "bm25: n/a: no pool item has text" in text and "30 pairs" in text
+    md = paths["markdown"].read_text()
+    first = md.index("| model |")
+    assert md.index("## Model vs baselines") < first < md.index("## Data")
+    header = md[first : md.index("\n", first)]
+    assert "recall@100 all | recall@100 warm | recall@100 cold" in header
+    assert "| bm25 | n/a |" in md and "- bm25: n/a: no pool item has text" in md
+    assert "| popularity | 0.5000 |" in md and "**ok**" in md

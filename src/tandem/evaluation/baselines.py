@@ -5,6 +5,9 @@
 - cooccurrence: the query item's training-pair partners by pair score, then the rest by popularity.
 
 (The untrained encoder is a model like any other: `EvalSet.score_encoder` on a fresh one.)
+
+`score_baselines` scores the configured ones on one EvalSet; a baseline that cannot run on the data
+(BM25 where no pool item or no query has a word of text) is reported "n/a" with the reason instead.
 """
 
 from __future__ import annotations
@@ -13,6 +16,12 @@ import numpy as np
 import pandas as pd
 
 from tandem.evaluation.evaluate import EvalSet, Scorer, catalog_texts
+
+BASELINES = ("untrained", "popularity", "bm25", "cooccurrence")
+
+
+class NotApplicable(ValueError):
+    """A baseline that cannot rank this data; the message is the reason the report shows."""
 
 
 def popularity_scores(item_ids, popularity: pd.DataFrame) -> np.ndarray:
@@ -33,8 +42,12 @@ def bm25_scorer(ev: EvalSet, catalog: pd.DataFrame) -> Scorer:
 
     retriever = bm25s.BM25()
     corpus = bm25s.tokenize(catalog_texts(catalog, ev.pool), stopwords="en", show_progress=False)
+    if not corpus.vocab:
+        raise NotApplicable("no pool item has text (title, topics or content) beyond stop words: BM25 needs words")
     retriever.index(corpus, show_progress=False)
     queries = bm25s.tokenize(ev.query_texts, stopwords="en", return_ids=False, show_progress=False)
+    if not any(queries):
+        raise NotApplicable("no query has text beyond stop words (empty titles): BM25 needs words")
     empty = np.zeros(len(ev.pool), dtype=np.float64)  # a query of stop words only matches nothing
 
     def score(batch: np.ndarray) -> np.ndarray:
@@ -81,3 +94,38 @@ def cooccurrence_scorer(ev: EvalSet, item_ids, train_pairs: pd.DataFrame, item_p
         return out
 
     return score
+
+
+def score_baselines(
+    ev: EvalSet,
+    names,
+    catalog: pd.DataFrame,
+    train_pairs: pd.DataFrame,
+    popularity: pd.DataFrame,
+    new_model=None,
+    progress: bool = False,
+) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, str]]:
+    """(per-pair metrics per baseline, {baseline: why it is n/a}) on `ev`'s pairs and pool.
+
+    `names` from eval.baselines; `popularity` is pairs/popularity.parquet (item_id, users);
+    `new_model()` returns a fresh (untrained) encoder, needed for "untrained" only."""
+    unknown = sorted(set(names) - set(BASELINES))
+    if unknown:
+        raise ValueError(f"eval.baselines: unknown {unknown}; choose from {list(BASELINES)}")
+    pop = popularity_scores(catalog["item_id"], popularity)
+    makers = {
+        "untrained": lambda: ev.score_encoder(new_model(), catalog, progress=progress),
+        "popularity": lambda: ev.evaluate(static_scorer(ev, pop)),
+        "bm25": lambda: ev.evaluate(bm25_scorer(ev, catalog)),
+        "cooccurrence": lambda: ev.evaluate(cooccurrence_scorer(ev, catalog["item_id"], train_pairs, pop)),
+    }
+    scored, unavailable = {}, {}
+    for name in names:
+        if name == "untrained" and new_model is None:
+            unavailable[name] = "no fresh encoder given to score"
+            continue
+        try:
+            scored[name] = makers[name]()
+        except NotApplicable as why:
+            unavailable[name] = str(why)
+    return scored, unavailable

@@ -9,7 +9,10 @@ so the numbers measure the model, not the ANN index.
   model's query is the query item's item vector, any other model's its title. Recall@100/1k/10k.
 
 Both add the subsets short_query / short_target: pairs whose query / target item text is
-under `EvalConfig.short_tokens` tokens of the bundled MiniLM tokenizer.
+under `EvalConfig.short_tokens` tokens of the bundled MiniLM tokenizer; given the training pairs,
+warm / cold: pairs whose target item is / is in no training pair (where popularity and
+co-occurrence know nothing, and a content model earns its keep). `eval.pool_without_train` takes
+every training item out of the pool (NoteLLM-2's cold-start pool): only cold targets remain.
 
 Any way of ranking is a *scorer*: `scorer(query_indices) -> (len, pool size)` scores over the
 pool; `EvalSet.evaluate(scorer)` ranks every pair's target exactly (ties: lower catalogue
@@ -34,7 +37,7 @@ from tandem.models.text import item_text, query_text
 
 log = logging.getLogger(__name__)
 PROTOCOLS = ("hotelmatch", "notellm2")
-SUBSETS = ("short_query", "short_target")
+SUBSETS = ("short_query", "short_target", "warm", "cold")
 Scorer = Callable[[np.ndarray], np.ndarray]
 
 
@@ -87,6 +90,12 @@ def catalog_texts(catalog: pd.DataFrame, rows: np.ndarray) -> list[str]:
     return [item_text(t, as_list(tp), c) for t, tp, c in zip(part["title"], topics, content)]
 
 
+def _rows_of(pos: pd.Series, train_pairs: pd.DataFrame) -> np.ndarray:
+    """Catalogue rows of every item in a training pair (either side), ascending."""
+    ids = pd.unique(np.concatenate([train_pairs["item_id"].to_numpy(), train_pairs["related_item_id"].to_numpy()]))
+    return np.unique(pos.reindex(ids).dropna().to_numpy(dtype=np.int64))
+
+
 def token_counts(texts: list[str]) -> tuple[np.ndarray, str]:
     """Tokens per text with the bundled all-MiniLM-L6-v2 tokenizer (its tokenizer.json through
     `tokenizers`, as AutoTokenizer would load it, without special tokens or truncation);
@@ -130,7 +139,10 @@ class EvalSet:
         cfg: EvalConfig = EvalConfig(),
         protocol: str = "hotelmatch",
         subsets: bool = True,
+        train_pairs: pd.DataFrame | None = None,
     ) -> EvalSet:
+        """`train_pairs` (item_id, related_item_id) define warm and cold targets, and the training
+        items that `cfg.pool_without_train` leaves out of the pool."""
         if protocol not in PROTOCOLS:
             raise ValueError(f"protocol {protocol!r} is not one of {PROTOCOLS}; resolve 'auto' with resolve_protocol")
         pos = pd.Series(np.arange(len(catalog)), index=catalog["item_id"].to_numpy())
@@ -139,6 +151,7 @@ class EvalSet:
             raise ValueError(f"{len(missing)} pair items are not in the catalogue, e.g. {sorted(missing)[:3]}")
         left = pos.loc[pairs["item_id"]].to_numpy()
         right = pos.loc[pairs["related_item_id"]].to_numpy()
+        trained = None if train_pairs is None else _rows_of(pos, train_pairs)
         if protocol == "hotelmatch":
             drawn, pool = np.unique(left), np.arange(len(catalog))
             keep = left != right  # the query item is never a candidate of its own query
@@ -154,6 +167,10 @@ class EvalSet:
                 "query item not drawn": int((~is_query).sum()),
                 "target is a query item": int((is_query & ~in_pool).sum()),
             }
+        if cfg.pool_without_train and trained is not None:
+            untrained_target = np.isin(right, trained) & keep
+            pool, keep = np.setdiff1d(pool, trained), keep & ~untrained_target
+            dropped["target in a training pair (pool without training items)"] = int(untrained_target.sum())
         if not keep.any():
             raise ValueError(
                 f"no test pair is left to evaluate under the {protocol} protocol ({len(pairs)} pairs, "
@@ -184,10 +201,15 @@ class EvalSet:
             queries=len(queries),
             query_items_drawn=len(drawn),
             pool_size=len(pool),
+            pool_without_train=bool(cfg.pool_without_train and trained is not None),
             ks_above_pool=[k for k in cfg.ks if k >= candidates],  # recall@K is 1 there: flagged in the summary
         )
         if subsets:
             out._add_short_subsets(catalog)
+            if trained is not None:
+                out.subsets["cold"] = ~np.isin(target, trained)
+                out.subsets["warm"] = ~out.subsets["cold"]
+                out.counts.update(warm=int(out.subsets["warm"].sum()), cold=int(out.subsets["cold"].sum()))
         return out
 
     def _add_short_subsets(self, catalog: pd.DataFrame) -> None:
@@ -201,9 +223,11 @@ class EvalSet:
 
     @property
     def description(self) -> str:
+        unseen = " and the training items" if self.counts.get("pool_without_train") else ""
         if self.protocol == "hotelmatch":
-            return f"catalogue minus the query item ({len(self.pool) - 1} candidates per query)"
-        return f"test items minus the {self.counts['query_items_drawn']} query items ({len(self.pool)} candidates)"
+            return f"catalogue minus the query item{unseen} ({len(self.pool) - 1} candidates per query)"
+        drawn = self.counts["query_items_drawn"]
+        return f"test items minus the {drawn} query items{unseen} ({len(self.pool)} candidates)"
 
     # ------------------------------------------------------------------------ ranking
     def ranks(self, scorer: Scorer) -> np.ndarray:

@@ -1,5 +1,7 @@
 """Promotion gate: the challenger goes live only if it beats the champion on the same test pairs
-by more than a margin, significantly (paired bootstrap), and no guard metric regresses.
+by more than a margin, significantly (paired bootstrap), no guard metric regresses, and (by
+default, a first run too) its primary metric is not below the strongest baseline's by more than
+`gate.baseline_tolerance`: a model that loses to the popularity list is not worth serving.
 
 Both models are scored on the same pairs, so the comparison is paired: every bootstrap round
 draws one set of resampled units and applies it to both arms, which cancels the per-pair
@@ -160,6 +162,42 @@ def _latency_guard(latency_ms: Mapping[str, float] | None, max_ratio: float) -> 
     }
 
 
+def baseline_check(
+    primary_metric: str,
+    challenger: Mapping[str, np.ndarray],
+    baselines: Mapping[str, Mapping[str, np.ndarray]] | None,
+    cfg: GateConfig = GateConfig(),
+    groups: np.ndarray | None = None,
+) -> dict:
+    """The challenger against the strongest baseline on the primary metric (highest mean on the same pairs):
+    ok unless its mean is below the baseline's by more than cfg.baseline_tolerance; the paired-bootstrap
+    interval of the difference is evidence only. status: ok, failed, off (beat_baselines false) or none."""
+    out = {"metric": primary_metric, "tolerance": cfg.baseline_tolerance, "ok": None}
+    means = {name: _mean(v[primary_metric]) for name, v in (baselines or {}).items() if primary_metric in v}
+    means = {name: m for name, m in means.items() if m is not None}
+    if not cfg.beat_baselines or not means:
+        return out | {"status": "off" if not cfg.beat_baselines else "no baseline scored"}
+    best = max(means, key=lambda name: (means[name], name))
+    out |= {"baseline": best, "baselines": means, "baseline_value": means[best]}
+    stats = paired_bootstrap(
+        challenger[primary_metric], baselines[best][primary_metric], cfg.n_boot, cfg.seed, 0.0, 0.95, groups
+    )
+    ok = stats["diff"] >= -cfg.baseline_tolerance
+    return out | {"challenger": stats["challenger"], "diff": stats["diff"], "ci": stats["ci"], "ok": bool(ok),
+                  "status": "ok" if ok else "failed"}  # fmt: skip
+
+
+def _baseline_problem(check: dict) -> str | None:
+    if check.get("ok") is not False:
+        return None
+    lo, hi = check["ci"]
+    return (
+        f"loses to the {check['baseline']} baseline on {check['metric']}: {check['challenger']:.4f} vs "
+        f"{check['baseline_value']:.4f} (diff {check['diff']:+.4f}, 95% CI [{lo:+.4f}, {hi:+.4f}]), "
+        f"beyond the tolerance {check['tolerance']} (gate.baseline_tolerance; gate.beat_baselines: false turns it off)"
+    )
+
+
 def decide(
     primary_metric: str,
     challenger: Mapping[str, np.ndarray],
@@ -168,13 +206,16 @@ def decide(
     cfg: GateConfig = GateConfig(),
     latency_ms: Mapping[str, float] | None = None,
     groups: np.ndarray | None = None,
+    baselines: Mapping[str, Mapping[str, np.ndarray]] | None = None,
 ) -> GateDecision:
     """Challenger vs champion from per-pair metric values on the same test pairs ({metric: array},
     NaN outside a subset metric's subset); `latency_ms` is {"model": ms, "champion": ms} for one
     query; `groups` optionally labels each pair with its query item (see `paired_bootstrap`).
 
     The first run (no champion) is promoted. Otherwise promote only if the primary metric improves
-    by more than cfg.min_improvement with p < cfg.alpha, and no guard fails.
+    by more than cfg.min_improvement with p < cfg.alpha, and no guard fails. Either way, with
+    cfg.beat_baselines, a challenger below the strongest of `baselines` ({name: {metric: array}}) on
+    the primary metric by more than cfg.baseline_tolerance is rejected.
     """
     available = sorted(challenger)
     if primary_metric not in challenger:
@@ -185,10 +226,14 @@ def decide(
     if unknown:
         raise ValueError(f"gate.guards: unknown metric(s) {unknown}; available: {available}")
     new = _mean(challenger[primary_metric])
+    versus = baseline_check(primary_metric, challenger, baselines, cfg, groups)
     if champion is None:
-        return GateDecision(
-            "promote", "no live model yet: the first run is promoted", primary_metric, new, None, None, {}
+        lost = _baseline_problem(versus)
+        reason = (
+            f"no live model yet, but the challenger {lost}" if lost else "no live model yet: the first run is promoted"
         )
+        evidence = {"baselines": versus} if versus.get("baseline") else {}
+        return GateDecision("reject" if lost else "promote", reason, primary_metric, new, None, None, evidence)
     missing = sorted({primary_metric, *guards} - set(champion) - empty)
     if missing:
         raise ValueError(f"the champion has no per-pair values for {missing}; evaluate both on the same pairs")
@@ -227,6 +272,8 @@ def decide(
             problems.append(f"guard {LATENCY}: {g['delta']:.2f}x the champion's > {g['tolerance']}x")
         elif g["ok"] is False:
             problems.append(f"guard {g['metric']} dropped {-g['delta']:.4f} > tolerance {g['tolerance']}")
+    if _baseline_problem(versus):
+        problems.append(_baseline_problem(versus))
     verdict = "reject" if problems else "promote"
     reason = f"{summary}; " + ("; ".join(problems) if problems else "significant improvement, guards hold")
     return GateDecision(
@@ -236,7 +283,7 @@ def decide(
         stats["challenger"],
         stats["champion"],
         champion_collection,
-        {"primary": stats, "guards": checks},
+        {"primary": stats, "guards": checks, "baselines": versus},
     )
 
 
@@ -254,6 +301,15 @@ def markdown(gate: Mapping) -> list[str]:
             f"{primary['confidence']:.0%} CI [{lo:+.4f}, {hi:+.4f}], {_p(primary)} "
             f"(margin {primary['margin']}, alpha {primary['alpha']}; paired bootstrap, {primary['n_boot']} rounds "
             f"over {primary['n_units']} {plural(primary['unit'])}, {primary['n_pairs']} pairs)",
+        ]
+    versus = evidence.get("baselines") or {}
+    if versus.get("baseline"):
+        lo, hi = versus["ci"]
+        lines += [
+            "",
+            f"- against the strongest baseline ({versus['baseline']}): {versus['metric']} {versus['challenger']:.4f} "
+            f"vs {versus['baseline_value']:.4f}, diff {versus['diff']:+.4f}, 95% CI [{lo:+.4f}, {hi:+.4f}], "
+            f"tolerance {versus['tolerance']}: {versus['status']}",
         ]
     if evidence.get("guards"):
         lines += ["", "| guard | challenger | champion | delta | tolerance | status |", "|---|---|---|---|---|---|"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tandem.evaluation.compare import comparison
 from tandem.evaluation.gate import markdown as gate_markdown
 from tandem.pipeline.report_html import write_html
 
@@ -58,6 +59,39 @@ def _evaluation(report: dict, run_dir: Path) -> dict:
     return saved | report.get("eval", {}) | {k: report[k] for k in ("ci", "latency_ms") if k in report}
 
 
+def versus_section(report: dict, run_dir: Path) -> list[str]:
+    """The first table: the model beside the champion and every baseline, all / warm / cold pairs, with
+    intervals; a baseline the data cannot support reads n/a with its reason."""
+    ev, metrics = _evaluation(report, run_dir), report["metrics"]
+    primary = ev.get("primary_metric") or report["gate"].get("primary_metric", "")
+    table = comparison(metrics, ev.get("ci", {}), primary, ev.get("unavailable"))
+    counts = ev.get("counts", {})
+    lines = [
+        "## Model vs baselines",
+        "",
+        f"Same test pairs and pool for every row; warm = the target item is in a training pair "
+        f"({counts.get('warm', '-')} pairs), cold = it is in none ({counts.get('cold', '-')} pairs). "
+        f"Mean [95 % bootstrap interval]. Strongest baseline on `{primary}`: {table.strongest or '-'}.",
+        "",
+        "| model | " + " | ".join(table.header) + " |",
+        "|---" * (len(table.columns) + 1) + "|",
+    ]
+    notes = []
+    for name, cells in table.rows:
+        if isinstance(cells, str):
+            lines.append(f"| {name} | " + " | ".join("n/a" for _ in table.columns) + " |")
+            notes.append(f"- {name}: {cells}")
+        else:
+            lines.append(f"| {name} | " + " | ".join(_cell(m, c) for m, c in cells) + " |")
+    versus = (report["gate"].get("evidence") or {}).get("baselines") or {}
+    if versus.get("status") in ("ok", "failed"):
+        notes.append(
+            f"- gate: the model against {versus['baseline']} on `{versus['metric']}`: diff {versus['diff']:+.4f} "
+            f"(tolerance {versus['tolerance']}): **{versus['status']}**"
+        )
+    return lines + ([""] + notes if notes else [])
+
+
 def metrics_section(report: dict, run_dir: Path, plot: Path) -> list[str]:
     """Markdown lines: the protocol and pool, the metric tables with intervals, query latency."""
     ev, metrics = _evaluation(report, run_dir), report["metrics"]
@@ -79,8 +113,10 @@ def metrics_section(report: dict, run_dir: Path, plot: Path) -> list[str]:
             lines += [f"**Note:** K = {counts['ks_above_pool']} is not below the pool size: recall there is 1.", ""]
     lines += [_table(metrics, ci, main), ""]
     if subsets:
-        sizes = ", ".join(f"{s} {counts[s]} pairs" for s in ("short_query", "short_target") if s in counts)
-        title = f"Short-text subsets ({sizes}; {counts.get('short_means', '')}):"
+        sizes = ", ".join(
+            f"{s} {counts[s]} pairs" for s in ("short_query", "short_target", "warm", "cold") if s in counts
+        )
+        title = f"Subsets ({sizes}; short = {counts.get('short_means', '')}; cold = target in no training pair):"
         lines += [title, "", _table(metrics, ci, subsets), ""]
     if ev.get("latency_ms"):
         latency = ", ".join(f"{name} {ms:.1f} ms" for name, ms in ev["latency_ms"].items())
@@ -99,13 +135,16 @@ def write_report(report: dict, run_dir: Path) -> dict[str, Path]:
         "",
         f"Logs `{report['inputs']['logs']}`, catalogue `{report['inputs']['catalog']}`.",
         "",
+        *versus_section(report, run_dir),
+        "",
         "## Data",
         f"- logs: {logs['rows_in']} rows in = {logs['rows_kept']} kept + {logs['rows_quarantined']} quarantined",
         f"- catalogue: {cat['rows_in']} rows in = {cat['rows_kept']} kept + {cat['rows_quarantined']} quarantined; "
         f"{cat['images_dropped']} unreadable images dropped",
         f"- quarantine: `{data['quarantine_dir']}`",
         f"- pairs: {pairs['train']} train, {pairs['valid']} valid, {pairs['test']} test "
-        f"(test window from {pairs['cutoff']})",
+        f"(test window from {pairs['cutoff']}; test pairs dropped as already trained: "
+        f"{pairs.get('test_dropped_seen', '-')} the same pair, {pairs.get('test_dropped_reverse', '-')} its reverse)",
         f"- validation: {'passed' if valid['success'] else 'FAILED'}; Data Docs `{valid['data_docs']}`",
         "",
         *metrics_section(report, run_dir, plot),

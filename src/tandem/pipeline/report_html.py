@@ -15,6 +15,7 @@ import math
 import os
 from pathlib import Path
 
+from tandem.evaluation.compare import comparison
 from tandem.evaluation.gate import plural
 
 STYLE = """
@@ -94,6 +95,38 @@ def docs_link(docs: str, run_dir: Path) -> str:
     return Path(os.path.relpath(path, run_dir)).as_posix()
 
 
+def versus_section(report: dict, evaluation: dict) -> list[str]:
+    """The page's first table: the model beside the champion and every baseline on all / warm / cold pairs."""
+    primary = evaluation.get("primary_metric") or report["gate"].get("primary_metric", "")
+    cmp = comparison(report["metrics"], evaluation.get("ci", {}), primary, evaluation.get("unavailable"))
+    counts = evaluation.get("counts", {})
+    classes = [""] + ["primary" if metric == primary else "" for metric, _ in cmp.columns]
+    rows = []
+    for name, cells in cmp.rows:
+        label = esc(name) + (' <span class="muted">(strongest baseline)</span>' if name == cmp.strongest else "")
+        if isinstance(cells, str):
+            rows.append([label] + [f'<span class="muted" title="{esc(cells)}">n/a</span>'] * len(cmp.columns))
+        else:
+            rows.append([label] + [metric_cell(m, c) for m, c in cells])
+    out = [
+        "<h2>Model vs baselines</h2>",
+        f"<p>Same test pairs and pool for every row; warm = the target item is in a training pair "
+        f"({esc(counts.get('warm', '-'))} pairs), cold = in none ({esc(counts.get('cold', '-'))} pairs). "
+        "Mean with its 95 % bootstrap interval.</p>",
+        table(["model"] + [esc(h) for h in cmp.header], rows, classes, table_id="versus"),
+    ]
+    notes = [f"<li>{esc(name)}: {esc(cells)}</li>" for name, cells in cmp.rows if isinstance(cells, str)]
+    versus = (report["gate"].get("evidence") or {}).get("baselines") or {}
+    if versus.get("status") in ("ok", "failed"):
+        css = "ok" if versus["ok"] else "fail"
+        notes.append(
+            f"<li>Gate: the model against {esc(versus['baseline'])} on <code>{esc(versus['metric'])}</code>: "
+            f"diff {versus['diff']:+.4f} (tolerance {esc(versus['tolerance'])}): "
+            f'<strong class="{css}">{esc(versus["status"])}</strong></li>'
+        )
+    return out + ([f"<ul>{''.join(notes)}</ul>"] if notes else [])
+
+
 def data_section(report: dict, run_dir: Path) -> list[str]:
     data, pairs, valid = report["data"], report["pairs"], report["validation"]
     logs, cat = data["logs"], data["catalog"]
@@ -106,13 +139,25 @@ def data_section(report: dict, run_dir: Path) -> list[str]:
         f'{esc(name)} <span class="{"ok" if ok else "fail"}">{"passed" if ok else "FAILED"}</span>'
         for name, ok in (valid.get("suites") or {}).items()
     )
-    pair_rows = [[esc(pairs.get(s, "-")) for s in ("train", "valid", "test")] + [esc(pairs.get("cutoff", "-"))]]
+    keys = ("train", "valid", "test", "test_dropped_seen", "test_dropped_reverse", "cutoff")
+    pair_rows = [[esc(pairs.get(k, "-")) for k in keys]]
     return [
         "<h2>Data</h2>",
         "<p>Every row in is either kept or quarantined (with its reason) in "
         f"<code>{esc(data['quarantine_dir'])}</code>.</p>",
         table(["source", "rows in", "kept", "quarantined", "unreadable images dropped"], rows, table_id="data"),
-        table(["train pairs", "valid pairs", "test pairs", "test window from"], pair_rows, table_id="pairs"),
+        table(
+            [
+                "train pairs",
+                "valid pairs",
+                "test pairs",
+                "test dropped: trained",
+                "test dropped: reverse trained",
+                "test window from",
+            ],
+            pair_rows,
+            table_id="pairs",
+        ),  # fmt: skip
         f'<p>Validation: <strong class="{"ok" if valid["success"] else "fail"}">'
         f"{'passed' if valid['success'] else 'FAILED'}</strong> ({suites}). "
         + (f'<a href="{esc(link)}">Great Expectations Data Docs</a>' if link else "no Data Docs")
@@ -148,7 +193,9 @@ def metrics_section(report: dict, evaluation: dict, plot: Path | None) -> list[s
     for subset in dict.fromkeys(c.split("/")[0] for c in subsets):  # one table per subset, columns as above
         columns = [c for c in subsets if c.startswith(subset + "/")]
         size = f"{counts[subset]} pairs; " if subset in counts else ""
-        out.append(f"<p>Subset <code>{esc(subset)}</code> ({esc(size)}{esc(counts.get('short_means', ''))}):</p>")
+        means = {"warm": "target in a training pair", "cold": "target in no training pair"}
+        meaning = means.get(subset, counts.get("short_means", ""))
+        out.append(f"<p>Subset <code>{esc(subset)}</code> ({esc(size)}{esc(meaning)}):</p>")
         renamed = {n: {c.split("/", 1)[1]: v.get(c) for c in columns} for n, v in metrics.items()}
         ci_renamed = {n: {c.split("/", 1)[1]: v.get(c) for c in columns} for n, v in ci.items()}
         short = [c.split("/", 1)[1] for c in columns]
@@ -282,6 +329,7 @@ def render(report: dict, run_dir: Path, evaluation: dict, plot: Path | None) -> 
         f"<h1>tandem run {esc(report['run_id'])}</h1>",
         f'<p class="muted">Written {esc(report.get("created_at", ""))}. '
         f"Catalogue <code>{esc(inputs.get('catalog', ''))}</code>. Logs:</p>{logs_html}",
+        *versus_section(report, evaluation),
         *data_section(report, run_dir),
         *metrics_section(report, evaluation, plot),
         *gate_section(report["gate"]),

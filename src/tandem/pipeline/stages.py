@@ -277,25 +277,20 @@ def evaluate(run: RunPaths, cfg: RunConfig, progress: bool = True) -> dict:
     from tandem.models import load_model
 
     ecfg = cfg.eval
-    catalog, test = items(run), pairs(run, "test")
+    catalog, test, train = items(run), pairs(run, "test"), pairs(run, "train")
     model = load_model(run / "model")
-    ev = EvalSet.from_pairs(test, catalog, ecfg, resolve_protocol(ecfg.protocol, model.symmetric))
+    ev = EvalSet.from_pairs(test, catalog, ecfg, resolve_protocol(ecfg.protocol, model.symmetric), train_pairs=train)
     if ecfg.primary_metric not in ev.metric_names():
         raise ValueError(
             f"eval.primary_metric {ecfg.primary_metric!r} is not measured here; choose one of {ev.metric_names()}"
         )
     per_pair = {"model": ev.score_encoder(model, catalog, np.load(run / "vectors" / "items.npy"), progress)}
     latency = {"model": query_latency_ms(model, ev, catalog, ecfg.latency_queries)}
-    pop = baselines.popularity_scores(catalog["item_id"], pd.read_parquet(run / "pairs" / "popularity.parquet"))
-    if "untrained" in ecfg.baselines:
-        per_pair["untrained"] = ev.score_encoder(_new_model(cfg, catalog), catalog, progress=progress)
-    if "popularity" in ecfg.baselines:
-        per_pair["popularity"] = ev.evaluate(baselines.static_scorer(ev, pop))
-    if "bm25" in ecfg.baselines:
-        per_pair["bm25"] = ev.evaluate(baselines.bm25_scorer(ev, catalog))
-    if "cooccurrence" in ecfg.baselines:
-        scorer = baselines.cooccurrence_scorer(ev, catalog["item_id"], pairs(run, "train"), pop)
-        per_pair["cooccurrence"] = ev.evaluate(scorer)
+    pop = pd.read_parquet(run / "pairs" / "popularity.parquet")
+    scored, unavailable = baselines.score_baselines(
+        ev, ecfg.baselines, catalog, train, pop, lambda: _new_model(cfg, catalog), progress
+    )  # a baseline the data cannot support (BM25 without text) is n/a with its reason
+    per_pair |= scored
     with ItemIndex(cfg.index, run.workdir) as idx:
         live = idx.live()
     champion = live if live and live != run.collection else None
@@ -323,6 +318,7 @@ def evaluate(run: RunPaths, cfg: RunConfig, progress: bool = True) -> dict:
             "test_pairs": ev.counts["pairs_evaluated"],
             "query_items": ev.counts["queries"],
             "per_pair": str(per_pair_path),
+            "unavailable": unavailable,
         },
     )
 
@@ -360,6 +356,7 @@ def gate(run: RunPaths, cfg: RunConfig) -> dict:
         cfg.gate,
         ev.get("latency_ms"),
         groups=queries if queries is not None and len(queries) == n else None,
+        baselines={name: v for name, v in values.items() if name not in ("model", "champion")},
     )
     return run.save("gate", decision.to_dict())
 
