@@ -100,7 +100,7 @@ def test_daily_dag_runs_the_loop_end_to_end(airflow_runs):
     expected = {
         "ingest",
         "load",
-        "pairs",
+        "mine",
         "validate",
         "features",
         "train",
@@ -158,7 +158,7 @@ def test_failing_validation_fails_the_validate_task_and_names_the_data_docs(airf
     assert bad, airflow_runs["output"][-6000:]
     tasks = bad["tasks"]
     assert bad["state"].endswith("failed")
-    assert all(tasks[t].endswith("success") for t in ("ingest", "load", "pairs"))
+    assert all(tasks[t].endswith("success") for t in ("ingest", "load", "mine"))
     assert tasks["validate"].endswith("failed")
     assert all(tasks[t].endswith("upstream_failed") for t in ("features", "train", "promote"))
     assert "Data validation failed" in airflow_runs["output"] and "index.html" in airflow_runs["output"]

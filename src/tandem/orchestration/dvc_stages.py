@@ -1,12 +1,13 @@
-"""Thin entry points for `dvc.yaml`: one command per pipeline stage over a fixed run folder.
+"""The per-stage command line, made from `tandem.pipeline.registry`: one command per stage over one run
+folder (what `dvc.yaml`'s stages run), one per declared group of stages.
 
     python -m tandem.orchestration.dvc_stages data --out data/completejourney --max-items 1000
         # raw data, then `dvc add data`
     python -m tandem.orchestration.dvc_stages load --logs L --catalog C
         [--params params.yaml] [--workdir work/dvc] [--run-id dvc]
-    python -m tandem.orchestration.dvc_stages pairs|validate|features|train|embed ...
+    python -m tandem.orchestration.dvc_stages mine|validate|features|train|embed|index|evaluate|gate|promote ...
     python -m tandem.orchestration.dvc_stages publish --metrics metrics.json --recall recall.json
-        # index, evaluate, gate, promote
+        # the group index, evaluate, gate, promote (registry.GROUPS), on the released model
 
 `params.yaml` holds a RunConfig (the same keys as training/*.yaml), so `tandem run --config params.yaml`
 accepts it too; `--feature-store` names the feature_store.yaml of the Feast store (tandem.data.features).
@@ -35,14 +36,13 @@ from pathlib import Path
 
 from tandem.core import layout
 from tandem.core.setup import setup_process
-from tandem.pipeline import stages
-from tandem.pipeline.registry import run_stage
+from tandem.pipeline import registry, stages
 from tandem.release.index import ItemIndex, collection_name
 
-STAGES = ("load", "pairs", "validate", "features", "train", "embed", "publish")
+COMMANDS = (*registry.STAGES, *registry.GROUPS)  # the per-stage commands, in the loop's order
 
 
-def _parser() -> argparse.ArgumentParser:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m tandem.orchestration.dvc_stages", description=__doc__.split("\n")[0]
     )
@@ -50,12 +50,15 @@ def _parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="write the Complete Journey data in the contract (logs/catalog.parquet)")
     data.add_argument("--out", type=Path, default=Path("data/completejourney"))
     data.add_argument("--max-items", type=int, default=1000, help="products kept, most households first (0 = all)")
-    for name in STAGES:
-        stage = sub.add_parser(name)
+    for name in COMMANDS:
+        group = registry.GROUPS.get(name)
+        stage = sub.add_parser(name, help=f"the stages {', '.join(group)} as one" if group else f"the {name} stage")
         stage.add_argument("--params", type=Path, default=Path("params.yaml"), help="RunConfig YAML")
         stage.add_argument("--workdir", type=Path, default=Path("work/dvc"))
         stage.add_argument("--run-id", default="dvc")
-        stage.add_argument("--feature-store", type=Path, help="feature_store.yaml (default: the repo's features/)")
+        stage.add_argument(
+            "--feature-store", type=Path, help="feature_store.yaml (default: features/ here, else the package's)"
+        )
         if name == "load":
             stage.add_argument("--logs", type=Path, required=True)
             stage.add_argument("--catalog", type=Path, required=True)
@@ -143,13 +146,13 @@ def _publish(run: stages.RunPaths, cfg, metrics_path: Path, recall_path: Path) -
     published = release(run)
     with ItemIndex(cfg.index, run.workdir) as idx:
         live_before = idx.live()
-    stages.index(published, cfg)
-    evaluated = stages.evaluate(published, cfg, progress=False)
-    decision = stages.gate(published, cfg)
-    if live_before == published.collection:  # e.g. only gate params changed: the same model, already the champion
-        reason = f"this model is already live ({live_before}): republished, nothing to gate"
-        decision = published.save("gate", decision | {"reason": reason})
-    promoted = stages.promote(published, cfg)
+    done = {}
+    for name in registry.GROUPS["publish"]:  # index, evaluate, gate, promote
+        done[name] = registry.run_stage(name, published, cfg, progress=False)
+        if name == "gate" and live_before == published.collection:  # e.g. only gate params changed: the same
+            reason = f"this model is already live ({live_before}): republished, nothing to gate"  # model, live
+            done[name] = published.save("gate", done[name] | {"reason": reason})
+    evaluated, decision, promoted = done["evaluate"], done["gate"], done["promote"]
     pruned = _prune_releases(published, cfg)
     loop.write(published, cfg)  # report.json / .md / .html in the run folder, as `tandem run` and the DAG write them
     flat = {
@@ -167,7 +170,7 @@ def _publish(run: stages.RunPaths, cfg, metrics_path: Path, recall_path: Path) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = parser().parse_args(argv)
     setup_process()
     try:
         if args.stage == "data":
@@ -184,16 +187,11 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"--feature-store {args.feature_store} does not exist")
             os.environ[STORE_YAML_ENV] = str(args.feature_store.resolve())  # read by tandem.data.features.store
         run = stages.RunPaths.of(args.workdir, args.run_id)
-        if args.stage == "load":
-            summary = stages.load(run, args.logs, args.catalog, cfg)
-        elif args.stage == "pairs":
-            summary = stages.mine(run, cfg)
-        elif args.stage in ("train", "embed"):
-            summary = run_stage(args.stage, run, cfg, progress=False)
-        elif args.stage == "publish":
+        if args.stage == "publish":
             summary = _publish(run, cfg, args.metrics, args.recall)
         else:
-            summary = run_stage(args.stage, run, cfg)
+            inputs = {"logs_path": args.logs, "catalog_path": args.catalog} if args.stage == "load" else {}
+            summary = registry.run_stage(args.stage, run, cfg, progress=False, **inputs)
     except ValueError as e:  # bad data or config: a message, not a traceback
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,13 +1,14 @@
 """Kubeflow Pipelines v2 components for the tandem loop, and the pipeline that wires them.
 
-Every component is a lightweight Python component of a few lines: KFP copies its source into
-`components/pipeline.yaml` and runs it in the project image (see `components/Dockerfile`), where it calls
-`tandem.orchestration.kfp_steps.step`, which runs one stage of `tandem.pipeline.stages`. Stage outputs travel as
-artifacts (Dataset, Model, Metrics); the shared state (Milvus and the champions' models)
-lives in the `workdir` volume. `tandem.orchestration.kubeflow` imports this module; `tandem kfp compile`
-writes `components/pipeline.yaml`.
+Every component is a lightweight Python component of a few lines, named after the stage of
+`tandem.pipeline.registry` it runs: KFP copies its source into the compiled YAML (`tandem kfp compile`)
+and runs it in the project image (see `components/Dockerfile`), where it calls
+`tandem.orchestration.kfp_steps.step`. Stage outputs travel as artifacts (Dataset, Model, Metrics; what
+each holds: `kfp_steps.ARTIFACTS`); the shared state (Milvus and the champions' models) lives in the
+`workdir` volume. `tandem.orchestration.kubeflow` imports this module.
 
-    load -> mine -> validate -> train (GPU) -> embed (GPU) -> index -> evaluate -> gate -> [promote] -> report
+    load -> mine -> validate -> features -> train (GPU) -> embed (GPU) -> index -> evaluate -> gate
+         -> [promote] -> report
 
 The report task writes report.json / .md / .html into the run folder, as `tandem run` does, and hands
 report.html out as an HTML artifact, which the Kubeflow UI shows (the run's Visualizations).
@@ -25,15 +26,7 @@ def load(logs: str, catalog: str, config: str, run_id: str, data: Output[Dataset
     from tandem.pipeline.run import new_run_id
 
     run_id = run_id or new_run_id()
-    summary = step(
-        "load",
-        config,
-        run_id,
-        [],
-        {data.path: ["data", "quarantine", "load.json"]},
-        logs_path=logs,
-        catalog_path=catalog,
-    )
+    summary = step("load", config, run_id, outputs={"data": data}, logs_path=logs, catalog_path=catalog)
     data.metadata.update({"run_id": run_id, "logs": summary["logs"], "catalog": summary["catalog"]})
     return run_id
 
@@ -42,7 +35,7 @@ def mine(config: str, run_id: str, data: Input[Dataset], pairs: Output[Dataset])
     """Co-occurrence pairs with their time split, and the training window's popularity."""
     from tandem.orchestration.kfp_steps import step
 
-    summary = step("mine", config, run_id, [data.path], {pairs.path: ["pairs", "pairs.json"]})
+    summary = step("mine", config, run_id, inputs=[data], outputs={"pairs": pairs})
     pairs.metadata.update({k: v for k, v in summary.items() if isinstance(v, int)})
 
 
@@ -50,7 +43,7 @@ def validate(config: str, run_id: str, data: Input[Dataset], pairs: Input[Datase
     """Great Expectations suites; a failing suite fails the task (and the run) before training."""
     from tandem.orchestration.kfp_steps import step
 
-    summary = step("validate", config, run_id, [data.path, pairs.path], {docs.path: ["validation", "validate.json"]})
+    summary = step("validate", config, run_id, inputs=[data, pairs], outputs={"docs": docs})
     docs.metadata.update(summary["suites"])
 
 
@@ -60,9 +53,7 @@ def features(
     """Item and user features into the workdir's Feast store; later steps read items through it."""
     from tandem.orchestration.kfp_steps import step
 
-    summary = step(
-        "features", config, run_id, [data.path, pairs.path], {features.path: ["features.json"]}, workdir=workdir
-    )
+    summary = step("features", config, run_id, workdir, [data, pairs], {"features": features})
     features.metadata.update({k: summary[k] for k in ("as_of", "items", "users")})
 
 
@@ -79,15 +70,7 @@ def train(
     """Train the recipe's seed model, HotelMatch-LLM or NoteLLM-2 (on the GPU when the pod has one)."""
     from tandem.orchestration.kfp_steps import numbers, step
 
-    summary = step(
-        "train",
-        config,
-        run_id,
-        [data.path, pairs.path, features.path],
-        {model.path: ["model", "train.json"]},
-        workdir=workdir,
-        progress=False,
-    )
+    summary = step("train", config, run_id, workdir, [data, pairs, features], {"model": model})
     model.metadata["framework"] = f"tandem.models.{summary['family']}"
     for name, value in numbers(summary).items():
         metrics.log_metric(name, value)
@@ -105,16 +88,7 @@ def embed(
     """Embed every catalogue item with the trained model."""
     from tandem.orchestration.kfp_steps import step
 
-    summary = step(
-        "embed",
-        config,
-        run_id,
-        [data.path, features.path, model.path],
-        {vectors.path: ["vectors", "embed.json"]},
-        workdir=workdir,
-        progress=False,
-    )
-    vectors.metadata.update(summary)
+    vectors.metadata.update(step("embed", config, run_id, workdir, [data, features, model], {"vectors": vectors}))
 
 
 def index(
@@ -123,7 +97,7 @@ def index(
     """Upsert the vectors into the run's Milvus collection; returns its name."""
     from tandem.orchestration.kfp_steps import step
 
-    return step("index", config, run_id, [data.path, features.path, vectors.path], workdir=workdir)["collection"]
+    return step("index", config, run_id, workdir, [data, features, vectors])["collection"]
 
 
 def evaluate(
@@ -141,15 +115,7 @@ def evaluate(
     """Recall@K / MRR of the model, the baselines and the live champion on the test pairs."""
     from tandem.orchestration.kfp_steps import numbers, step
 
-    summary = step(
-        "evaluate",
-        config,
-        run_id,
-        [data.path, pairs.path, features.path, model.path, vectors.path],
-        {report.path: ["evaluate.json", "evaluate"]},  # evaluate/: per-pair arrays for the gate
-        workdir=workdir,
-        progress=False,
-    )
+    summary = step("evaluate", config, run_id, workdir, [data, pairs, features, model, vectors], {"report": report})
     for name, value in numbers(summary["metrics"]).items():
         metrics.log_metric(name, value)
 
@@ -161,7 +127,7 @@ def gate(config: str, run_id: str, workdir: str, report: Input[Artifact]) -> str
     """
     from tandem.orchestration.kfp_steps import step
 
-    summary = step("gate", config, run_id, [report.path], workdir=workdir)
+    summary = step("gate", config, run_id, workdir, [report])
     print(f"gate: {summary['decision']} ({summary['reason']})")
     return summary["decision"]
 
@@ -170,7 +136,7 @@ def promote(config: str, run_id: str, workdir: str, decision: str) -> str:
     """Move the live alias to this run's collection; returns the live collection."""
     from tandem.orchestration.kfp_steps import step
 
-    summary = step("promote", config, run_id, workdir=workdir)
+    summary = step("promote", config, run_id, workdir)
     if summary["decision"] != decision:
         raise ValueError(f"gate.json says {summary['decision']!r}, the gate task said {decision!r}")
     return summary["live_collection"]
@@ -196,12 +162,13 @@ def report(config: str, run_id: str, workdir: str, decision: str, docs: Input[Ar
 
 
 # -------------------------------------------------------------------------------- pipeline
+STEPS = (load, mine, validate, features, train, embed, index, evaluate, gate, promote, report)  # the loop's order
+
+
 def components(image: str) -> dict:
-    """The components by name. The image has tandem and kfp installed, so KFP installs nothing."""
-    return {
-        f.__name__: dsl.component(f, base_image=image, install_kfp_package=False)
-        for f in (load, mine, validate, features, train, embed, index, evaluate, gate, promote, report)
-    }
+    """The components by name: the stages of `tandem.pipeline.registry` under their names, then the report
+    (registry.AFTER). The image has tandem and kfp installed, so KFP installs nothing."""
+    return {f.__name__: dsl.component(f, base_image=image, install_kfp_package=False) for f in STEPS}
 
 
 def build(image: str, mount_path: str, milvus_secret: str):

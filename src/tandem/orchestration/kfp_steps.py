@@ -1,6 +1,7 @@
-"""What a Kubeflow component runs inside the image: `step` runs one stage of `tandem.pipeline.stages`
-over a run folder, copying artifacts in and out (see `tandem.orchestration.kubeflow` for the layout of
-artifacts and shared state). The components in `tandem.orchestration.kfp_pipeline` call it."""
+"""What a Kubeflow component runs inside the image: `step` runs one stage of `tandem.pipeline.registry`
+over a run folder, copying artifacts in and out (`ARTIFACTS`: what each holds; see
+`tandem.orchestration.kubeflow` for the shared state). The components in `tandem.orchestration.kfp_pipeline`
+call it."""
 
 from __future__ import annotations
 
@@ -14,22 +15,35 @@ from tandem.core.config import config_from_dict
 from tandem.core.setup import setup_process, with_secrets
 from tandem.pipeline.registry import run_stage
 
+# What each artifact of the pipeline holds: names (files or folders) of the run folder. A component copies
+# its input artifacts into the run folder, runs its stage, then fills its output artifacts from it.
+ARTIFACTS: dict[str, tuple[str, ...]] = {
+    "data": ("data", "quarantine", "load.json"),
+    "pairs": ("pairs", "pairs.json"),
+    "docs": ("validation", "validate.json"),
+    "features": ("features.json",),
+    "model": ("model", "train.json"),
+    "vectors": ("vectors", "embed.json"),
+    "report": ("evaluate.json", "evaluate"),  # evaluate/: per-pair arrays for the gate
+}
+
 
 # -------------------------------------------------------------------- inside a component
 def step(
     stage: str,
     config: str,
     run_id: str,
-    inputs: Iterable[str] = (),
-    outputs: Mapping[str, Iterable[str]] | None = None,
     workdir: str = "",
+    inputs: Iterable = (),
+    outputs: Mapping[str, object] | None = None,
     **kwargs,
 ) -> dict:
-    """Run `tandem.pipeline.stages.<stage>` the way a component does; returns the stage's summary.
+    """Run the registry's stage `stage` the way a component does; returns the stage's summary.
 
-    `inputs`: artifact directories copied into the run folder. `outputs`: artifact directory ->
-    names (files or folders) in the run folder copied there after the stage (missing ones are
-    skipped). `workdir`: the shared workdir; empty = a private scratch folder, removed after.
+    `inputs`: input artifacts (anything with a `.path`: a directory) copied into the run folder.
+    `outputs`: artifact name (a key of ARTIFACTS) -> output artifact, filled after the stage with what
+    ARTIFACTS names (missing ones are skipped). `workdir`: the shared workdir; empty = a private scratch
+    folder, removed after. `progress` is off (a component logs, it has no terminal).
     """
 
     from tandem.pipeline import stages
@@ -44,16 +58,17 @@ def step(
         run = stages.RunPaths.of(workdir or scratch, run_id)
         run.dir.mkdir(parents=True, exist_ok=True)
         for artifact in inputs:
-            shutil.copytree(artifact, run.dir, dirs_exist_ok=True)
-        summary = run_stage(stage, run, cfg, **kwargs)
-        for artifact, names in (outputs or {}).items():
-            Path(artifact).mkdir(parents=True, exist_ok=True)
-            for name in names:
-                source, target = run / name, Path(artifact) / name
+            shutil.copytree(artifact.path, run.dir, dirs_exist_ok=True)
+        summary = run_stage(stage, run, cfg, progress=False, **kwargs)
+        for name, artifact in (outputs or {}).items():
+            target = Path(artifact.path)
+            target.mkdir(parents=True, exist_ok=True)
+            for item in ARTIFACTS[name]:
+                source = run / item
                 if source.is_dir():
-                    shutil.copytree(source, target, dirs_exist_ok=True)
+                    shutil.copytree(source, target / item, dirs_exist_ok=True)
                 elif source.is_file():
-                    shutil.copy2(source, target)
+                    shutil.copy2(source, target / item)
         return summary
     finally:
         if scratch:

@@ -3,19 +3,19 @@
 The components and the pipeline are defined in `tandem.orchestration.kfp_pipeline`, the prompt
 generator's pipeline (`tandem-promptgen`: teacher -> train_promptgen, both GPU tasks) in
 `tandem.orchestration.kfp_promptgen` (`pipeline="promptgen"`); both import kfp, so this module
-imports them on first use and stays cheap to import. The compiled YAML is committed in the
-checkout's `components/` (or `$TANDEM_COMPONENTS_DIR`).
+imports them on first use and stays cheap to import. The compiled YAML goes to `components/` of the
+current folder (or `$TANDEM_COMPONENTS_DIR`); a checkout commits it there.
 
-Each component calls `tandem.orchestration.kfp_steps.step`, which runs one stage of `tandem.pipeline.stages`
+Each component calls `tandem.orchestration.kfp_steps.step`, which runs one stage of `tandem.pipeline.registry`
 over a run folder:
 
 - input artifacts are directories that mirror part of the run folder (the Dataset `data` holds
   `data/`, `quarantine/` and `load.json`, the Model holds `model/` and `train.json`, ...); they
   are copied into the run folder, the stage runs, and the files it wrote are copied into the
   output artifacts the same way.
-- pure steps (pairs, validate, train, embed) use a private scratch run folder: they need
-  nothing but their artifacts (and the catalogue's image files).
-- steps on shared state (index, evaluate, gate, promote) use `WORKDIR/runs/<run_id>/` in the
+- load, mine and validate use a private scratch run folder: they need nothing but their
+  artifacts (and the catalogue's image files).
+- from features on, steps use shared state (the Feast store, Milvus) in `WORKDIR/runs/<run_id>/` of the
   shared workdir (a ReadWriteMany volume in a cluster): the Milvus Lite file (or a Milvus
   server by URI) with its `live` alias, and the models of earlier runs, which `evaluate` needs
   to score the champion. So the shared workdir gets the same layout as `tandem run` gives.
@@ -51,10 +51,9 @@ PROMPTGEN_OPTIONS = (  # the promptgen pipeline's parameters besides its source,
 
 # ------------------------------------------------------------------------- the definitions
 def components_dir() -> Path:
-    """`$TANDEM_COMPONENTS_DIR`, else `components/` of the checkout this module is in: where the
-    compiled pipeline YAML is committed."""
-    env = os.environ.get("TANDEM_COMPONENTS_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[3] / "components"
+    """`$TANDEM_COMPONENTS_DIR`, else `components/` of the current folder (a checkout's root, or a folder that
+    `tandem init` wrote): where the compiled pipeline YAML is written and read."""
+    return Path(os.environ.get("TANDEM_COMPONENTS_DIR") or "components")
 
 
 def _pipeline_files(pipeline: str) -> tuple[str, str]:
@@ -118,35 +117,32 @@ def arguments(
     }
 
 
-def run_local(
-    logs: str | Path,
-    catalog: str | Path,
-    workdir: str | Path,
-    cfg: RunConfig = RunConfig(),
-    run_id: str | None = None,
-) -> dict:
-    """Run the whole pipeline with kfp.local, each component a subprocess of this interpreter.
+def run_local(*args, **kwargs) -> dict:
+    """`tandem.pipeline.run.run` (logs, catalog, workdir, cfg, run_id) with the whole pipeline on kfp.local,
+    each component a subprocess of this interpreter.
 
     Returns the run folder's summaries (`WORKDIR/runs/<run_id>/`), plus `run_id` and
     `pipeline_root` (where kfp.local keeps the artifacts: `WORKDIR/kfp/`).
     """
+    from tandem.pipeline.run import run
+
+    return run(*args, runner=_on_kfp_local, **kwargs)
+
+
+def _on_kfp_local(run, logs: str | Path, catalog: str | Path, cfg: RunConfig, progress: bool = False) -> dict:
+    """A `tandem.pipeline.run.Runner`: the pipeline on kfp.local into the run folder `run`."""
     import kfp.local
 
-    from tandem.pipeline.run import new_run_id
-
-    workdir = Path(workdir).resolve()
-    run_id = run_id or new_run_id()
-    root = layout.kfp_root(workdir)
+    root = layout.kfp_root(run.workdir)
     root.mkdir(parents=True, exist_ok=True)
     kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
     # the tokens come from the environment in every component, as in the cluster
     cfg = without_secrets(cfg)
     with warnings.catch_warnings():  # this interpreter stands in for the image, on purpose
         warnings.filterwarnings("ignore", "You may be attemping to run a task that uses custom")
-        build_pipeline()(**arguments(logs, catalog, workdir, cfg, run_id))
-    run_dir = layout.run_dir(workdir, run_id)
-    summaries = {p.stem: json.loads(p.read_text()) for p in sorted(run_dir.glob("*.json"))}
-    return {"run_id": run_id, "run_dir": str(run_dir), "pipeline_root": str(root), **summaries}
+        build_pipeline()(**arguments(logs, catalog, run.workdir, cfg, run.run_id))
+    summaries = {p.stem: json.loads(p.read_text()) for p in sorted(run.dir.glob("*.json"))}
+    return {"run_id": run.run_id, "run_dir": str(run.dir), "pipeline_root": str(root), **summaries}
 
 
 def promptgen_arguments(

@@ -1,4 +1,4 @@
-"""One pass through the loop, stage after stage (see `tandem.pipeline.stages`), and its report.
+"""One pass through the loop, stage after stage (`tandem.pipeline.registry`), and its report.
 
 Everything a run produces lands in `WORKDIR/runs/<run_id>/`; the Milvus database (Lite)
 lives in `WORKDIR/milvus.db`, shared by runs so that the `live` alias can move between them.
@@ -9,12 +9,13 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
 from tandem.core.config import RunConfig, config_to_dict
-from tandem.pipeline import stages
+from tandem.pipeline import registry, stages
 from tandem.pipeline.report import write_report
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,10 @@ class _Timer(dict):
         log.info("stage %s done in %.1fs", name, self[name])
 
 
+# How a loop runs: (run folder, logs, catalogue, config, progress) -> what the caller gets back.
+Runner = Callable[..., dict]
+
+
 def run(
     logs_path: str | Path,
     catalog_path: str | Path,
@@ -41,30 +46,24 @@ def run(
     cfg: RunConfig = RunConfig(),
     run_id: str | None = None,
     progress: bool = True,
+    runner: Runner | None = None,
 ) -> dict:
-    """Run the whole loop once; returns the report (also written to runs/<run_id>/report.json)."""
+    """Run the whole loop once into WORKDIR/runs/<run_id>/ (a new run id when none is given).
+
+    In this process by default (`in_process`): returns the report (also written to runs/<run_id>/report.json).
+    `runner` runs it another way and returns what it returns (`tandem.orchestration.kubeflow.run_local`:
+    the Kubeflow pipeline on kfp.local)."""
     run = stages.RunPaths.of(workdir, run_id or new_run_id())
+    return (runner or in_process)(run, logs_path, catalog_path, cfg, progress)
+
+
+def in_process(run: stages.RunPaths, logs_path, catalog_path, cfg: RunConfig, progress: bool = True) -> dict:
+    """The registry's stages one after the other, timed, then the report."""
     timer = _Timer()
-    with timer.stage("load"):
-        stages.load(run, logs_path, catalog_path, cfg)
-    with timer.stage("pairs"):
-        stages.mine(run, cfg)
-    with timer.stage("validate"):
-        stages.validate(run, cfg)
-    with timer.stage("features"):
-        stages.features(run, cfg)
-    with timer.stage("train"):
-        stages.train(run, cfg, progress)
-    with timer.stage("embed"):
-        stages.embed(run, cfg, progress)
-    with timer.stage("index"):
-        stages.index(run, cfg)
-    with timer.stage("evaluate"):
-        stages.evaluate(run, cfg, progress)
-    with timer.stage("gate"):
-        stages.gate(run, cfg)
-    with timer.stage("promote"):
-        stages.promote(run, cfg)
+    for name in registry.STAGES:
+        inputs = {"logs_path": logs_path, "catalog_path": catalog_path} if name == "load" else {}
+        with timer.stage(name):
+            registry.run_stage(name, run, cfg, progress=progress, **inputs)
     return write(run, cfg, dict(timer))
 
 
