@@ -20,12 +20,13 @@ import yaml
 
 from tandem.core.config import RunConfig, load_config
 from tandem.data.synth import make_dataset
+from tandem.orchestration import deploy
 from tandem.orchestration.dvc_stages import Release, _prune_releases
 from tandem.release.index import ItemIndex
 
 ROOT = Path(__file__).resolve().parents[1]
 DVC = Path(sys.executable).parent / "dvc"
-ALL_STAGES = {"load", "pairs", "validate", "features", "train", "embed", "publish"}
+ALL_STAGES = {"load", "mine", "validate", "features", "train", "embed", "publish"}
 DOWNSTREAM_OF_TRAIN = {"train", "embed", "publish"}
 RUN = "work/dvc/runs/dvc"
 
@@ -78,15 +79,13 @@ def _write_params(repo: Path, encoder: str, epochs: int) -> None:
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory, tiny_encoder_dir):
-    """A DVC repo holding dvc.yaml, its plot template, the Feast config, the code its stages depend on,
-    params and raw data in data/; reproduced once (first run: promoted, nothing live before)."""
+    """A DVC repo that is a deployment folder as `tandem init` writes it (dvc.yaml, its plot template, the
+    Feast config, params; no tandem source), with raw data in data/; reproduced once (first run: promoted,
+    nothing live before)."""
     repo = tmp_path_factory.mktemp("dvcrepo")
     _dvc(repo, "init", "--no-scm", "-q")
-    shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
-    shutil.copytree(ROOT / ".dvc" / "plots", repo / ".dvc" / "plots")
-    (repo / "features").mkdir()
-    shutil.copy(ROOT / "features" / "feature_store.yaml", repo / "features" / "feature_store.yaml")
-    shutil.copytree(ROOT / "src" / "tandem", repo / "src" / "tandem", ignore=shutil.ignore_patterns("__pycache__"))
+    deploy.write(repo)
+    assert (repo / "dvc.yaml").read_text() == (ROOT / "dvc.yaml").read_text()
     _write_params(repo, tiny_encoder_dir, epochs=1)
     raw = repo / "data" / "completejourney"  # where dvc.yaml reads the raw data
     logs, catalog = make_dataset(raw, n_items=24, n_kinds=4, n_users=40, sessions_per_user=5, days=20)

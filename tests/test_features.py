@@ -50,11 +50,16 @@ def test_popularity_degree_and_last_seen_on_a_hand_example():
 
 def test_feature_store_yaml_is_the_built_in_default_and_the_cli_sees_the_default_workdir(tmp_path, monkeypatch):
     conf = yaml.safe_load(REPO_YAML.read_text())
-    assert conf == yaml.safe_load(fs.DEFAULT_STORE_YAML)  # what an installed package (no features/) uses
-    assert fs.REPO_STORE_YAML == REPO_YAML and conf["project"] == fs.PROJECT
-    assert fs.store_yaml() == (REPO_YAML.read_text(), str(REPO_YAML))  # in a source checkout: the repo's file
-    monkeypatch.setattr(fs, "REPO_STORE_YAML", tmp_path / "no-features" / "feature_store.yaml")
-    assert fs.store_yaml()[0] == fs.DEFAULT_STORE_YAML  # installed without features/: the built-in copy
+    assert REPO_YAML.read_text() == fs.shipped_store_yaml()  # the checkout's is the package's (tandem init)
+    assert conf["project"] == fs.PROJECT
+    monkeypatch.delenv(fs.STORE_YAML_ENV, raising=False)
+    monkeypatch.chdir(REPO_YAML.parents[1])  # in a checkout's root: its features/feature_store.yaml
+    assert fs.store_yaml() == (REPO_YAML.read_text(), "features/feature_store.yaml")
+    monkeypatch.chdir(tmp_path)  # elsewhere (no features/ here): the one the package ships
+    assert fs.store_yaml()[0] == fs.shipped_store_yaml() and "shipped" in fs.store_yaml()[1]
+    (tmp_path / "features").mkdir()  # a deployment folder: its own, edited one
+    (tmp_path / "features" / "feature_store.yaml").write_text("project: mine\n")
+    assert fs.store_yaml() == ("project: mine\n", "features/feature_store.yaml")
     monkeypatch.undo()
     assert conf["registry"] == "feast/registry.db" and conf["online_store"]["path"] == "feast/online.db"
     # the Feast CLI resolves those paths from features/: its `feast` link is the default workdir's store

@@ -2,10 +2,11 @@
 and read back by training (offline store, point in time) and serving (online store).
 
 Where things live: the feature *definitions* are built here (`definitions`), so the library works
-when installed as a package; the repo's `features/` folder is a thin Feast repository whose
-`definitions.py` calls the same builder for users of the `feast` CLI. The *store* (registry, online
-and offline store) is what `features/feature_store.yaml` says (`store_config`): edit it, or point
-$TANDEM_FEATURE_STORE at a copy, to move the registry or switch the online store (e.g. to Redis).
+when installed as a package; `features/` (of a checkout, or written by `tandem init`) is a thin Feast
+repository whose `definitions.py` calls the same builder for users of the `feast` CLI. The *store*
+(registry, online and offline store) is what `features/feature_store.yaml` of the current folder says
+(`store_config`; the package's copy where there is none): edit it, or point $TANDEM_FEATURE_STORE at a
+copy, to move the registry or switch the online store (e.g. to Redis).
 Its relative paths are relative to the workdir (`${TANDEM_WORKDIR}` names it too), so with the
 shipped file the state lives per workdir, never in the git repository:
 
@@ -176,31 +177,28 @@ def feast_dir(workdir: str | Path) -> Path:
 
 
 # --------------------------------------------------------------------------- the store
-STORE_YAML_ENV = "TANDEM_FEATURE_STORE"  # path of the feature_store.yaml to use instead of the repo's
+STORE_YAML_ENV = "TANDEM_FEATURE_STORE"  # path of the feature_store.yaml to use instead of the default
 WORKDIR_VAR = "${TANDEM_WORKDIR}"  # replaced by the workdir in feature_store.yaml
-REPO_STORE_YAML = Path(__file__).resolve().parents[3] / "features" / "feature_store.yaml"  # a source checkout
-# The repo's features/feature_store.yaml, for an installed package that has no features/ (a test keeps them equal).
-DEFAULT_STORE_YAML = """\
-project: tandem
-provider: local
-registry: feast/registry.db
-online_store:
-  type: sqlite
-  path: feast/online.db
-offline_store:
-  type: file
-entity_key_serialization_version: 3
-"""
+LOCAL_STORE_YAML = Path("features") / "feature_store.yaml"  # of the current folder: a checkout or `tandem init DIR`
+SHIPPED_STORE_YAML = "deploy/features/feature_store.yaml"  # in the package: what `tandem init` writes there
+
+
+def shipped_store_yaml() -> str:
+    """The feature_store.yaml the package ships (and `tandem init` writes to features/)."""
+    from importlib import resources
+
+    return (resources.files("tandem") / SHIPPED_STORE_YAML).read_text()
 
 
 def store_yaml(path: str | Path | None = None) -> tuple[str, str]:
-    """(text, source) of the store's feature_store.yaml: `path`, else $TANDEM_FEATURE_STORE, else the repo's
-    features/feature_store.yaml, else (installed package) the built-in copy of it."""
+    """(text, source) of the store's feature_store.yaml: `path`, else $TANDEM_FEATURE_STORE, else
+    features/feature_store.yaml of the current folder (a checkout, or a folder `tandem init` wrote), else
+    the one the package ships."""
     path = path or os.environ.get(STORE_YAML_ENV) or None
     if path is None:
-        if not REPO_STORE_YAML.is_file():
-            return DEFAULT_STORE_YAML, "built-in default (features/feature_store.yaml)"
-        path = REPO_STORE_YAML
+        if not LOCAL_STORE_YAML.is_file():
+            return shipped_store_yaml(), f"tandem's shipped {SHIPPED_STORE_YAML}"
+        path = LOCAL_STORE_YAML
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"feature store config {path} does not exist (from {STORE_YAML_ENV} or the path given)")
