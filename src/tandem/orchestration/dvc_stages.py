@@ -44,7 +44,7 @@ COMMANDS = (*registry.STAGES, *registry.GROUPS)  # the per-stage commands, in th
 
 def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m tandem.orchestration.dvc_stages", description=__doc__.split("\n")[0]
+        prog="python -m tandem.orchestration.dvc_stages", description=" ".join(__doc__.split("\n\n")[0].split())
     )
     sub = parser.add_subparsers(dest="stage", required=True)
     data = sub.add_parser("data", help="write the Complete Journey data in the contract (logs/catalog.parquet)")
@@ -52,7 +52,8 @@ def parser() -> argparse.ArgumentParser:
     data.add_argument("--max-items", type=int, default=1000, help="products kept, most households first (0 = all)")
     for name in COMMANDS:
         group = registry.GROUPS.get(name)
-        stage = sub.add_parser(name, help=f"the stages {', '.join(group)} as one" if group else f"the {name} stage")
+        what = (registry.STAGES[name].__doc__ or name).split("\n")[0] if name in registry.STAGES else ""
+        stage = sub.add_parser(name, help=f"the stages {', '.join(group)} as one" if group else what)
         stage.add_argument("--params", type=Path, default=Path("params.yaml"), help="RunConfig YAML")
         stage.add_argument("--workdir", type=Path, default=Path("work/dvc"))
         stage.add_argument("--run-id", default="dvc")
