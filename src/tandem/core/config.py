@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, field
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field, StrictBool, TypeAdapter, ValidationError
 
@@ -192,6 +192,22 @@ class ModelConfig:
     output_dim: NonNegative = field(
         default=0, metadata={"help": "final linear reduction (64 in NoteLLM-2's code); 0 = none"}
     )
+    # -- popularity term (both families; tandem.models.popularity)
+    popularity_feature: Literal["off", "popularity", "degree"] = field(
+        default="popularity",
+        metadata={
+            "help": "Feast feature b_item comes from: 'popularity' (users in the training window), 'degree' "
+            "(co-occurrence partners in the train pairs) or 'off'; item vectors get a(1 + b_item) appended, "
+            "text queries a, so inner-product search ranks cosine + w b_item (w = a^2)"
+        },
+    )
+    popularity_weight: NonNegFloat = field(
+        default=0.0, metadata={"help": "w of the popularity term; 0 = chosen on the validation pairs (0 if none helps)"}
+    )
+    popularity_cold_tolerance: NonNegFloat = field(
+        default=0.0,
+        metadata={"help": "a chosen w may lower recall on cold validation targets (no training pair) by at most this"},
+    )
     max_title_chars: Positive = 20
     max_content_chars: NonNegative = 80
     max_topics: NonNegative = 10
@@ -240,6 +256,19 @@ class TrainConfig:
     tensorboard: StrictBool = field(default=True, metadata={"help": "write TensorBoard logs under the training folder"})
     seed: NonNegative = 0
     device: str = field(default="", metadata={"help": "'cpu' forces the CPU; empty = what accelerate finds"})
+    logq: StrictBool = field(
+        default=True,
+        metadata={
+            "help": "sampling-bias (logQ) correction: subtract log q(item) from every logit, q = the item's "
+            "frequency as a candidate in the training pairs (Yi et al., RecSys 2019)"
+        },
+    )
+    uniform_negatives: NonNegative = field(
+        default=0,
+        metadata={
+            "help": "mixed negatives: this many catalogue items drawn uniformly per batch join the in-batch ones"
+        },
+    )
 
 
 @section("eval")

@@ -50,6 +50,7 @@ from tandem.models.base import (
 )
 from tandem.models.hotelmatch_inputs import facility_vocabulary, item_batch
 from tandem.models.losses import HotelMatchLoss
+from tandem.models.popularity import PopularityTerm
 from tandem.models.text import query_text
 from tandem.models.towers import item_pooling, last_attended, prepare_tokenizer, truncated_copy
 from tandem.models.vision import build_vision, freeze, pool_images, vision_from_config
@@ -305,13 +306,15 @@ class HotelMatch(Encoder):
         """float32 (n, dim) unit query embeddings, in input order."""
         texts = list(texts)
         lengths = [len(t) for t in texts]
-        return embed_in_batches(self, texts, lengths, self.encode_queries, self.dim, batch_size, progress, "queries")
+        vecs = embed_in_batches(self, texts, lengths, self.encode_queries, self.dim, batch_size, progress, "queries")
+        return self.with_query_term(vecs)
 
     def embed_items(self, catalog: pd.DataFrame, batch_size: int = 128, progress: bool = True) -> np.ndarray:
         """float32 (n, dim) unit item embeddings, one per catalogue row, in row order."""
         rows = catalog.to_dict("records")
         lengths = [len(str(r.get("title", ""))) + len(str(r.get("content", ""))) for r in rows]
-        return embed_in_batches(self, rows, lengths, self.encode_items, self.dim, batch_size, progress, "items")
+        vecs = embed_in_batches(self, rows, lengths, self.encode_items, self.dim, batch_size, progress, "items")
+        return self.with_item_term(vecs, catalog)
 
     # ------------------------------------------------------------------------ persistence
     def save(self, directory: str | Path) -> Path:
@@ -334,6 +337,8 @@ class HotelMatch(Encoder):
         self.item_tokenizer.save_pretrained(directory / "item_tokenizer")
         self.query_tokenizer.save_pretrained(directory / "query_tokenizer")
         save_model(self, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
+        if self.popularity is not None:
+            self.popularity.save(directory)
         return directory
 
     @classmethod
@@ -353,6 +358,7 @@ class HotelMatch(Encoder):
         )
         model = cls(cfg, parts, facilities=meta.get("facilities", []))
         load_model(model, str(directory / WEIGHTS_FILE), strict=True)
+        model.popularity = PopularityTerm.load(directory)
         return model.to(device).eval()
 
 

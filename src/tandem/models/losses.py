@@ -2,7 +2,14 @@
 module (`HotelMatchLoss`, `NoteLLM2Loss`).
 
 Negatives can come from every device: `gather` concatenates a tensor across processes
-keeping the local part differentiable, and returns where the local rows start.
+keeping the local part differentiable, and returns where the local rows start. Two remedies for
+the popularity bias of in-batch negatives (../shared/QUALITY.md), both recipe settings:
+- logQ correction (`train.logq`, Yi et al., RecSys 2019): `CandidateLogQ` holds log q(item), the
+  item's frequency as a candidate in the training pairs (set by the trainer), and every logit
+  has its candidate's log q subtracted, in training only;
+- mixed negatives (`train.uniform_negatives`, Yang et al., WWW 2020): catalogue items drawn
+  uniformly join the candidates as negatives only (`out["neg_*"]`, encoded by the trainer); with
+  logQ, q(item) is the expected share of the mixture, in-batch rate plus uniform rate.
 """
 
 from __future__ import annotations
@@ -43,6 +50,33 @@ class LogitScale(nn.Module):
         return self.log_scale.exp().clamp(max=self.max_scale)
 
 
+class CandidateLogQ(nn.Module):
+    """log q(item) by item key: q = the item's share of the candidate slots of the training pairs, mixed
+    with `uniform` draws over `catalog_size` items. Empty (no correction) until `set` is called."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("keys", torch.zeros(0, dtype=torch.int64), persistent=False)
+        self.register_buffer("logq", torch.zeros(0), persistent=False)
+        self.floor = 0.0
+
+    def set(self, keys, counts, in_batch: int, uniform: int = 0, catalog_size: int = 1) -> None:
+        """keys / counts: every candidate item and how often it is a candidate in the training pairs;
+        in_batch: candidate slots per batch drawn from the pairs; uniform: draws from the catalogue."""
+        keys, counts = torch.as_tensor(keys, dtype=torch.int64), torch.as_tensor(counts, dtype=torch.float64)
+        order = torch.argsort(keys)
+        rate = in_batch * counts[order] / counts.sum() + uniform / max(catalog_size, 1)
+        self.keys, self.logq = keys[order], rate.log().float()
+        self.floor = math.log(uniform / max(catalog_size, 1)) if uniform else float(self.logq.min())
+
+    def forward(self, keys: torch.Tensor) -> torch.Tensor | None:
+        if not len(self.keys):
+            return None
+        where = torch.searchsorted(self.keys, keys).clamp(max=len(self.keys) - 1)
+        found = self.keys[where] == keys
+        return torch.where(found, self.logq[where], torch.full_like(self.logq[where], self.floor))
+
+
 def contrastive(
     anchors: torch.Tensor,
     candidates: torch.Tensor,
@@ -50,14 +84,18 @@ def contrastive(
     anchor_keys: torch.Tensor,
     candidate_keys: torch.Tensor,
     scale: torch.Tensor,
+    logq: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Mean over anchors of -log softmax(scale * cos) at the anchor's positive candidate.
+    """Mean over anchors of -log softmax(scale * cos - log q) at the anchor's positive candidate.
 
     anchors (A, d), candidates (C, d): unit vectors. positive (A,): index of each anchor's
     positive among the candidates. Keys (item ids as ints) find what must not count as a
-    negative: the anchor's own item and other copies of its positive item.
+    negative: the anchor's own item and other copies of its positive item. logq (C,): each
+    candidate's log sampling probability (logQ correction), or None.
     """
     logits = scale * anchors @ candidates.T
+    if logq is not None:
+        logits = logits - logq[None, :].to(logits.dtype)
     pos_keys = candidate_keys[positive]
     excluded = (candidate_keys[None, :] == pos_keys[:, None]) | (candidate_keys[None, :] == anchor_keys[:, None])
     excluded[torch.arange(len(positive), device=logits.device), positive] = False
@@ -82,15 +120,20 @@ class HotelMatchLoss(nn.Module):
             )
         self.weights = {"retrieval": cfg.retrieval_weight, "mlm": cfg.mlm_weight, "facility": cfg.facility_weight}
         self.scale = LogitScale(train.init_scale)
+        self.logq = CandidateLogQ()
+        self.candidates = "item"  # which side of a pair is a candidate (the trainer counts them for logQ)
 
     def forward(self, out: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         items, offset = gather(out["item"])
         item_keys, _ = gather(out["item_keys"])
+        if "neg_item" in out:
+            items, item_keys = torch.cat([items, out["neg_item"]]), torch.cat([item_keys, out["neg_keys"]])
         queries = out["query"]
         positive = offset + torch.arange(len(queries), device=queries.device)
+        logq = self.logq(item_keys) if self.training else None
         parts = {
             "retrieval": contrastive(
-                queries.float(), items.float(), positive, out["query_keys"], item_keys, self.scale()
+                queries.float(), items.float(), positive, out["query_keys"], item_keys, self.scale(), logq
             )
         }
         if "mlm_logits" in out and out["mlm_logits"].numel():
@@ -115,19 +158,26 @@ class NoteLLM2Loss(nn.Module):
         super().__init__()
         self.alpha = alpha
         self.scale = LogitScale(init_scale)
+        self.logq = CandidateLogQ()
+        self.candidates = "both"  # both sides of a pair are candidates
 
     def forward(self, outputs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         keys = outputs["keys"]
         n = keys.shape[0]
         all_keys, _ = gather(keys)
+        if "neg_keys" in outputs:
+            all_keys = torch.cat([all_keys, outputs["neg_keys"]])
         partner = (torch.arange(n, device=keys.device) + n // 2) % n
         scale = self.scale()
+        logq = self.logq(all_keys) if self.training else None
         parts = {}
         for part in ("m", "v"):
             if f"n_{part}" in outputs:
                 local = outputs[f"n_{part}"]
                 candidates, offset = gather(local)
-                parts[f"L_{part}"] = contrastive(local, candidates, partner + offset, keys, all_keys, scale)
+                if "neg_keys" in outputs:
+                    candidates = torch.cat([candidates, outputs[f"neg_n_{part}"].to(candidates.dtype)])
+                parts[f"L_{part}"] = contrastive(local, candidates, partner + offset, keys, all_keys, scale, logq)
         if "L_v" in parts:
             total = (parts["L_v"] + self.alpha * parts["L_m"]) / (1 + self.alpha)
         else:

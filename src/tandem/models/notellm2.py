@@ -65,6 +65,7 @@ from tandem.models.base import (
 from tandem.models.images import load_images
 from tandem.models.losses import NoteLLM2Loss
 from tandem.models.notellm2_prompts import BASIC, FIELDS, IMG, IMG_EMB, MICL, truncate
+from tandem.models.popularity import PopularityTerm
 from tandem.models.text import clean
 from tandem.models.towers import attends_causally, load_llm
 from tandem.models.vision import build_vision, freeze, vision_from_config
@@ -334,13 +335,15 @@ class NoteLLM2(Encoder):
         rows = catalog.to_dict("records")
         lengths = [len(clean(r.get("title"))) + len(clean(r.get("content"))) for r in rows]
         encode = lambda chunk: self.encode(self.prepare(chunk))[f"n_{part}"]  # noqa: E731
-        return embed_in_batches(self, rows, lengths, encode, self.dim, batch_size, progress, "items")
+        vecs = embed_in_batches(self, rows, lengths, encode, self.dim, batch_size, progress, "items")
+        return self.with_item_term(vecs, catalog) if part == "m" else vecs
 
     def embed_queries(self, texts: Sequence[str], batch_size: int = 256, progress: bool = True) -> np.ndarray:
         """float32 (n, dim): each text embedded as an item with that title (uncut) and nothing else."""
         rows = [{"title": t} for t in texts]
         encode = lambda chunk: self.encode(self.prepare(chunk, title_chars=10**9))["n_m"]  # noqa: E731
-        return embed_in_batches(self, rows, [len(t) for t in texts], encode, self.dim, batch_size, progress, "queries")
+        vecs = embed_in_batches(self, rows, [len(t) for t in texts], encode, self.dim, batch_size, progress, "queries")
+        return self.with_query_term(vecs)
 
     # ------------------------------------------------------------------------- persistence
     def save(self, directory: str | Path) -> Path:
@@ -360,6 +363,8 @@ class NoteLLM2(Encoder):
         self.vision.config.save_pretrained(directory / "vision")
         self.tokenizer.save_pretrained(directory / "tokenizer")
         save_model(self, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
+        if self.popularity is not None:
+            self.popularity.save(directory)
         return directory
 
     @classmethod
@@ -374,6 +379,7 @@ class NoteLLM2(Encoder):
         tokenizer = AutoTokenizer.from_pretrained(directory / "tokenizer")
         model = cls(cfg, llm, vision, tokenizer)
         load_model(model, str(directory / WEIGHTS_FILE), strict=True)
+        model.popularity = PopularityTerm.load(directory)
         return model.to(device).eval()
 
 
@@ -391,5 +397,4 @@ def build_loss(cfg: ModelConfig, train: TrainConfig) -> NoteLLM2Loss:
     return NoteLLM2Loss(alpha=cfg.alpha, init_scale=train.init_scale)
 
 
-def load(directory: str | Path, device: str | torch.device = "cpu") -> NoteLLM2:
-    return NoteLLM2.load(directory, device)
+load = NoteLLM2.load

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tandem.models.popularity import PopularityTerm
+
 FORMAT = "tandem.OnnxQuery"
 FORMAT_VERSION = 1
 EXPORT_DIR = "onnx"
@@ -234,6 +236,7 @@ class OnnxQueryEncoder:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         path = export_dir(self.model_dir) / self.meta["files"][precision]
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.popularity = PopularityTerm.load(self.model_dir)  # the query side of its coordinate, as the model's
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         from tandem.models.text import query_text
@@ -259,4 +262,4 @@ class OnnxQueryEncoder:
         for start in tqdm(range(0, len(order), batch_size), desc="queries", disable=not progress, unit="batch"):
             idx = order[start : start + batch_size]
             out[idx] = self.session.run([OUTPUT], self.tokenize([texts[i] for i in idx]))[0]
-        return out
+        return self.popularity.augment_queries(out) if self.popularity is not None and self.popularity.weight else out

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,7 @@ from tandem.core.config import RunConfig
 from tandem.data.contract import load_catalog, load_logs
 from tandem.pairs.core import popularity
 from tandem.pairs.split import split_pairs
+from tandem.pipeline.model_term import attach_popularity, pair_counts
 from tandem.release.index import ItemIndex, collection_name, model_dir_of
 
 log = logging.getLogger(__name__)
@@ -229,8 +230,12 @@ def train(run: RunPaths, cfg: RunConfig, progress: bool = True) -> dict:
         out_dir=out,
         progress=progress,
     )
-    model.save(run / "model")
-    return run.save("train", {"family": cfg.model.family, **stats})
+    train_pairs, valid_pairs = pairs(run, "train"), pairs(run, "valid")
+    as_of = run.summary("features")["as_of"]
+    term = attach_popularity(model, cfg, run.workdir, as_of, catalog, train_pairs, valid_pairs)
+    model.save(run / "model")  # with its popularity term: what embed, evaluate and serving use
+    counts = pair_counts(train_pairs, valid_pairs)
+    return run.save("train", {"family": cfg.model.family, **stats, **counts, "popularity": term})
 
 
 def embed(run: RunPaths, cfg: RunConfig, progress: bool = True) -> dict:
@@ -241,7 +246,8 @@ def embed(run: RunPaths, cfg: RunConfig, progress: bool = True) -> dict:
     vectors = load_model(run / "model").embed_items(catalog, batch_size=cfg.eval.batch_size, progress=progress)
     (run / "vectors").mkdir(exist_ok=True)
     np.save(run / "vectors" / "items.npy", vectors)
-    return run.save("embed", {"items": len(catalog), "dim": int(vectors.shape[1])})
+    bias = (run / "model" / "popularity.json").is_file()  # its last coordinate is the popularity term's
+    return run.save("embed", {"items": len(catalog), "dim": int(vectors.shape[1]), "popularity_coordinate": bias})
 
 
 def index(run: RunPaths, cfg: RunConfig) -> dict:
@@ -251,7 +257,10 @@ def index(run: RunPaths, cfg: RunConfig) -> dict:
 
     catalog = items(run)
     vectors = np.load(run / "vectors" / "items.npy")
-    with ItemIndex(cfg.index, run.workdir) as idx:
+    icfg = cfg.index
+    if run.summary("embed").get("popularity_coordinate") and icfg.metric == "COSINE":
+        icfg = replace(icfg, metric="IP")  # cosine would renormalise the popularity coordinate away
+    with ItemIndex(icfg, run.workdir) as idx:
         scalars = catalog_scalars(catalog, cfg.index.scalar_fields)
         n = idx.write(run.collection, catalog["item_id"].tolist(), vectors, scalars)
         dropped = idx.retain(cfg.index.keep_collections)

@@ -108,13 +108,16 @@ class PairBatchSampler(Sampler[list[int]]):
 
 class Collate:
     """(pairs in the batch, model.collate(examples)): the trainer counts pairs without
-    knowing what the model's batch holds."""
+    knowing what the model's batch holds; `negatives(examples)`, when given, goes in as "negatives"."""
 
-    def __init__(self, collate):
-        self.collate = collate
+    def __init__(self, collate, negatives=None):
+        self.collate, self.negatives = collate, negatives
 
     def __call__(self, examples):
-        return len(examples), self.collate(examples)
+        batch = self.collate(examples)
+        if self.negatives is not None:  # extra candidates (tandem.training.negatives), beside the model's batch
+            batch = {**batch, "negatives": self.negatives(examples)}
+        return len(examples), batch
 
 
 def validation_set(valid_pairs: pd.DataFrame, catalog: pd.DataFrame, eval_cfg: EvalConfig):

@@ -27,7 +27,13 @@ class TrainStep(nn.Module):
         self.loss = loss
 
     def forward(self, batch):
-        return self.loss(self.model(batch))
+        negatives = batch.get("negatives") if isinstance(batch, dict) else None
+        if negatives is None:
+            return self.loss(self.model(batch))
+        from tandem.training.negatives import encode_negatives
+
+        out = self.model({k: v for k, v in batch.items() if k != "negatives"})
+        return self.loss({**out, **encode_negatives(self.model, negatives)})
 
 
 def unwrap(module: nn.Module) -> nn.Module:

@@ -52,6 +52,7 @@ from tandem.evaluation.metrics import retrieval_metrics
 from tandem.models.base import Encoder
 from tandem.training import checkpoints as ckpt
 from tandem.training.data import Collate, PairBatchSampler, PairDataset, validation_set
+from tandem.training.negatives import UniformNegatives, set_logq
 from tandem.training.optim import (
     TrainStep,
     fresh_accelerate_state,
@@ -109,6 +110,12 @@ class Trainer:
         self.data = PairDataset(pairs, catalog)
         if len(self.data) < 2:
             raise ValueError(f"training needs at least 2 pairs (in-batch negatives), got {len(self.data)}")
+        if cfg.uniform_negatives > len(self.data.rows):
+            raise ValueError(
+                f"train.uniform_negatives ({cfg.uniform_negatives}) exceeds the catalogue's {len(self.data.rows)} "
+                "items; lower it"
+            )
+        self.logq = set_logq(loss, self.data, cfg)
         self.evaluator, self.valid_catalog = None, None
         if valid_pairs is not None:
             self.evaluator, self.valid_catalog = validation_set(valid_pairs, catalog, eval_cfg)
@@ -154,12 +161,14 @@ class Trainer:
         optimizer = torch.optim.AdamW(optimizer_groups(self.model, self.loss, cfg))
         self.group_names = [g.get("name", f"group{i}") for i, g in enumerate(optimizer.param_groups)]
         self.sampler = PairBatchSampler(len(self.data), cfg.batch_size, cfg.seed)
+        n_neg = cfg.uniform_negatives
+        negatives = UniformNegatives(self.model, self.data, n_neg, cfg.seed) if n_neg else None
         # its own generator: creating an iterator draws a seed from it, not from the global RNG
         # (which dropout uses), so starting an epoch mid-way on resume draws nothing extra
         loader = DataLoader(
             self.data,
             batch_sampler=self.sampler,
-            collate_fn=Collate(self.model.collate),
+            collate_fn=Collate(self.model.collate, negatives),
             generator=torch.Generator().manual_seed(cfg.seed),
         )
         self.batches_per_epoch = math.ceil(len(self.sampler) / self.nproc)  # per process, once accelerate evens them
@@ -248,7 +257,8 @@ class Trainer:
                 tracker.finish()
         self._restore_best()
         seconds = time.perf_counter() - self.started
-        return statistics(self.state, self.accelerator, seconds, self.session_pairs, self.loss, self.resumed_from)
+        stats = statistics(self.state, self.accelerator, seconds, self.session_pairs, self.loss, self.resumed_from)
+        return stats | {"logq": self.logq, "uniform_negatives": self.cfg.uniform_negatives}
 
     def _epoch(self, epoch: int) -> None:
         """Train on the rest of `epoch`'s batches; returns early when training stops."""

@@ -1,0 +1,86 @@
+"""The popularity coordinate: inner products rank cosine + w b_item, saved with the model, weight chosen on validation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from tandem.core.config import EvalConfig
+from tandem.models.popularity import PopularityTerm, item_biases
+from tandem.training.popularity import choose_weight
+
+
+def test_biases_are_log_scaled_capped_and_cold_items_left_out():
+    b = item_biases(["a", "b", "c", "d"], [0, 1, 9, 99])
+    assert "a" not in b and b["d"] == 1.0 and 0 < b["b"] < b["c"] < 1
+    capped = item_biases(["a", "b", "c"], [1, 9, 99], cap_quantile=0.5)
+    assert capped["c"] == capped["b"] == 1.0
+
+
+def test_inner_product_is_cosine_plus_weighted_bias(tmp_path):
+    rng = np.random.default_rng(0)
+    items = rng.normal(size=(5, 4)).astype(np.float32)
+    items /= np.linalg.norm(items, axis=1, keepdims=True)
+    query = items[:1]
+    term = PopularityTerm(0.3, "popularity", {"i1": 0.5, "i2": 1.0}, cold_bias=0.0)
+    ids = [f"i{n}" for n in range(5)]
+    scores = term.augment_queries(query) @ term.augment_items(items, ids).T
+    bias = np.array([0, 0.5, 1.0, 0, 0])
+    assert np.allclose(scores[0], items @ query[0] + 0.3 * (1 + bias), atol=1e-6)
+    # an item-to-item query (its own stored vector): cosine + w (1 + b_q)(1 + b_i), same order as cosine + w'(b_i)
+    stored = term.augment_items(items, ids)
+    sym = stored[1] @ stored.T
+    assert np.allclose(sym, items @ items[1] + 0.3 * 1.5 * (1 + bias), atol=1e-6)
+    term.save(tmp_path)
+    assert PopularityTerm.load(tmp_path) == term
+    assert PopularityTerm.load(tmp_path / "none") is None
+
+
+class Fixed:
+    """An encoder whose item vectors are given and whose text queries are its items' vectors by title."""
+
+    symmetric = False
+
+    def __init__(self, vectors: dict[str, np.ndarray]):
+        self.vectors = vectors
+
+    def embed_items(self, catalog, batch_size=128, progress=True):
+        return np.stack([self.vectors[i] for i in catalog["item_id"]])
+
+    def embed_queries(self, texts, batch_size=256, progress=True):
+        return np.stack([self.vectors[t] for t in texts])
+
+
+def _world(n_items=40, seed=0):
+    """Targets are the popular items; cosine alone points at a random other item."""
+    rng = np.random.default_rng(seed)
+    ids = [f"i{n}" for n in range(n_items)]
+    vecs = rng.normal(size=(n_items, 8))
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    catalog = pd.DataFrame({"item_id": ids, "title": ids})
+    popular = ids[:3]
+    valid = pd.DataFrame({"item_id": ids[5:35], "related_item_id": [popular[n % 3] for n in range(30)]})
+    counts = [100, 90, 80] + [1] * (n_items - 3)
+    return Fixed(dict(zip(ids, vecs.astype(np.float32)))), catalog, valid, counts, ids
+
+
+def test_choose_weight_picks_a_positive_weight_when_popular_targets_win():
+    model, catalog, valid, counts, ids = _world()
+    term = PopularityTerm(0.0, "popularity", item_biases(ids, counts))
+    cfg = EvalConfig(ks=(1, 5), primary_metric="recall@5", n_boot=10)
+    chosen = choose_weight(model, catalog, valid, valid, term, cfg)
+    grid = {r["weight"]: r["all"] for r in chosen.chosen["grid"]}
+    assert chosen.weight > 0 and grid[chosen.weight] == max(grid.values()) > grid[0.0]
+
+
+def test_choose_weight_respects_cold_targets():
+    """Cold validation targets (in no training pair) that cosine finds: a weight that loses them is refused."""
+    model, catalog, _, counts, ids = _world()
+    for n in range(10, 35):  # make each query's nearest item its target
+        model.vectors[ids[n]] = model.vectors[ids[n - 5]]
+    valid = pd.DataFrame({"item_id": ids[10:35], "related_item_id": ids[5:30]})
+    train = pd.DataFrame({"item_id": ["i0"], "related_item_id": ["i1"]})  # every valid target is cold
+    term = PopularityTerm(0.0, "popularity", item_biases(ids, [10**6] * 5 + [1] * 35))
+    cfg = EvalConfig(ks=(1, 5), primary_metric="recall@1", n_boot=10)
+    chosen = choose_weight(model, catalog, valid, train, term, cfg, min_cold_pairs=5)
+    assert chosen.chosen["cold_checked"] and chosen.weight == 0.0
