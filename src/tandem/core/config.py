@@ -73,6 +73,13 @@ class PairsConfig:
     )
     low: NonNegFloat = field(default=0.01, metadata={"help": "drop candidate scores below this (noise)"})
     top_t: Positive = field(default=3, metadata={"help": "related items kept per item"})
+    train_top_t: NonNegative = field(
+        default=0,
+        metadata={
+            "help": "related items kept per item in the training window only (more training signal; the test "
+            "pairs keep top_t, so runs stay comparable); 0 = top_t"
+        },
+    )
     mode: PairMode = field(
         default="sequential",
         metadata={

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -49,7 +49,7 @@ def split_pairs(
     t0, t1 = logs["ts"].min(), logs["ts"].max()
     cutoff = t0 + (t1 - t0) * (1 - split.test_fraction)
     early, late = logs[logs["ts"] < cutoff], logs[logs["ts"] >= cutoff]
-    train = mine_pairs(early, pairs_cfg, contract)
+    train = mine_pairs(early, replace(pairs_cfg, top_t=pairs_cfg.train_top_t or pairs_cfg.top_t), contract)
     test = mine_pairs(late, pairs_cfg, contract)
     seen = pd.MultiIndex.from_arrays([train["item_id"], train["related_item_id"]])
     forward = pd.MultiIndex.from_arrays([test["item_id"], test["related_item_id"]]).isin(seen)
