@@ -8,13 +8,14 @@ import sqlite3
 import subprocess
 import sys
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
-from tandem.core.config import RunConfig
+from tandem.core.config import RunConfig, SplitConfig
 from tandem.data import features as fs
 from tandem.data.synth import make_dataset
 from tandem.pipeline import stages
@@ -96,7 +97,8 @@ def run(tmp_path_factory):
     catalog["topics"] = catalog["topics"].where(catalog.index % 4 != 3, "")  # some items without topics
     catalog.to_csv(catalog_path, index=False)
     run = stages.RunPaths.of(tmp_path_factory.mktemp("work"), "r1")
-    cfg = RunConfig()
+    # 12 items: with split.drop_reverse (on by default) no test pair would be left; these tests need none
+    cfg = RunConfig(split=replace(SplitConfig(), drop_reverse=False))
     stages.load(run, logs_path, catalog_path, cfg)
     stages.mine(run, cfg)
     with pytest.raises(ValueError, match="features stage"):
