@@ -121,3 +121,11 @@ def test_daily_dag_tasks_are_registry_names_in_order(tmp_path):
     assert dag["errors"] == {}
     _ok(dag["order"])
     assert dag["chain"], f"tandem_daily's tasks are not one chain: {dag['order']}"
+
+
+def test_stages_the_dag_leaves_to_kubeflow_are_registry_stages_after_train():
+    from tandem.orchestration import airflow_schedule
+
+    order = list(registry.STAGES)
+    assert set(airflow_schedule.DONE_BY_KFP) <= set(order)
+    assert all(order.index(s) > order.index("train") for s in airflow_schedule.DONE_BY_KFP)
