@@ -258,7 +258,7 @@ def index(run: RunPaths, cfg: RunConfig) -> dict:
     catalog = items(run)
     vectors = np.load(run / "vectors" / "items.npy")
     icfg = cfg.index
-    if run.summary("embed").get("popularity_coordinate") and icfg.metric == "COSINE":
+    if (run / "model" / "popularity.json").is_file() and icfg.metric == "COSINE":
         icfg = replace(icfg, metric="IP")  # cosine would renormalise the popularity coordinate away
     with ItemIndex(icfg, run.workdir) as idx:
         scalars = catalog_scalars(catalog, cfg.index.scalar_fields)
