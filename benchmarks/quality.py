@@ -71,18 +71,31 @@ def one_run(data: tuple[Path, Path], workdir: Path, cfg: RunConfig, run_id: str)
     return summary(workdir, run_id, report, time.perf_counter() - started)
 
 
-def ablation_run(workdir: Path, run_id: str, cfg: RunConfig, new_id: str) -> dict:
+def ablation_run(workdir: Path, run_id: str, cfg: RunConfig, new_id: str, overrides: list[str]) -> dict:
     """The same recipe with its popularity parts off, on the default run's data: its load / mine / validate /
-    features outputs are copied, then the registry's stages from train on run (own alias: no champion)."""
+    features outputs are copied, then the registry's stages from train on run (own alias: no champion).
+
+    When every override is a `model.popularity_*` key, the term is attached after training (tandem.pipeline.
+    model_term) and training does not depend on it: the default run's trained weights are reused without
+    their popularity.json (what popularity_feature=off saves) and the stages run from embed on."""
     from tandem.pipeline import registry, stages
     from tandem.pipeline.run import write
 
-    later = list(registry.STAGES)[list(registry.STAGES).index("train") :]
+    reuse = all(o.startswith("model.popularity_") for o in overrides)
+    later = list(registry.STAGES)[list(registry.STAGES).index("embed" if reuse else "train") :]
     keep = {"data", "pairs", "quarantine", "validation", "load.json", "mine.json", "pairs.json", "validate.json",
-            "features.json"}  # fmt: skip
+            "features.json"} | ({"model", "train.json"} if reuse else set())  # fmt: skip
     source, target = workdir / "runs" / run_id, workdir / "runs" / new_id
     shutil.rmtree(target, ignore_errors=True)
     shutil.copytree(source, target, ignore=lambda d, names: [n for n in names if d == str(source) and n not in keep])
+    if reuse:
+        (target / "model" / "popularity.json").unlink(missing_ok=True)
+        trained = json.loads((target / "train.json").read_text())
+        trained["popularity"] = {
+            "off": "the default run's weights without the popularity term",
+            "was": trained.get("popularity"),
+        }
+        (target / "train.json").write_text(json.dumps(trained))
     cfg = replace(cfg, index=replace(cfg.index, alias="ablation"), eval=replace(cfg.eval, baselines=()))
     run_paths, timings = stages.RunPaths.of(workdir, new_id), {}
     started = time.perf_counter()
@@ -268,6 +281,10 @@ def render(results: dict, metas: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _metas(saved: dict) -> list[dict]:
+    return saved["meta"] if isinstance(saved["meta"], list) else [saved["meta"]]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="300 items per dataset and 30 steps: for iteration")
@@ -280,13 +297,15 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/tandem-quality"))
     parser.add_argument("--max-items", type=int, default=0, help="cap items per dataset (0 = 3000 / all; --quick 300)")
     parser.add_argument("--no-write", action="store_true", help="print only, leave the results file alone")
+    parser.add_argument("--resume", action="store_true", help="keep the runs already in WORKDIR/quality.json")
     parser.add_argument("--merge", type=Path, nargs="+", help="render the quality.json of earlier runs into one file")
     args = parser.parse_args()
     if args.merge:
         loaded = [json.loads(p.read_text()) for p in args.merge]
         results = {tuple(k.split("/")): v for got in loaded for k, v in got["results"].items()}
-        out = RESULTS / ("quality_quick.md" if loaded[0]["meta"]["quick"] else "quality.md")
-        out.write_text(render(results, [got["meta"] for got in loaded]))
+        metas = [m for got in loaded for m in _metas(got)]
+        out = RESULTS / ("quality_quick.md" if metas[0]["quick"] else "quality.md")
+        out.write_text(render(results, metas))
         return print(f"written to {out}")
     args.ablation = [] if args.no_ablation else (args.ablation or ["model.popularity_feature=off"])
     datasets, families = args.datasets.split(","), args.families.split(",")
@@ -304,23 +323,30 @@ def main() -> None:
         writer, full, quick = DATASETS[dataset]
         data[dataset] = writer(args.workdir / "data" / dataset, args.max_items or (quick if args.quick else full))
     results: dict[tuple[str, str], list] = {}
+    saved = args.workdir / "quality.json"
+    earlier: list[dict] = []
+    if args.resume and saved.is_file():  # runs already finished in this workdir are kept, not rerun
+        got = json.loads(saved.read_text())
+        results = {tuple(k.split("/")): v for k, v in got["results"].items()}
+        earlier = _metas(got)
+    text = render(results, earlier) if results else ""
     # every default recipe first, then the ablations: an interrupted benchmark still has the main rows
     plan = [(d, f, False) for d in datasets for f in families] + [(d, f, True) for d in datasets for f in families]
     for dataset, family, ablate in plan:
-        if ablate and not args.ablation:
+        if (ablate and not args.ablation) or (results.get((dataset, family)) or [None, None])[int(ablate)]:
             continue
         cfg = recipe(family, args.ablation if ablate else [], max_steps)
         where, run_id = args.workdir / dataset / family, f"{dataset}-{family}"
         if ablate:
-            got = ablation_run(where, run_id, cfg, f"{run_id}-ablation")
+            got = ablation_run(where, run_id, cfg, f"{run_id}-ablation", args.ablation)
         else:
             got = one_run(data[dataset], where, cfg, run_id)
         results.setdefault((dataset, family), [None, None])[int(ablate)] = got
-        about = meta(args, started, time.perf_counter() - clock)
+        about = [*earlier, meta(args, started, time.perf_counter() - clock)]
         (args.workdir / "quality.json").write_text(
             json.dumps({"meta": about, "results": {f"{d}/{f}": r for (d, f), r in results.items()}}, indent=1)
         )
-        text = render(results, [about])
+        text = render(results, about)
         if not args.no_write:  # after every run: partial results survive an interrupted benchmark
             out.write_text(text)
     print(text)
