@@ -13,7 +13,7 @@ from conftest import TINY_VISION
 from typer.testing import CliRunner
 
 from tandem.cli import app
-from tandem.core.config import EvalConfig, ModelConfig, RunConfig, TrainConfig
+from tandem.core.config import EvalConfig, ModelConfig, RunConfig, SplitConfig, TrainConfig
 from tandem.data.synth import make_dataset
 from tandem.models import load_model
 from tandem.pipeline.run import run
@@ -77,6 +77,7 @@ def test_notellm2_runs_the_whole_loop(dataset, tiny_encoder_dir, tmp_path):
         ),
         train=replace(TrainConfig(), epochs=1, batch_size=8, tensorboard=False),
         eval=replace(EvalConfig(), batch_size=32),
+        split=replace(SplitConfig(), drop_reverse=False),  # 32 items: every test pair's reverse trained
     )  # fmt: skip
     report = run(*dataset, tmp_path, cfg, run_id="nl", progress=False)
     assert report["training"]["family"] == "notellm2"

@@ -1,4 +1,5 @@
-"""The popularity coordinate: inner products rank cosine + w b_item, saved with the model, weight chosen on validation."""
+"""The popularity coordinate: inner products rank cosine + w b_item, saved with the model, weight chosen
+on validation."""
 
 from __future__ import annotations
 

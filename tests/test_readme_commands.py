@@ -180,6 +180,11 @@ def test_serve_answers_search_similar_and_click(served, demo):
 def test_run_with_served_events_as_a_second_log(served, demo, recipe):
     """`tandem run --logs logs.parquet --logs work/serving/events --catalog ... --workdir work` (text output)."""
     events = demo.workdir / "serving" / "events"
+    # The served events are the test part of this log; the few the tests served co-occur as the reverse
+    # of trained pairs, which the default split drops (split.drop_reverse), leaving no test pair.
+    values = json.loads(recipe.read_text()) | {"split": {"drop_reverse": False}}
+    recipe = recipe.with_name("tiny-keep-reverse.yaml")
+    recipe.write_text(json.dumps(values))
     result = cli(
         "run", "--logs", demo.logs, "--logs", events, "--catalog", demo.catalog, "--workdir", demo.workdir,
         "--config", recipe, "--max-steps", 5,

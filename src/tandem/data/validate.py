@@ -110,8 +110,8 @@ def _expectations(
         gxe.ExpectColumnValuesToBeBetween(column="support", min_value=1),
         gxe.ExpectColumnMaxToBeBetween(
             column=N_RELATED_COL,
-            max_value=max(cfg.top_t, cfg.train_top_t),
-            meta={"why": f"at most max(top_t, train_top_t) = {max(cfg.top_t, cfg.train_top_t)} related items per item"},
+            max_value=(limit := max(cfg.top_t, cfg.train_top_t)),
+            meta={"why": f"at most {limit} related items per item (top_t={cfg.top_t}, train_top_t={cfg.train_top_t})"},
         ),
     ]
     return {"logs": (logs, logs_exp), "catalog": (cat, cat_exp), "pairs": (pr, pairs_exp)}
