@@ -116,3 +116,16 @@ def test_split_drops_test_pairs_whose_reverse_trained():
     )
     assert ("B", "A") in set(zip(kept.test.item_id, kept.test.related_item_id))
     assert kept.counts()["test_dropped_reverse"] == 0
+
+
+def test_a_test_split_emptied_by_dropping_names_the_drop():
+    # before the cutoff A -> B, after it only B -> A: its one test pair is a reverse and is dropped
+    early = [(f"u{u}", a, e, h) for u in range(3) for a, e, h in (("A", "view", u), ("B", "click", u + 0.5))]
+    late = [(f"u{u}", a, e, 100 + h) for u in range(3) for a, e, h in (("B", "view", u), ("A", "click", u + 0.5))]
+    split = split_pairs(_logs(early + late), PairsConfig(low=0.0), SplitConfig(test_fraction=0.3, valid_fraction=0.0))
+    with pytest.raises(ValueError, match=r"no test pairs left.*0 as the same pair, 1 reversed.*drop_reverse: false"):
+        split.require_pairs()
+    lonely = [("u9", "C", "view", 100.0)]  # the later part: one view, no co-occurrence
+    empty = split_pairs(_logs(early + lonely), PairsConfig(low=0.0), SplitConfig(test_fraction=0.3, valid_fraction=0.0))
+    with pytest.raises(ValueError, match="no test pairs: the later part of the log has no co-occurrence"):
+        empty.require_pairs()

@@ -20,6 +20,23 @@ class Split:
     train_logs: pd.DataFrame
     dropped: dict[str, int] = field(default_factory=dict)  # test pairs removed, by reason
 
+    def require_pairs(self) -> None:
+        """Raise a ValueError that names the fix when the training or the test split is empty."""
+        if self.train.empty or (self.test.empty and not any(self.dropped.values())):
+            name, part = ("train", "earlier") if self.train.empty else ("test", "later")
+            raise ValueError(
+                f"no {name} pairs: the {part} part of the log has no co-occurrence within the window and "
+                "thresholds; widen --window-hours, lower the 'low' threshold, change --test-fraction, or bring "
+                "more logs"
+            )
+        if self.test.empty:
+            raise ValueError(
+                f"no test pairs left: every pair of the later part of the log was trained already "
+                f"({self.dropped.get('seen', 0)} as the same pair, {self.dropped.get('reverse', 0)} reversed); "
+                "bring logs with new co-occurrences, change --test-fraction, or set split.drop_reverse: false "
+                "in the recipe (reversed pairs then count as test pairs)"
+            )
+
     def all(self) -> pd.DataFrame:
         """All pairs with a `split` column."""
         parts = [

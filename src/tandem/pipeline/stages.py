@@ -137,20 +137,7 @@ def mine(run: RunPaths, cfg: RunConfig) -> dict:
         getattr(split, name).to_parquet(run / "pairs" / f"{name}.parquet", index=False)
     pop = popularity(split.train_logs, cfg.contract).rename("users").rename_axis("item_id").reset_index()
     pop.to_parquet(run / "pairs" / "popularity.parquet", index=False)
-    if split.train.empty or (split.test.empty and not any(split.dropped.values())):
-        part = "earlier" if split.train.empty else "later"
-        raise ValueError(
-            f"no {'train' if split.train.empty else 'test'} pairs: the {part} part of the log has no "
-            "co-occurrence within the window and thresholds; widen --window-hours, lower the 'low' "
-            "threshold, change --test-fraction, or bring more logs"
-        )
-    if split.test.empty:
-        raise ValueError(
-            f"no test pairs left: every pair of the later part of the log was trained already "
-            f"({split.dropped.get('seen', 0)} as the same pair, {split.dropped.get('reverse', 0)} reversed); "
-            "bring logs with new co-occurrences, change --test-fraction, or set split.drop_reverse: false "
-            "in the recipe (reversed pairs then count as test pairs)"
-        )
+    split.require_pairs()
     return run.save("pairs", split.counts() | {"cutoff": split.cutoff.isoformat()})
 
 
