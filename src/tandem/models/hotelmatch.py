@@ -36,7 +36,6 @@ from torch import nn
 
 from tandem.core.config import ModelConfig, TrainConfig
 from tandem.models.base import (
-    WEIGHTS_FILE,
     Encoder,
     PairExample,
     bundled_minilm,
@@ -46,11 +45,9 @@ from tandem.models.base import (
     mean_pool,
     position_offset,
     read_meta,
-    write_meta,
 )
 from tandem.models.hotelmatch_inputs import facility_vocabulary, item_batch
 from tandem.models.losses import HotelMatchLoss
-from tandem.models.popularity import PopularityTerm
 from tandem.models.text import query_text
 from tandem.models.towers import item_pooling, last_attended, prepare_tokenizer, truncated_copy
 from tandem.models.vision import build_vision, freeze, pool_images, vision_from_config
@@ -319,32 +316,27 @@ class HotelMatch(Encoder):
     # ------------------------------------------------------------------------ persistence
     def save(self, directory: str | Path) -> Path:
         """config.json, the towers' configs, both tokenizers and one model.safetensors."""
-        from safetensors.torch import save_model
-
-        directory = write_meta(
+        pretrained = {
+            "item_encoder": self.item_encoder.config,
+            "query_encoder": self.query_encoder.config,
+            "vision": self.vision.config,
+            "item_tokenizer": self.item_tokenizer,
+            "query_tokenizer": self.query_tokenizer,
+        }
+        return self.save_files(
             directory,
             FORMAT,
             FORMAT_VERSION,
-            self.cfg,
+            pretrained,
             facilities=self.facilities,
             dim=self.dim,
             item_pooling=self.pooling,
             num_visual_tokens=self.num_visual_tokens,
         )
-        self.item_encoder.config.save_pretrained(directory / "item_encoder")
-        self.query_encoder.config.save_pretrained(directory / "query_encoder")
-        self.vision.config.save_pretrained(directory / "vision")
-        self.item_tokenizer.save_pretrained(directory / "item_tokenizer")
-        self.query_tokenizer.save_pretrained(directory / "query_tokenizer")
-        save_model(self, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
-        if self.popularity is not None:
-            self.popularity.save(directory)
-        return directory
 
     @classmethod
     def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> HotelMatch:
         """A saved model, in eval mode; needs nothing but `directory` (no original encoders)."""
-        from safetensors.torch import load_model
         from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPVisionConfig
 
         directory = Path(directory)
@@ -356,10 +348,7 @@ class HotelMatch(Encoder):
             query_tokenizer=AutoTokenizer.from_pretrained(directory / "query_tokenizer"),
             vision=vision_from_config(CLIPVisionConfig.from_pretrained(directory / "vision")),
         )
-        model = cls(cfg, parts, facilities=meta.get("facilities", []))
-        load_model(model, str(directory / WEIGHTS_FILE), strict=True)
-        model.popularity = PopularityTerm.load(directory)
-        return model.to(device).eval()
+        return cls(cfg, parts, facilities=meta.get("facilities", [])).load_weights(directory, device)
 
 
 def build(cfg: ModelConfig, catalog: pd.DataFrame | None = None) -> HotelMatch:

@@ -49,7 +49,6 @@ from torch.nn.utils.rnn import pad_sequence
 
 from tandem.core.config import ModelConfig, TrainConfig
 from tandem.models.base import (
-    WEIGHTS_FILE,
     Encoder,
     PairExample,
     as_list,
@@ -60,12 +59,10 @@ from tandem.models.base import (
     last_pool,
     position_offset,
     read_meta,
-    write_meta,
 )
 from tandem.models.images import load_images
 from tandem.models.losses import NoteLLM2Loss
 from tandem.models.notellm2_prompts import BASIC, FIELDS, IMG, IMG_EMB, MICL, truncate
-from tandem.models.popularity import PopularityTerm
 from tandem.models.text import clean
 from tandem.models.towers import attends_causally, load_llm
 from tandem.models.vision import build_vision, freeze, vision_from_config
@@ -348,28 +345,19 @@ class NoteLLM2(Encoder):
     # ------------------------------------------------------------------------- persistence
     def save(self, directory: str | Path) -> Path:
         """config.json, the LLM / vision configs, the tokenizer and one model.safetensors."""
-        from safetensors.torch import save_model
-
-        directory = write_meta(
+        pretrained = {"llm": self.llm.config, "vision": self.vision.config, "tokenizer": self.tokenizer}
+        return self.save_files(
             directory,
             FORMAT,
             FORMAT_VERSION,
-            self.cfg,
+            pretrained,
             dim=self.dim,
             llm_hidden_size=self.llm.config.hidden_size,
             num_visual_tokens=self.num_visual,
         )
-        self.llm.config.save_pretrained(directory / "llm")
-        self.vision.config.save_pretrained(directory / "vision")
-        self.tokenizer.save_pretrained(directory / "tokenizer")
-        save_model(self, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
-        if self.popularity is not None:
-            self.popularity.save(directory)
-        return directory
 
     @classmethod
     def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> NoteLLM2:
-        from safetensors.torch import load_model
         from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPVisionConfig
 
         directory = Path(directory)
@@ -377,10 +365,7 @@ class NoteLLM2(Encoder):
         llm = AutoModel.from_config(AutoConfig.from_pretrained(directory / "llm"), dtype=torch.float32)
         vision = vision_from_config(CLIPVisionConfig.from_pretrained(directory / "vision"))
         tokenizer = AutoTokenizer.from_pretrained(directory / "tokenizer")
-        model = cls(cfg, llm, vision, tokenizer)
-        load_model(model, str(directory / WEIGHTS_FILE), strict=True)
-        model.popularity = PopularityTerm.load(directory)
-        return model.to(device).eval()
+        return cls(cfg, llm, vision, tokenizer).load_weights(directory, device)
 
 
 def build(cfg: ModelConfig, catalog: pd.DataFrame | None = None) -> NoteLLM2:
