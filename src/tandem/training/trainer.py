@@ -68,24 +68,12 @@ log = logging.getLogger(__name__)
 TRACKER_PROJECT = "tandem"
 
 
-def fit(
-    model: Encoder,
-    loss: nn.Module,
-    pairs: pd.DataFrame,
-    catalog: pd.DataFrame,
-    cfg: TrainConfig,
-    valid_pairs: pd.DataFrame | None = None,
-    eval_cfg: EvalConfig = EvalConfig(),
-    out_dir: str | Path | None = None,
-    progress: bool = True,
-) -> dict:
-    """Train `model` in place (it ends in eval mode on the training device, with the best
-    validated weights when `valid_pairs` are given); returns training statistics.
+def fit(*args, **kwargs) -> dict:
+    """`Trainer(*args, **kwargs).fit()`: train `model` in place; returns training statistics.
 
-    `loss(model(batch)) -> (total, {part: value})`. With `out_dir`, an interrupted run is
-    resumed from its latest checkpoint by calling `fit` again with the same arguments.
-    """
-    return Trainer(model, loss, pairs, catalog, cfg, valid_pairs, eval_cfg, out_dir, progress).fit()
+    The arguments are the Trainer's: (model, loss, pairs, catalog, cfg, valid_pairs=None,
+    eval_cfg=EvalConfig(), out_dir=None, progress=True)."""
+    return Trainer(*args, **kwargs).fit()
 
 
 class Trainer:
@@ -104,6 +92,9 @@ class Trainer:
         out_dir: str | Path | None = None,
         progress: bool = True,
     ):
+        """`model` ends in eval mode on the training device, with the best validated weights when
+        `valid_pairs` are given. `loss(model(batch)) -> (total, {part: value})`. With `out_dir`, an
+        interrupted run is resumed from its latest checkpoint by training again with the same arguments."""
         self.started = time.perf_counter()
         self.model, self.loss, self.cfg, self.eval_cfg, self.progress = model, loss, cfg, eval_cfg, progress
         self.out = Path(out_dir) if out_dir is not None else None
