@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field, StrictBool, TypeAdapter, ValidationError
 
+from tandem.core.config_contract import ContractConfig
 from tandem.core.config_release import GateConfig, IndexConfig, RolloutConfig, ServeConfig
 from tandem.core.config_schema import (
     Baseline,
@@ -25,7 +26,6 @@ from tandem.core.config_schema import (
     Int,
     ItemPooling,
     MixedPrecision,
-    Names,
     NonNegative,
     NonNegFloat,
     OpenFraction,
@@ -37,27 +37,6 @@ from tandem.core.config_schema import (
     describe,
     section,
 )
-
-
-@section("contract")
-class ContractConfig:
-    """How behaviour logs are read and which events mean what."""
-
-    view_events: Annotated[Names, Field(min_length=1)] = field(
-        default=("view", "click", "purchase"),
-        metadata={"help": "events that count as 'viewed A' (the left side of a pair)"},
-    )
-    click_events: Annotated[Names, Field(min_length=1)] = field(
-        default=("click", "purchase"),
-        metadata={"help": "events that count as 'clicked B' (the right side of a pair)"},
-    )
-    other_events: Names = field(
-        default=("impression",),
-        metadata={"help": "events kept in the logs but never part of a pair (e.g. the search service's impressions)"},
-    )
-    check_images: StrictBool = field(
-        default=True, metadata={"help": "open every catalogue image once and quarantine unreadable ones"}
-    )
 
 
 @section("pairs")

@@ -1,9 +1,14 @@
 """Load the user's inputs (behaviour logs, catalogue) into the data contract.
 
 Every row either comes out normalised or goes to a quarantine table with its reason, so
-that `rows in = rows kept + rows quarantined` always holds. Problems that make a whole
-file unusable (missing, empty, unknown format, missing column, wrong column type) raise
-`ContractError` naming the file, the column and the fix.
+that `rows in = rows kept + rows quarantined` always holds: among them timestamps outside the
+plausible window (contract.min_ts .. contract.max_ts), NaN, inf and numbers too large for an
+epoch (seconds, ms, us and ns are told apart by magnitude). Problems that make a whole file
+unusable (missing, empty, unknown format, missing or duplicated column, wrong column type, a
+NUL byte, ragged CSV rows) raise `ContractError` naming the file, the line or column and the fix.
+Catalogue images must be regular files under the catalogue's folder or contract.image_roots
+(URLs only with contract.allow_image_urls); others are dropped from their item with the reason.
+The checks themselves live in `tandem.data.contract_checks`.
 
 Normalised logs:      user_id str, item_id str, event str, ts datetime64[UTC], query str|None
 Normalised catalogue: item_id str, title str, topics list[str], content str,
@@ -13,6 +18,7 @@ Normalised catalogue: item_id str, title str, topics list[str], content str,
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +27,19 @@ import numpy as np
 import pandas as pd
 
 from tandem.core.config import ContractConfig
+from tandem.data.contract_checks import (
+    ContractError,
+    check_csv,
+    check_parquet_names,
+    image_path_problem,
+    image_roots,
+    is_url,
+    resolve_image,
+    ts_parts_sql,
+    ts_reason_sql,
+    ts_window,
+)
+from tandem.data.contract_checks import ts_sql as ts_sql  # re-exported: partitions read ts the same way
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +48,6 @@ CATALOG_COLUMNS = ("item_id", "title")
 LIST_COLUMNS = ("topics", "images", "facilities")
 TEXT_COLUMNS = ("title", "content", "city", "country")
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
-
-
-class ContractError(ValueError):
-    """An input file does not follow the data contract; the message says how to fix it."""
 
 
 @dataclass(frozen=True)
@@ -81,27 +96,12 @@ INT_LIKE = r"^(-?[0-9]+)\.0+$"  # "12.0": an integer id that went through a floa
 def _id_sql(col: str, dtype: str) -> str:
     # Ids are strings everywhere; "12", 12 and 12.0 must all become "12".
     if dtype in ("FLOAT", "DOUBLE") or dtype.startswith("DECIMAL"):
+        # NaN and inf are no ids (NULL: quarantined); only whole numbers that fit a BIGINT lose their '.0'.
         as_int = f"CAST(CAST({col} AS BIGINT) AS VARCHAR)"
-        return f"CASE WHEN {col} = floor({col}) THEN {as_int} ELSE CAST({col} AS VARCHAR) END"
+        whole = f"abs({col}) < 9e18 AND {col} = floor({col})"
+        text = f"CAST({col} AS VARCHAR)"
+        return f"CASE WHEN isnan({col}) OR isinf({col}) THEN NULL WHEN {whole} THEN {as_int} ELSE {text} END"
     return f"NULLIF(regexp_replace(trim(CAST({col} AS VARCHAR)), '{INT_LIKE}', '\\1'), '')"
-
-
-def ts_sql(dtype: str, path: Path | str) -> str:
-    """SQL turning column `ts` of DuckDB type `dtype` into TIMESTAMPTZ (NULL where unparsable)."""
-    if dtype.startswith("TIMESTAMP") or dtype == "DATE":
-        return "CAST(ts AS TIMESTAMPTZ)"  # naive timestamps are read as UTC
-    if dtype in ("BIGINT", "INTEGER", "HUGEINT", "DOUBLE", "FLOAT", "UBIGINT", "SMALLINT") or dtype.startswith(
-        "DECIMAL"
-    ):
-        return "to_timestamp(CAST(ts AS DOUBLE))"  # epoch seconds
-    if dtype == "VARCHAR":
-        return (
-            "CASE WHEN regexp_full_match(trim(ts), '[0-9]+(\\.[0-9]+)?') "
-            "THEN to_timestamp(CAST(trim(ts) AS DOUBLE)) ELSE TRY_CAST(trim(ts) AS TIMESTAMPTZ) END"
-        )
-    raise ContractError(
-        f"logs file {path}: column 'ts' has type {dtype}; use a timestamp, epoch seconds or an ISO-8601 string."
-    )
 
 
 def log_files(path: str | Path | list) -> tuple[list[str], str]:
@@ -118,7 +118,10 @@ def log_files(path: str | Path | list) -> tuple[list[str], str]:
     formats = {_format(f, "logs") for f in files}
     if len(formats) != 1:
         raise ContractError(f"logs {path}: mixes formats {sorted(formats)}; convert them to one format")
-    return [str(f) for f in files], formats.pop()
+    fmt = formats.pop()
+    for f in files:  # NUL bytes, duplicated or ragged columns: readers would guess silently
+        check_csv(f, "logs") if fmt == "csv" else check_parquet_names(f, "logs")
+    return [str(f) for f in files], fmt
 
 
 def reader_sql(files: list[str], fmt: str, filename: bool = False) -> str:
@@ -149,6 +152,43 @@ def load_logs(
     known = [*cfg.view_events, *cfg.click_events, *cfg.other_events]
     con.register("catalog_ids", pd.DataFrame({"item_id": catalog_ids if catalog_ids is not None else []}, dtype=str))
     query_sql = "NULLIF(trim(CAST(query AS VARCHAR)), '')" if "query" in types else "CAST(NULL AS VARCHAR)"
+    ts_expr, ts_note = ts_parts_sql(types["ts"], path)
+    try:
+        kept, quarantined, rows_in = _judge(con, types, query_sql, (ts_expr, ts_note), cfg, catalog_ids, known)
+    except duckdb.Error as e:  # the conversions above cannot raise; a reader can (e.g. a timestamp overflow)
+        column = _suspect(types, str(e))
+        where = f"column '{column}' holds a value that" if column else "a value"
+        raise ContractError(
+            f"logs {path}: {where} cannot be converted ({str(e).splitlines()[0]}); fix or remove that row "
+            "(e.g. a timestamp outside the years 290308 BC .. 294246 AD)."
+        ) from e
+    finally:
+        con.close()
+    if rows_in == 0:
+        raise ContractError(f"logs file {path} has a header but no rows; it needs at least one event.")
+    _warn_quarantine("logs", path, quarantined, rows_in)
+    return Loaded(kept, quarantined, rows_in)
+
+
+def _suspect(types: dict, error: str) -> str | None:
+    """The column a reader's conversion error is about, where the message tells (DuckDB's parquet reader
+    fails for the whole file, so columns cannot be tried one by one)."""
+    named = re.search(r"column \"?(\w+)", error)
+    if named and named.group(1) in types:
+        return named.group(1)
+    if "timestamp" in error.lower():
+        return next((c for c, t in types.items() if t.startswith("TIMESTAMP")), None)
+    return None
+
+
+def _not_an_id(col: str) -> str:
+    """SQL: the reason for a NULL id, saying so when it was a float NaN or inf."""
+    special = f"lower(trim({col}_raw)) IN ('nan', 'inf', '-inf')"
+    return f"'missing {col}' || CASE WHEN {special} THEN ' (' || trim({col}_raw) || ' is not an id)' ELSE '' END"
+
+
+def _judge(con, types: dict, query_sql: str, ts: tuple[str, str], cfg, catalog_ids, known: list[str]):
+    """Normalise the raw rows and give each unusable one its reason: (kept, quarantined, rows in)."""
     con.execute(
         f"""
         CREATE TEMP TABLE norm AS
@@ -156,7 +196,8 @@ def load_logs(
                {_id_sql("user_id", types["user_id"])} AS user_id,
                {_id_sql("item_id", types["item_id"])} AS item_id,
                lower(trim(CAST(event AS VARCHAR))) AS event,
-               {ts_sql(types["ts"], path)} AS ts,
+               {ts[0]} AS ts,
+               {ts[1]} AS ts_note,
                CAST(ts AS VARCHAR) AS ts_raw,
                {query_sql} AS query,
                filename AS file,
@@ -171,15 +212,15 @@ def load_logs(
         f"""
         CREATE TEMP TABLE judged AS
         SELECT *, CASE
-            WHEN user_id IS NULL THEN 'missing user_id'
-            WHEN item_id IS NULL THEN 'missing item_id'
+            WHEN user_id IS NULL THEN {_not_an_id("user_id")}
+            WHEN item_id IS NULL THEN {_not_an_id("item_id")}
             WHEN event IS NULL OR event = '' THEN 'missing event'
-            WHEN ts IS NULL THEN 'unparsable ts: ' || coalesce(ts_raw, 'NULL')
+            WHEN ts_reason IS NOT NULL THEN ts_reason
             WHEN event NOT IN (SELECT unnest(?)) THEN 'unknown event: ' || event
             WHEN NOT ({check_catalog}) THEN 'item_id not in catalogue'
             WHEN row_number() OVER (PARTITION BY user_id, item_id, event, ts ORDER BY row) > 1 THEN 'duplicate event'
         END AS reason
-        FROM norm
+        FROM (SELECT *, {ts_reason_sql("ts", "ts_raw", "ts_note", ts_window(cfg))} AS ts_reason FROM norm)
         """,
         [known],
     )
@@ -192,15 +233,14 @@ def load_logs(
         "  SELECT *, row - min(row) OVER (PARTITION BY file) + 1 AS line FROM judged"
         ") WHERE reason IS NOT NULL ORDER BY row"
     ).df()
-    rows_in = con.execute("SELECT count(*) FROM norm").fetchone()[0]
-    con.close()
-    if rows_in == 0:
-        raise ContractError(f"logs file {path} has a header but no rows; it needs at least one event.")
-    _warn_quarantine("logs", path, quarantined, rows_in)
-    return Loaded(kept, quarantined, rows_in)
+    return kept, quarantined, con.execute("SELECT count(*) FROM norm").fetchone()[0]
 
 
 def _read_frame(path: Path, fmt: str) -> pd.DataFrame:
+    if fmt == "csv":
+        check_csv(path, "catalogue", delimiter=",")  # NUL bytes, duplicated or ragged columns
+    elif fmt == "parquet":
+        check_parquet_names(path, "catalogue")
     try:
         if fmt == "csv":
             return pd.read_csv(path, dtype=str, keep_default_na=False)
@@ -227,7 +267,11 @@ def _as_list(value) -> list[str]:
     return [s.strip() for s in text.split("|") if s.strip()] if text else []
 
 
-def _image_problem(path: str) -> str | None:
+def _image_problem(path: str, roots: list[Path], cfg: ContractConfig) -> str | None:
+    """Why an image cannot be used: where it is and what it is (always), then whether Pillow reads it."""
+    problem = image_path_problem(path, roots, cfg)
+    if problem or is_url(path) or not cfg.check_images:
+        return problem
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -244,7 +288,8 @@ def load_catalog(path: str | Path, cfg: ContractConfig = ContractConfig()) -> Lo
     """Read a CSV/Parquet/JSONL catalogue.
 
     Rows without an id, duplicate ids (the first wins) and rows with no text and no image
-    are quarantined. An unreadable image is dropped from its item (the item stays) and
+    are quarantined. An image that is missing, unreadable, not a regular file, outside the
+    allowed folders or a URL (unless allowed) is dropped from its item (the item stays) and
     listed in `dropped_images` with its reason, so nothing disappears silently.
     """
     path = Path(path)
@@ -252,7 +297,7 @@ def load_catalog(path: str | Path, cfg: ContractConfig = ContractConfig()) -> Lo
     if frame.empty:
         raise ContractError(f"catalogue file {path} has no rows; it needs at least one item.")
     _require_columns(frame.columns, CATALOG_COLUMNS, path, "catalogue")
-    base = path.parent.resolve()
+    base, roots = path.parent.resolve(), image_roots(path, cfg)
     out = pd.DataFrame({"item_id": frame["item_id"].map(_as_text).str.replace(INT_LIKE, r"\1", regex=True)})
     for col in TEXT_COLUMNS:
         if col in frame.columns:
@@ -263,7 +308,7 @@ def load_catalog(path: str | Path, cfg: ContractConfig = ContractConfig()) -> Lo
             out[col] = frame[col].map(_as_list)
         elif col != "facilities":  # topics and images are always present, possibly empty
             out[col] = [[] for _ in range(len(frame))]
-    out["images"] = out["images"].map(lambda ps: [str((base / p).resolve()) if "://" not in p else p for p in ps])
+    out["images"] = out["images"].map(lambda ps: [resolve_image(p, base) for p in ps])
     out.insert(0, "row", np.arange(1, len(out) + 1))
 
     reason = pd.Series(None, index=out.index, dtype=object)
@@ -276,18 +321,17 @@ def load_catalog(path: str | Path, cfg: ContractConfig = ContractConfig()) -> Lo
     reason[empty & reason.isna()] = "no title, topics, content or images"
 
     bad_images = []
-    if cfg.check_images:
-        for idx, paths in out["images"].items():
-            good = []
-            for p in paths:
-                problem = _image_problem(p) if "://" not in p else None
-                if problem:
-                    bad_images.append(
-                        {"row": out.at[idx, "row"], "item_id": out.at[idx, "item_id"], "image": p, "reason": problem}
-                    )
-                else:
-                    good.append(p)
-            out.at[idx, "images"] = good
+    for idx, paths in out["images"].items():
+        good = []
+        for p in paths:
+            problem = _image_problem(p, roots, cfg)
+            if problem:
+                bad_images.append(
+                    {"row": out.at[idx, "row"], "item_id": out.at[idx, "item_id"], "image": p, "reason": problem}
+                )
+            else:
+                good.append(p)
+        out.at[idx, "images"] = good
     quarantined = out[reason.notna()].assign(reason=reason[reason.notna()]).reset_index(drop=True)
     quarantined = pd.DataFrame(
         {
@@ -301,7 +345,7 @@ def load_catalog(path: str | Path, cfg: ContractConfig = ContractConfig()) -> Lo
     kept = out[reason.isna()].drop(columns="row").reset_index(drop=True)
     _warn_quarantine("catalogue", path, quarantined, len(out))
     if bad_images:
-        log.warning("catalogue %s: %d unreadable images dropped from their items", path, len(bad_images))
+        log.warning("catalogue %s: %d images dropped from their items (reasons: dropped_images)", path, len(bad_images))
     dropped = pd.DataFrame(bad_images, columns=["row", "item_id", "image", "reason"])
     return Loaded(kept, quarantined, len(out), dropped_images=dropped)
 
