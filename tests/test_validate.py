@@ -125,6 +125,18 @@ def test_timestamps_out_of_range_with_utc_column(tmp_path):
     assert "2 unexpected" in line and "1980-05-01" in line and "error" not in line
 
 
+def test_timestamp_window_is_the_contracts(tmp_path):
+    """contract.min_ts / max_ts widen the suite's window too, so a row the loader keeps passes here."""
+    logs = _logs()
+    logs.loc[0, "ts"] = pd.Timestamp("1980-05-01", tz="UTC")
+    wide = ContractConfig(min_ts="1975-01-01")
+    assert validate_run(logs, _catalog(), _pairs(), tmp_path, wide, PAIRS_CFG, raise_on_failure=False).success
+    narrow = ContractConfig(max_ts="2024-01-01T12:00:00Z")  # the two events of 2024-01-02 are after it
+    result = validate_run(_logs(), _catalog(), _pairs(), tmp_path, narrow, PAIRS_CFG, raise_on_failure=False)
+    failed = [f for f in result.suites["logs"]["failed"] if f["column"] == "ts"]
+    assert len(failed) == 1 and "2 unexpected" in failed[0]["details"]
+
+
 def test_missing_log_column(tmp_path):
     msg = _fails(tmp_path, logs=_logs().drop(columns="event"))
     assert "[logs] column 'event': expect_column_to_exist" in msg

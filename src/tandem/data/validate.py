@@ -17,6 +17,7 @@ import pandas as pd
 
 from tandem.core.config import ContractConfig, PairsConfig
 from tandem.core.setup import set_env_defaults
+from tandem.data.contract_checks import ts_window
 
 if TYPE_CHECKING:
     from great_expectations.data_context import AbstractDataContext
@@ -59,9 +60,9 @@ def _expectations(
 
     events = sorted({*contract.view_events, *contract.click_events, *contract.other_events})
     # Bounds must be tz-aware datetimes: GX coerces strings to `date` and naive datetimes fail
-    # to compare against a UTC column (the expectation then errors instead of checking).
-    ts_min = dt.datetime(1990, 1, 1, tzinfo=dt.UTC)
-    ts_max = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
+    # to compare against a UTC column (the expectation then errors instead of checking). The window
+    # is the loader's (contract.min_ts .. contract.max_ts), so a row it keeps never fails here.
+    ts_min, ts_max = ts_window(contract)
     logs_exp = [gxe.ExpectTableRowCountToBeBetween(min_value=1)]
     logs_exp += [gxe.ExpectColumnToExist(column=c) for c in LOG_COLUMNS]
     logs_exp += [gxe.ExpectColumnValuesToNotBeNull(column=c) for c in LOG_COLUMNS]
