@@ -15,10 +15,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from tandem.core.config import ContractConfig, SplitConfig, config_from_dict
+from tandem.core.config import ContractConfig, RunConfig, SplitConfig, config_from_dict
 from tandem.data.contract import ContractError, load_catalog, load_logs
 from tandem.data.synth import make_dataset
 from tandem.pairs.split import split_pairs
+from tandem.pipeline import stages
 
 T = pd.Timestamp("2024-01-01T10:00:00.123Z")  # epoch 1704103200.123
 
@@ -120,19 +121,28 @@ def test_the_plausible_window_is_configurable(tmp_path):
 
 def test_a_few_bad_timestamps_among_many_are_quarantined_and_the_run_goes_on(tmp_path):
     """Two rows dated 9999 and 2286 among the demo's events used to stretch the time split so that the
-    test part was empty ('widen --window-hours'); now they are quarantined and the split has both parts."""
+    test part was empty ('widen --window-hours'); now the load stage quarantines them (quarantine/logs.csv,
+    with the reason) and the split of the rest has both parts."""
     logs, catalog = make_dataset(tmp_path / "data", n_users=40)
+    events = len(logs.read_text().splitlines()) - 1
+    first = logs.read_text().splitlines()[1].split(",")
     with logs.open("a") as f:
-        first = logs.read_text().splitlines()[1].split(",")
         f.write(f"{first[0]},{first[1]},view,9999-12-31T00:00:00Z\n{first[0]},{first[1]},click,10000000000\n")
-    items = load_catalog(catalog).kept["item_id"]
-    loaded = load_logs(logs, catalog_ids=items)
-    n, got = loaded.rows_in, reasons(loaded)
-    assert got[n - 1].startswith("ts out of range: 9999-12-31T00:00:00Z is outside the plausible window")
-    assert got[n].startswith("ts out of range: 10000000000 (epoch seconds = 2286-11-20")
-    assert set(got) - {n - 1, n} == {r for r, why in got.items() if not why.startswith("ts")}  # the rest as before
-    assert loaded.kept["ts"].max() < pd.Timestamp("2100-01-01", tz="UTC")
-    split = split_pairs(loaded.kept, split=SplitConfig())
+    run = stages.RunPaths.of(tmp_path / "work", "r1")
+    summary = stages.load(run, logs, catalog, RunConfig())
+    quarantine = pd.read_csv(run / "quarantine" / "logs.csv")
+    bad = quarantine[quarantine["reason"].str.startswith("ts")]
+    assert bad["row"].tolist() == [events + 1, events + 2]
+    assert bad["reason"].iloc[0].startswith("ts out of range: 9999-12-31T00:00:00Z is outside the plausible window")
+    assert bad["reason"].iloc[1].startswith("ts out of range: 10000000000 (epoch seconds = 2286-11-20")
+    assert summary["logs"] == {
+        "rows_in": events + 2,
+        "rows_kept": events + 2 - len(quarantine),
+        "rows_quarantined": len(quarantine),
+    }
+    kept = pd.read_parquet(run / "data" / "logs.parquet")
+    assert len(kept) == events + 2 - len(quarantine) and kept["ts"].max() < pd.Timestamp("2100-01-01", tz="UTC")
+    split = split_pairs(kept, split=SplitConfig())
     split.require_pairs()
     assert len(split.train) > 0 and len(split.test) > 0
 

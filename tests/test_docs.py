@@ -29,3 +29,22 @@ def test_readme_is_short_and_links_every_docs_page():
     assert len(readme.splitlines()) <= 300
     pages = {p.name for p in (ROOT / "docs").glob("*.md")}
     assert pages and all(f"(docs/{name})" in readme for name in pages), pages
+
+
+def test_every_reliability_row_names_a_test_that_exists():
+    """docs/reliability.md: the last cell of each table row names its tests (`test_x`, `tests/f.py`,
+    `tests/f.py::test_x`), and each one exists, so a row cannot outlive the test behind it."""
+    sources = {p.relative_to(ROOT).as_posix(): p.read_text() for p in (ROOT / "tests").glob("*.py")}
+    rows = [ln for ln in (ROOT / "docs" / "reliability.md").read_text().splitlines() if ln.startswith("| ")]
+    body = [ln for ln in rows if not ln.startswith(("| input tried", "| kill point"))]
+    assert body, "no table rows"
+    for row in body:
+        names = re.findall(r"`([^`]+)`", row.rstrip(" |").rsplit("|", 1)[-1])
+        assert names, f"row names no test: {row[:80]}"
+        for name in names:
+            path, _, func = (
+                name.rpartition("::") if "::" in name else ((name, "", "") if ".py" in name else ("", "", name))
+            )
+            where = {path: sources.get(path, "")} if path else sources
+            assert path == "" or path in sources, f"{name}: no such test file"
+            assert not func or any(f"def {func}(" in text for text in where.values()), f"{name}: no such test"
