@@ -135,9 +135,16 @@ class Recipe:
         return build_config(self.config, **self.flags)
 
 
-def recipe_options(command):
+def recipe_options(command=None, *, only: tuple[str, ...] = ()):
     """Give a Typer command the recipe options in place of its parameter `recipe: Recipe`, which then
-    receives them as one Recipe: the options are declared once, here, for every command that has them."""
+    receives them as one Recipe: the options are declared once, here, for every command that has them.
+    `@recipe_options(only=(...))`: --config and just the flags named, in RECIPE_OPTIONS order."""
+    if command is None:
+        return functools.partial(recipe_options, only=only)
+    unknown = set(only) - set(RECIPE_OPTIONS)
+    if unknown:
+        raise TypeError(f"recipe_options(only=...): {sorted(unknown)} are not recipe options")
+    declared = {name: o for name, o in RECIPE_OPTIONS.items() if not only or name == "config" or name in only}
     signature = inspect.signature(command, eval_str=True)
     if "recipe" not in signature.parameters:
         raise TypeError(f"{command.__name__} has no parameter `recipe` for the recipe options")
@@ -146,14 +153,14 @@ def recipe_options(command):
         if param.name == "recipe":
             params += [
                 inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=kind)
-                for name, (kind, opt) in RECIPE_OPTIONS.items()
+                for name, (kind, opt) in declared.items()
             ]
         else:
             params.append(param.replace(kind=inspect.Parameter.KEYWORD_ONLY))
 
     @functools.wraps(command)
     def with_recipe(**kwargs):
-        given = {name: kwargs.pop(name) for name in RECIPE_OPTIONS}
+        given = {name: kwargs.pop(name) for name in declared}
         return command(recipe=Recipe(given.pop("config"), given), **kwargs)
 
     with_recipe.__signature__ = signature.replace(parameters=params)

@@ -7,22 +7,7 @@ from pathlib import Path
 
 import typer
 
-from tandem.cli.common import (
-    BATCH,
-    CONFIG,
-    ENCODER,
-    EPOCHS,
-    MARGIN,
-    MAX_STEPS,
-    MILVUS,
-    VERBOSE,
-    WORKDIR,
-    build_config,
-    choice,
-    option,
-    setup_logging,
-    user_errors,
-)
+from tandem.cli.common import VERBOSE, WORKDIR, Recipe, choice, option, recipe_options, setup_logging, user_errors
 from tandem.core.config import RunConfig
 from tandem.core.setup import without_secrets
 from tandem.orchestration.kubeflow import PIPELINES
@@ -53,12 +38,19 @@ FEW_SHOT = option(
 )
 PRESET = option("small", "--preset", help="promptgen: generator size tiny, small (~3.9M) or base (~100M)")
 N_EXAMPLES = option(600, "-n", help="promptgen: examples (or intents) taken from the catalogue templates")
+# the recipe flags of `kfp run-local` (`kfp submit` adds milvus_uri); the promptgen pipeline reads only epochs
+KFP_FLAGS = ("epochs", "max_steps", "batch_size", "item_encoder", "min_improvement")
 
 
-def _kfp_config(config: Path | None, **flags) -> RunConfig:
-    """As `build_config`, minus the Milvus token: components read it from their environment (a Secret)."""
-    cfg = build_config(config, **flags)
-    return without_secrets(cfg)
+def _kfp_config(recipe: Recipe) -> RunConfig:
+    """The recipe, minus the Milvus token: components read it from their environment (a Secret)."""
+    return without_secrets(recipe.build())
+
+
+def _epochs(recipe: Recipe) -> dict:
+    """The promptgen pipeline's `epochs` parameter when --epochs was given."""
+    epochs = recipe.flags["epochs"]
+    return {"epochs": epochs} if epochs is not None else {}
 
 
 def _needs(pipeline: str, **given) -> None:
@@ -84,17 +76,13 @@ def kfp_compile(
 
 
 @kfp_app.command("run-local")
+@recipe_options(only=KFP_FLAGS)
 def kfp_run_local(
     logs: Path | None = option(None, "--logs", help="behaviour log: CSV or Parquet (tandem pipeline)"),
     catalog: Path | None = option(None, "--catalog", help="catalogue: CSV, Parquet or JSONL"),
     workdir: Path = WORKDIR,
     run_id: str | None = option(None, help="run id", shown="a new one"),
-    config: Path | None = CONFIG,
-    epochs: int | None = EPOCHS,
-    max_steps: int | None = MAX_STEPS,
-    batch_size: int | None = BATCH,
-    item_encoder: str | None = ENCODER,
-    min_improvement: float | None = MARGIN,
+    recipe: Recipe = None,  # --config and the KFP_FLAGS, see recipe_options
     verbose: bool = VERBOSE,
     pipeline: Pipeline = PIPELINE,
     teacher_model: str = TEACHER,
@@ -119,7 +107,7 @@ def kfp_run_local(
                 n=n,
                 few_shot=few_shot,
                 preset=preset,
-                **({"epochs": epochs} if epochs is not None else {}),
+                **_epochs(recipe),
             )
         taught = result["teacher"]
         typer.echo(f"teacher ({taught['source']}): {taught['examples']} examples, {taught['quarantined']} quarantined")
@@ -129,15 +117,7 @@ def kfp_run_local(
         return
     with user_errors(RuntimeError):  # RuntimeError: a task failed; its log is above
         _needs(pipeline, logs=logs, catalog=catalog)
-        cfg = _kfp_config(
-            config,
-            epochs=epochs,
-            max_steps=max_steps,
-            batch_size=batch_size,
-            item_encoder=item_encoder,
-            min_improvement=min_improvement,
-        )
-        result = run_local(logs, catalog, workdir, cfg, run_id)
+        result = run_local(logs, catalog, workdir, _kfp_config(recipe), run_id)
     gate, promoted = result["gate"], result.get("promote", {})
     typer.echo(f"gate: {gate['decision']} ({gate['reason']})")
     typer.echo(f"live collection: {promoted.get('live_collection', 'unchanged')}")
@@ -146,6 +126,7 @@ def kfp_run_local(
 
 
 @kfp_app.command("submit")
+@recipe_options(only=(*KFP_FLAGS, "milvus_uri"))
 def kfp_submit(
     host: str = option(
         ..., "--host", envvar="TANDEM_KFP_HOST", help="KFP API endpoint, e.g. http://ml-pipeline-ui.kubeflow:80"
@@ -158,13 +139,7 @@ def kfp_submit(
     experiment: str = option("tandem", help="KFP experiment (promptgen: tandem-promptgen)"),
     package: Path | None = option(None, help="compiled pipeline", shown="components/pipeline.yaml (promptgen.yaml)"),
     wait: bool = option(False, "--wait", help="wait for the run to finish"),
-    config: Path | None = CONFIG,
-    epochs: int | None = EPOCHS,
-    max_steps: int | None = MAX_STEPS,
-    batch_size: int | None = BATCH,
-    milvus_uri: str | None = MILVUS,
-    item_encoder: str | None = ENCODER,
-    min_improvement: float | None = MARGIN,
+    recipe: Recipe = None,  # --config and the KFP_FLAGS and milvus_uri, see recipe_options
     pipeline: Pipeline = PIPELINE,
     teacher_model: str = TEACHER,
     intents: str = option("", "--intents", help="promptgen: intents JSONL path as the pods see it"),
@@ -187,18 +162,9 @@ def kfp_submit(
         _needs(pipeline, logs=logs, catalog=catalog)
         if pipeline == "promptgen":
             options = {"n": n, "few_shot": few_shot, "preset": preset, "allow_download": allow_download}
-            options |= {"epochs": epochs} if epochs is not None else {}
+            options |= _epochs(recipe)
             args = promptgen_arguments(teacher_model, catalog, intents, teacher_jsonl, workdir, pvc, **options)
         else:
-            cfg = _kfp_config(
-                config,
-                epochs=epochs,
-                max_steps=max_steps,
-                batch_size=batch_size,
-                milvus_uri=milvus_uri,
-                item_encoder=item_encoder,
-                min_improvement=min_improvement,
-            )
-            args = arguments(logs, catalog, workdir, cfg, run_id, pvc)
+            args = arguments(logs, catalog, workdir, _kfp_config(recipe), run_id, pvc)
         result = submit(host, args, experiment, wait, package, pipeline=pipeline)
     typer.echo(json.dumps(result, indent=2))
