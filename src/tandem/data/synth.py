@@ -10,6 +10,7 @@ for scale tests and benchmarks: millions of events a second, streamed to Parquet
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -112,17 +113,32 @@ def _default_users(n_events: int) -> int:
     return int(np.clip(n_events // 20, 50, 5_000_000))
 
 
+@dataclass(frozen=True)
+class LogShape:
+    """How a generated log looks: the keyword arguments of `generate_logs` / `write_logs` (see there)."""
+
+    days: float = 30.0
+    start: str = "2024-01-01"
+    zipf_a: float = 1.1
+    user_sigma: float = 1.3
+    cluster_size: int = 50
+    mean_session_events: float = 6.0
+    mean_gap_s: float = 90.0
+    event_mix: tuple[float, float, float] = (0.75, 0.20, 0.05)
+    explore: float = 0.15
+
+
 class _World:
     """Item popularity and clusters, user activity: what every block of one log shares."""
 
-    def __init__(self, n_items: int, n_users: int, zipf_a: float, user_sigma: float, cluster_size: int, seed: int):
+    def __init__(self, n_items: int, n_users: int, shape: LogShape, seed: int):
         import pyarrow as pa
 
         rng = np.random.default_rng([seed, 2**31 - 1])
         # Zipf popularity over ranks, given to items in random order (ids say nothing about rank).
-        weight = 1.0 / np.arange(1, n_items + 1) ** zipf_a
+        weight = 1.0 / np.arange(1, n_items + 1) ** shape.zipf_a
         weight = weight[rng.permutation(n_items)]
-        cluster = rng.integers(0, max(1, n_items // cluster_size), n_items)
+        cluster = rng.integers(0, max(1, n_items // shape.cluster_size), n_items)
         self.order = np.argsort(cluster, kind="stable")  # items grouped by cluster
         cum = np.cumsum(weight[self.order])
         self.cum = cum / cum[-1]
@@ -131,33 +147,25 @@ class _World:
         last = np.searchsorted(sorted_cluster, sorted_cluster, side="right") - 1
         self.lo = np.where(first > 0, self.cum[first - 1], 0.0)  # per sorted item: its cluster's cdf range
         self.hi = self.cum[last]
-        activity = rng.lognormal(0.0, user_sigma, n_users)
+        activity = rng.lognormal(0.0, shape.user_sigma, n_users)
         self.user_cum = np.cumsum(activity) / activity.sum()
         self.item_ids = pa.array([f"i{i}" for i in range(n_items)], pa.string())
         self.user_ids = pa.array([f"u{u}" for u in range(n_users)], pa.string())
         self.events = pa.array(EVENTS, pa.string())
+        self.shape = shape
+        self.start_us = int(pd.Timestamp(shape.start, tz="UTC").value // 1000)
+        self.span_us = int(shape.days * 86_400e6)
 
     def items(self, u: np.ndarray) -> np.ndarray:
         """Item index for uniform draws `u` in [0, 1): Zipf over all items."""
         return self.order[np.minimum(np.searchsorted(self.cum, u, side="right"), len(self.cum) - 1)]
 
 
-def _block(
-    world: _World,
-    b: int,
-    n: int,
-    n_blocks: int,
-    start_us: int,
-    span_us: int,
-    mean_session_events: float,
-    mean_gap_s: float,
-    event_mix: tuple[float, float, float],
-    explore: float,
-    seed: int,
-):
+def _block(world: _World, b: int, n: int, n_blocks: int, seed: int):
     """One block of `n` events as a pyarrow Table in the contract, sorted by ts."""
     import pyarrow as pa
 
+    mean_session_events, start_us, span_us = world.shape.mean_session_events, world.start_us, world.span_us
     rng = np.random.default_rng([seed, b])
     # Sessions until the block is full; the last one is cut at the block's end.
     n_sessions = int(n / mean_session_events * 1.2) + 16
@@ -175,7 +183,7 @@ def _block(
     slice_us = span_us / n_blocks
     session_start = start_us + (b * slice_us + rng.random(n_sessions) * slice_us).astype(np.int64)
     # Gaps of at least one second inside a session, so (user, item, event, ts) never repeats there.
-    gaps = (1e6 + rng.exponential(mean_gap_s * 1e6, n)).astype(np.int64)
+    gaps = (1e6 + rng.exponential(world.shape.mean_gap_s * 1e6, n)).astype(np.int64)
     gaps[first] = 0
     offset = np.cumsum(gaps)
     offset -= np.repeat(offset[first], lengths)
@@ -186,11 +194,12 @@ def _block(
     pos = np.minimum(pos, len(world.cum) - 1)
     lo, hi = world.lo[pos][session], world.hi[pos][session]
     u = lo + rng.random(n) * (hi - lo)
-    wander = rng.random(n) < explore
+    wander = rng.random(n) < world.shape.explore
     u[wander] = rng.random(int(wander.sum()))
     item = world.items(u)
 
-    event = np.searchsorted(np.cumsum(event_mix) / sum(event_mix), rng.random(n), side="right")
+    mix = world.shape.event_mix
+    event = np.searchsorted(np.cumsum(mix) / sum(mix), rng.random(n), side="right")
     event = np.minimum(event, len(EVENTS) - 1)
     event[first] = 0  # sessions open with a view
 
@@ -205,37 +214,18 @@ def _block(
     )
 
 
-def iter_log_blocks(
-    n_events: int,
-    n_items: int | None = None,
-    n_users: int | None = None,
-    seed: int = 0,
-    days: float = 30.0,
-    start: str = "2024-01-01",
-    zipf_a: float = 1.1,
-    user_sigma: float = 1.3,
-    cluster_size: int = 50,
-    mean_session_events: float = 6.0,
-    mean_gap_s: float = 90.0,
-    event_mix: tuple[float, float, float] = (0.75, 0.20, 0.05),
-    explore: float = 0.15,
-):
-    """Yield the log as pyarrow Tables of at most BLOCK_EVENTS rows (see `generate_logs`)."""
+def iter_log_blocks(n_events: int, n_items: int | None = None, n_users: int | None = None, seed: int = 0, **shape):
+    """Yield the log as pyarrow Tables of at most BLOCK_EVENTS rows (see `generate_logs`); `shape`: LogShape fields."""
     if n_events < 1:
         raise ValueError(f"n_events={n_events}: ask for at least one event")
     n_items = n_items or _default_items(n_events)
     n_users = n_users or _default_users(n_events)
     if n_items < 2 or n_users < 1:
         raise ValueError(f"n_items={n_items}, n_users={n_users}: need at least 2 items and 1 user")
-    world = _World(n_items, n_users, zipf_a, user_sigma, cluster_size, seed)
+    world = _World(n_items, n_users, LogShape(**shape), seed)
     n_blocks = -(-n_events // BLOCK_EVENTS)
-    start_us = int(pd.Timestamp(start, tz="UTC").value // 1000)
-    span_us = int(days * 86_400e6)
     for b in range(n_blocks):
-        n = min(BLOCK_EVENTS, n_events - b * BLOCK_EVENTS)
-        yield _block(
-            world, b, n, n_blocks, start_us, span_us, mean_session_events, mean_gap_s, event_mix, explore, seed
-        )
+        yield _block(world, b, min(BLOCK_EVENTS, n_events - b * BLOCK_EVENTS), n_blocks, seed)
 
 
 def generate_logs(n_events: int, n_items: int | None = None, n_users: int | None = None, seed: int = 0, **kwargs):
@@ -244,7 +234,8 @@ def generate_logs(n_events: int, n_items: int | None = None, n_users: int | None
     Items have Zipf popularity (`zipf_a`), users lognormal activity (`user_sigma`); events come
     in sessions (`mean_session_events`, `mean_gap_s` apart) within one item cluster
     (`cluster_size` items), opening with a view, then view/click/purchase by `event_mix`, over
-    `days` from `start`. Defaults: n_items = n_events/200, n_users = n_events/20 (clipped).
+    `days` from `start` (these keywords are `LogShape`'s fields, with its defaults). Defaults:
+    n_items = n_events/200, n_users = n_events/20 (clipped).
     For large logs use `write_logs`, which never holds more than a chunk.
     """
     import pyarrow as pa
