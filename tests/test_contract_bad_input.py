@@ -147,6 +147,21 @@ def test_a_few_bad_timestamps_among_many_are_quarantined_and_the_run_goes_on(tmp
     assert len(split.train) > 0 and len(split.test) > 0
 
 
+def test_when_no_row_is_kept_the_message_gives_the_reasons(tmp_path):
+    """Day numbers written where epoch seconds were meant: every row is from 1970, so all are
+    quarantined and `require_kept` (called by the load stage and `tandem pairs` after the quarantine
+    file is written) names the reason, an example row and the setting to change."""
+    loaded = load_logs(logs_csv(tmp_path, [f"u{i},1,view,{i * 86400}" for i in range(1, 6)]))
+    assert loaded.kept.empty and loaded.counts()["rows_quarantined"] == 5
+    with pytest.raises(ContractError) as err:
+        loaded.require_kept("logs", tmp_path / "q.csv")
+    msg = str(err.value)
+    assert msg.startswith("logs: none of the 5 rows is usable (ts out of range: 5); e.g. row 1 of ")
+    assert "86400 (epoch seconds = 1970-01-02 00:00:00+00) is outside the plausible window" in msg
+    assert f"Every row and its reason: {tmp_path / 'q.csv'}." in msg and "widen contract.min_ts" in msg
+    load_logs(logs_csv(tmp_path, ["u,1,view,2024-01-01", "u,1,view,1"])).require_kept("logs")  # one kept: fine
+
+
 # ---- CSV and Parquet structure -------------------------------------------------------------------
 
 

@@ -143,8 +143,13 @@ def test_failing_validation_stops_the_run_with_a_readable_message(tmp_path, data
             str(tmp_path / "work"),
         ],
     )
-    assert result.exit_code == 2
-    assert "[logs] column 'ts'" in result.output and "index.html" in result.output
+    # The contract quarantines every row (before 1990: outside contract.min_ts) and the load stage says so.
+    assert result.exit_code == 2, result.output
+    assert f"none of the {len(logs)} rows is usable (ts out of range: {len(logs)})" in result.output
+    assert "(epoch seconds = 1970-" in result.output and "contract.min_ts" in result.output
+    quarantine = list((tmp_path / "work" / "runs").glob("*/quarantine/logs.csv"))
+    assert len(quarantine) == 1 and str(quarantine[0]) in result.output
+    assert len(pd.read_csv(quarantine[0])) == len(logs)
     assert not list((tmp_path / "work" / "runs").glob("*/model"))  # stopped before training
 
 

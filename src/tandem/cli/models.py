@@ -119,8 +119,7 @@ def pairs_command(
         loaded.quarantined.to_csv(quarantine, index=False)
         c = loaded.counts()
         typer.echo(f"logs: {c['rows_in']} rows in = {c['rows_kept']} kept + {c['rows_quarantined']} quarantined")
-        if loaded.kept.empty:
-            raise ValueError(f"no usable log rows left after loading; see {quarantine} for the reasons")
+        loaded.require_kept("logs", quarantine)
         pairs = mine_pairs(loaded.kept, cfg.pairs, cfg.contract, engine=engine, out=out)
     p = cfg.pairs
     how = "basket" if p.mode == "basket" else f"sequential, follow={p.follow}"

@@ -65,6 +65,28 @@ class Loaded:
     def counts(self) -> dict[str, int]:
         return {"rows_in": self.rows_in, "rows_kept": len(self.kept), "rows_quarantined": len(self.quarantined)}
 
+    def require_kept(self, what: str, quarantine: str | Path | None = None) -> None:
+        """Raise a ContractError naming the commonest reasons and one example row when no row was kept
+        (call it after writing the quarantine file, so that the file lists every row)."""
+        if len(self.kept) or not self.rows_in:
+            return
+        q = self.quarantined
+        top = q["reason"].str.split(":").str[0].value_counts().head(3)
+        first = q.iloc[0]
+        where = f" of {first['file']}" if "file" in q.columns else ""
+        hint = (
+            " Epochs in seconds, ms, us or ns are read by their magnitude; if the times are real, widen "
+            "contract.min_ts / contract.max_ts in the recipe."
+            if top.index[0].startswith("ts")
+            else ""
+        )
+        raise ContractError(
+            f"{what}: none of the {self.rows_in} rows is usable ({', '.join(f'{r}: {n}' for r, n in top.items())}); "
+            f"e.g. row {first['row']}{where}: {first['reason']}."
+            + (f" Every row and its reason: {quarantine}." if quarantine else "")
+            + hint
+        )
+
 
 def _format(path: Path, what: str) -> str:
     if not path.exists():

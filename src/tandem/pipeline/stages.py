@@ -114,6 +114,7 @@ def load(run: RunPaths, logs_path: str | Path, catalog_path: str | Path, cfg: Ru
     logs.quarantined.to_csv(run / "quarantine" / "logs.csv", index=False)
     catalog.quarantined.to_csv(run / "quarantine" / "catalog.csv", index=False)
     catalog.dropped_images.to_csv(run / "quarantine" / "images.csv", index=False)
+    logs.require_kept("logs", run / "quarantine" / "logs.csv")  # none kept: say why, not later at pairs
     return run.save(
         "load",
         {
