@@ -44,6 +44,9 @@ def _show_rollout(report: dict) -> None:
         typer.echo(f"  {arm:<10} impressions {c['impressions']:>8}  clicks {c['clicks']:>7}  CTR {ctr}{where}")
     if report["stop_rule"]:
         typer.echo(f"stop rule: {report['stop_rule']['verdict']} ({report['stop_rule']['reason']})")
+    if report.get("pending"):
+        action = report["pending"].get("action")
+        typer.echo(f"interrupted: {action} was decided but not confirmed; the next rollout command finishes it")
 
 
 @rollout_app.command("status")

@@ -116,10 +116,11 @@ class GateConfig:
 class RolloutConfig:
     """Staged A/B rollout of a promoted challenger (owner: tandem.release.rollout).
 
-    Stop rule, judged on the current stage's served events: 'stop' (advance refused, abort advised) when both arms
-    have min_impressions and the challenger's CTR is significantly below the champion's (one-sided two-proportion
-    z-test, p < alpha); 'hold' (advance refused unless forced) while an arm lacks min_impressions or the observed
-    relative CTR drop exceeds max_ctr_drop without being significant yet; else 'ok'.
+    Stop rule (tandem.release.sequential), judged on the served events of every stage so far: 'stop' (advance
+    refused, abort advised) when the always-valid p-value of the one-sided mixture SPRT 'the challenger's CTR is below
+    the champion's' reaches alpha (valid however often the guard and `advance` look; stages with min_impressions in
+    both arms are its strata); 'hold' (advance refused unless forced) while an arm of the current stage lacks
+    min_impressions or its relative CTR drop exceeds max_ctr_drop without being significant yet; else 'ok'.
     """
 
     enabled: StrictBool = field(
@@ -136,7 +137,17 @@ class RolloutConfig:
     min_impressions: Positive = field(
         default=500, metadata={"help": "impressions each arm needs in a stage before the stop rule may judge it"}
     )
-    alpha: OpenFraction = field(default=0.05, metadata={"help": "significance level of the one-sided CTR z-test"})
+    alpha: OpenFraction = field(
+        default=0.05,
+        metadata={"help": "false-stop rate of the stop rule at equal CTRs, under any number of looks (always valid)"},
+    )
+    tau: Annotated[Float, Field(gt=0, lt=1)] = field(
+        default=0.01,
+        metadata={
+            "help": "mixing scale of the stop rule's mSPRT, an absolute CTR difference, about the drop to catch "
+            "soonest (smaller: more power for small drops, far less for large ones on little traffic)"
+        },
+    )
     max_ctr_drop: Fraction = field(
         default=0.1,
         metadata={"help": "relative CTR drop (challenger vs champion) above which a stage holds for more evidence"},

@@ -41,12 +41,14 @@ The result lands in WORKDIR/audit/live.json; an unhealthy index fails the task (
 GUARD_DOC = """tandem_rollout_guard: every hour, enforces the stop rule of the running A/B rollout.
 
 It reads WORKDIR/rollout/state.json and the served events (WORKDIR/serving/events/) and calls
-`tandem.release.rollout.enforce`: when the challenger's CTR in the current stage is significantly below
-the champion's (the stop rule says 'stop'), the rollout is aborted: every user goes back to the
-champion, the challenger alias is dropped, the live alias stays where it was. Otherwise nothing
-changes. It never advances a rollout: moving to a larger share is a human/product decision
-(`tandem rollout advance`), taken on this evidence and more. With no rollout it returns
-{"status": "none"}.
+`tandem.release.rollout.enforce`: when the challenger's CTR is significantly below the champion's
+(the stop rule's always-valid p-value over the stages so far reaches alpha: valid however often it
+looks), the rollout is aborted: every user goes back to the champion, the challenger alias is
+dropped, the live alias stays where it was. Otherwise only a lower p-value is stored in the state.
+It holds the rollout's lock (a concurrent `tandem rollout advance` waits for it) and first finishes
+an alias move that a crash interrupted. It never advances a rollout: moving to a larger share is a
+human/product decision (`tandem rollout advance`), taken on this evidence and more. With no rollout
+it returns {"status": "none"}.
 
 The task returns a summary (status, stage, share, per-arm impressions/clicks/CTR, the stop-rule
 verdict, `action`: 'aborted' when this run aborted it). An abort is logged as a WARNING and
