@@ -172,3 +172,12 @@ def test_a_crash_between_the_alias_move_and_the_state_write_is_finished_by_the_n
     done = rollout.load_state(tmp_path)
     assert done.pending is None and [h["action"] for h in done.history][-1] == "complete"
     assert rollout.rollback(tmp_path, CFG, index).status == "rolled_back" and index.live() == CHAMPION
+
+
+def test_abort_is_refused_while_live_serves_the_challenger(tmp_path):
+    index = FakeIndex(delay=0)
+    last_stage(tmp_path, index)
+    index.promote(CHALLENGER)  # live moved outside the rollout: marking it aborted would misstate what serves
+    with pytest.raises(RolloutRefused, match="roll back"):
+        rollout.abort(tmp_path, CFG, reason="manual", index=index)
+    assert rollout.load_state(tmp_path).status == "running" and rollout.load_state(tmp_path).version == 0

@@ -285,19 +285,23 @@ def abort(
     """Stop the experiment: every user back on the champion, the challenger alias dropped, live unchanged.
     Aborting an aborted rollout again only finishes the clean-up (an alias left by a failed drop). Refused once
     live serves the challenger (a completion, finished first if a crash interrupted it): roll back instead."""
-    with locked(workdir), _index(cfg, workdir, index) as idx:
-        state = recover(workdir, cfg, idx)
+    with locked(workdir):
+        state = recover(workdir, cfg, index)
         if state is None or state.status != "aborted":
             state = _running(workdir, "abort")
-            if idx.live() == state.challenger:
-                raise RolloutRefused(f"cannot abort: live already serves the challenger {state.challenger}; roll back")
-            entry = _entry("abort", state, None, reason=reason)
-            aborted = replace(state, status="aborted", history=[*state.history, entry])
-            if p_value is not None:
-                aborted = replace(aborted, p_value=min(state.p_value, p_value))
-            state = commit(workdir, aborted, state)  # first stop routing, then drop the alias the challenger searched
-        if cfg.index.challenger_alias in idx.aliases():
-            idx.drop_alias(cfg.index.challenger_alias)
+        with _index(cfg, workdir, index) as idx:
+            if state.status == "running":
+                if idx.live() == state.challenger:
+                    raise RolloutRefused(
+                        f"cannot abort: live already serves the challenger {state.challenger}; roll back"
+                    )
+                entry = _entry("abort", state, None, reason=reason)
+                aborted = replace(state, status="aborted", history=[*state.history, entry])
+                if p_value is not None:
+                    aborted = replace(aborted, p_value=min(state.p_value, p_value))
+                state = commit(workdir, aborted, state)  # first stop routing, then drop the challenger's alias
+            if cfg.index.challenger_alias in idx.aliases():
+                idx.drop_alias(cfg.index.challenger_alias)
     log.info("rollout %s aborted%s", state.experiment, f": {reason}" if reason else "")
     return state
 
