@@ -18,7 +18,6 @@ Normalised catalogue: item_id str, title str, topics list[str], content str,
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,9 +30,11 @@ from tandem.data.contract_checks import (
     ContractError,
     check_csv,
     check_parquet_names,
+    error_column,
     image_path_problem,
     image_roots,
     is_url,
+    missing_id_sql,
     resolve_image,
     ts_parts_sql,
     ts_reason_sql,
@@ -178,7 +179,7 @@ def load_logs(
     try:
         kept, quarantined, rows_in = _judge(con, types, query_sql, (ts_expr, ts_note), cfg, catalog_ids, known)
     except duckdb.Error as e:  # the conversions above cannot raise; a reader can (e.g. a timestamp overflow)
-        column = _suspect(types, str(e))
+        column = error_column(types, str(e))
         where = f"column '{column}' holds a value that" if column else "a value"
         raise ContractError(
             f"logs {path}: {where} cannot be converted ({str(e).splitlines()[0]}); fix or remove that row "
@@ -190,23 +191,6 @@ def load_logs(
         raise ContractError(f"logs file {path} has a header but no rows; it needs at least one event.")
     _warn_quarantine("logs", path, quarantined, rows_in)
     return Loaded(kept, quarantined, rows_in)
-
-
-def _suspect(types: dict, error: str) -> str | None:
-    """The column a reader's conversion error is about, where the message tells (DuckDB's parquet reader
-    fails for the whole file, so columns cannot be tried one by one)."""
-    named = re.search(r"column \"?(\w+)", error)
-    if named and named.group(1) in types:
-        return named.group(1)
-    if "timestamp" in error.lower():
-        return next((c for c, t in types.items() if t.startswith("TIMESTAMP")), None)
-    return None
-
-
-def _not_an_id(col: str) -> str:
-    """SQL: the reason for a NULL id, saying so when it was a float NaN or inf."""
-    special = f"lower(trim({col}_raw)) IN ('nan', 'inf', '-inf')"
-    return f"'missing {col}' || CASE WHEN {special} THEN ' (' || trim({col}_raw) || ' is not an id)' ELSE '' END"
 
 
 def _judge(con, types: dict, query_sql: str, ts: tuple[str, str], cfg, catalog_ids, known: list[str]):
@@ -234,8 +218,8 @@ def _judge(con, types: dict, query_sql: str, ts: tuple[str, str], cfg, catalog_i
         f"""
         CREATE TEMP TABLE judged AS
         SELECT *, CASE
-            WHEN user_id IS NULL THEN {_not_an_id("user_id")}
-            WHEN item_id IS NULL THEN {_not_an_id("item_id")}
+            WHEN user_id IS NULL THEN {missing_id_sql("user_id")}
+            WHEN item_id IS NULL THEN {missing_id_sql("item_id")}
             WHEN event IS NULL OR event = '' THEN 'missing event'
             WHEN ts_reason IS NOT NULL THEN ts_reason
             WHEN event NOT IN (SELECT unnest(?)) THEN 'unknown event: ' || event

@@ -1,5 +1,5 @@
 """The checks of bad input under `tandem.data.contract`: the structure of a CSV file, duplicated column
-names, timestamps (epoch units, the plausible window) and catalogue image paths.
+names, timestamps (epoch units, the plausible window), float ids, reader errors and catalogue image paths.
 
 A problem with a whole file is a `ContractError` naming the file, the line or column and the fix; a bad
 timestamp or image is a reason string for the contract's quarantine. Timestamps are converted by SQL
@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import os
+import re
 import stat
 from collections import Counter
 from pathlib import Path
@@ -163,6 +164,26 @@ def ts_reason_sql(ts: str, raw: str, note: str, window: tuple[dt.datetime, dt.da
         THEN 'ts out of range: ' || {raw} || {read_as} || ' is outside the plausible window {span} '
              || '(contract.min_ts, contract.max_ts)'
     END"""
+
+
+# ---- ids and reader errors ----------------------------------------------------------------------
+
+
+def error_column(types: dict, error: str) -> str | None:
+    """The column a reader's conversion error is about, where the message tells (DuckDB's parquet reader
+    fails for the whole file, so columns cannot be tried one by one)."""
+    named = re.search(r"column \"?(\w+)", error)
+    if named and named.group(1) in types:
+        return named.group(1)
+    if "timestamp" in error.lower():
+        return next((c for c, t in types.items() if t.startswith("TIMESTAMP")), None)
+    return None
+
+
+def missing_id_sql(col: str) -> str:
+    """SQL: the reason for a NULL id, saying so when it was a float NaN or inf."""
+    special = f"lower(trim({col}_raw)) IN ('nan', 'inf', '-inf')"
+    return f"'missing {col}' || CASE WHEN {special} THEN ' (' || trim({col}_raw) || ' is not an id)' ELSE '' END"
 
 
 # ---- image paths ---------------------------------------------------------------------------------
