@@ -117,6 +117,8 @@ def test_the_plausible_window_is_configurable(tmp_path):
     )
     with pytest.raises(ValueError, match=r"contract\.max_ts: 'tomorrow' is not an ISO-8601 date"):
         config_from_dict({"contract": {"max_ts": "tomorrow"}})
+    with pytest.raises(ValueError, match=r"contract\.min_ts \(2030-01-01\) must be before contract\.max_ts"):
+        config_from_dict({"contract": {"min_ts": "2030-01-01", "max_ts": "2020-01-01"}})
 
 
 def test_a_few_bad_timestamps_among_many_are_quarantined_and_the_run_goes_on(tmp_path):

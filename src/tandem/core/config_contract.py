@@ -77,3 +77,9 @@ class ContractConfig:
             "default they are dropped from their item, with the reason"
         },
     )
+
+    def __post_init__(self) -> None:
+        if self.max_ts and parse_instant(self.min_ts) >= parse_instant(self.max_ts):
+            raise ValueError(
+                f"contract.min_ts ({self.min_ts}) must be before contract.max_ts ({self.max_ts}), or no event is kept"
+            )
