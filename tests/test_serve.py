@@ -26,8 +26,9 @@ from tandem.pipeline.run import run
 from tandem.release import rollout
 from tandem.serve import EVENT_COLUMNS, create_app, events_dir, read_events
 from tandem.serve.batching import MicroBatcher
-from tandem.serve.events import EventLog, RecentRequests, Served
+from tandem.serve.events import EventLog, Served
 from tandem.serve.routing import check_query_encoder, preflight, query_encoder
+from tandem.serve.security import ClickMemory
 
 CITIES = ("Paris", "Rome")
 A, B = "it0", "it1"  # different kinds: no user of the generated log touches both
@@ -94,10 +95,10 @@ def test_event_log_writes_whole_typed_parts(tmp_path):
 
 
 def test_recent_requests_forget_the_oldest():
-    recent = RecentRequests(2)
+    recent = ClickMemory(2)
     for n in range(3):
         recent.put(f"r{n}", Served("u", "", "champion", "", (f"i{n}",)))
-    assert recent.get("r0") is None and recent.get("r1").items == ("i1",) and len(recent) == 2
+    assert recent.get("r0") is None and recent.get("r1").position("i1") == 0 and len(recent) == 2
     recent.put("r3", Served("u", "", "champion", "", ()))  # r1 was just read: r2 is now the oldest
     assert recent.get("r2") is None and recent.get("r1") is not None
 
@@ -145,14 +146,15 @@ def test_search_matches_exact_numpy_and_logs_the_click_with_its_query(client, wo
     assert [h["item_id"] for h in result["items"]] == expected
     scores = (vectors @ query[0])[[ids.index(i) for i in expected]]
     assert [h["score"] for h in result["items"]] == pytest.approx(scores, abs=1e-5)
-    assert result["arm"] == "champion" and result["user_id"] == "alice" and result["items"][0]["title"]
+    assert result["user_id"] == "alice" and result["items"][0]["title"]
+    assert "arm" not in result and "collection" not in result  # a client must not learn its arm (serve.debug off)
     clicked = client.post("/click", json={"request_id": result["request_id"], "item_id": expected[2]}).json()
     assert clicked == {
         "request_id": result["request_id"],
         "user_id": "alice",
         "item_id": expected[2],
-        "arm": "champion",
         "position": 2,
+        "counted": True,
     }
     client.app.state.events.flush()
     mine = read_events(workdir).query("request_id == @result['request_id']")
@@ -215,7 +217,8 @@ MALFORMED = [
     ("post", "/click", {"json": {"request_id": 5, "item_id": A}}, 422),
     ("post", "/click", {"json": {"request_id": "r", "item_id": A, "extra": 1}}, 422),
     ("post", "/click", {"json": {"request_id": "", "item_id": A}}, 422),
-    ("post", "/click", {"json": {"request_id": "unknown", "item_id": A}}, 404),
+    ("post", "/click", {"json": {"request_id": "unknown", "item_id": A}}, 403),  # not signed by the service
+    ("post", "/click", {"json": {"request_id": "0" * 32 + "." + "0" * 32, "item_id": A}}, 404),  # well-formed, unknown
     ("post", "/click", {"json": {"request_id": "r" * 300, "item_id": A}}, 422),
     ("post", "/click", {"json": {"request_id": "r", "item_id": "x" * 5000}}, 413),
 ]
@@ -409,7 +412,9 @@ def test_served_clicks_become_the_next_runs_pairs(served_clicks, workdir):
 
 
 def test_rollout_routes_users_and_follows_the_state_file(served_clicks, workdir, cfg):
-    with TestClient(create_app(workdir, cfg)) as client:
+    debug = replace(cfg, serve=replace(cfg.serve, debug=True))  # responses name their arm and collection
+    with TestClient(create_app(workdir, debug)) as client:
+        key = client.app.state.signer.route_key  # users are bucketed by a keyed hash of their id
         live = client.get("/healthz").json()["live"]
         other = ({"tandem_first", "tandem_second"} - {live}).pop()
         state = rollout.RolloutState("exp-test", "salt", live, other, (50.0, 100.0))
@@ -417,7 +422,7 @@ def test_rollout_routes_users_and_follows_the_state_file(served_clicks, workdir,
         users = [f"user{n}" for n in range(40)]
         arms = {u: client.get("/search", params={"q": "red mug", "user_id": u}).json() for u in users}
         for user, result in arms.items():
-            assert result["arm"] == rollout.arm(state, user)
+            assert result["arm"] == rollout.arm(state, key(user))
             assert result["collection"] == (other if result["arm"] == "challenger" else live)
         assert {r["arm"] for r in arms.values()} == {"champion", "challenger"}
         health = client.get("/healthz").json()

@@ -180,6 +180,19 @@ class ServeConfig:
     recent_requests: Positive = field(
         default=100_000, metadata={"help": "served requests remembered (LRU) so that clicks can be checked"}
     )
+    click_ttl_seconds: Annotated[Float, Field(gt=0)] = field(
+        default=3600.0, metadata={"help": "...for this long: a later click on a request is refused (404)"}
+    )
+    click_memory_mb: Positive = field(
+        default=64, metadata={"help": "...in at most this many MiB (items kept as 8-byte hashes; oldest dropped)"}
+    )
+    max_expand: Positive = field(
+        default=2, metadata={"help": "expand=true searches run at once; one more gets HTTP 429 (Retry-After: 1)"}
+    )
+    debug: StrictBool = field(
+        default=False,
+        metadata={"help": "responses name their arm and collection (clicks their arm): for tests, never in production"},
+    )
     refresh_seconds: NonNegFloat = field(
         default=5.0, metadata={"help": "how often the live alias is re-read (the rollout state: on every change)"}
     )

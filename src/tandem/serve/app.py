@@ -10,21 +10,25 @@ is logged as an impression and every click with its request's query and arm (see
 Query expansion (`tandem serve --promptgen DIR`, `/search?q=...&expand=true`): the prompt generator
 writes k search prompts for q (`tandem.promptgen.expand`), q and the prompts are embedded in one
 call and searched in one Milvus call, and the lists are fused by reciprocal rank fusion. Expanded
-requests skip the micro-batcher (each already is a batch of k + 1 queries).
+requests skip the micro-batcher (each already is a batch of k + 1 queries); at most `serve.max_expand` run at
+once, and one more gets HTTP 429.
+
+Integrity (`tandem.serve.security`): request ids are signed, users are routed by a keyed hash, responses
+name no arm unless `serve.debug`, a click counts once per (request, item) shown, and POST /click and
+/metrics need the API key when `TANDEM_API_KEY` is set. Operations: /metrics, /readyz (`tandem.serve.ops`).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from fastapi import FastAPI, Header, HTTPException, Query, Request, Response
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
@@ -37,10 +41,22 @@ from tandem.promptgen.expand import MAX_K, QueryExpander, parse_expand
 from tandem.release.index import ItemIndex
 from tandem.release.scalars import filter_expression
 from tandem.serve.batching import MicroBatcher
-from tandem.serve.events import EventLog, RecentRequests, Served
+from tandem.serve.events import EventLog, Served
+from tandem.serve.metrics import Metrics, MetricsMiddleware
+from tandem.serve.ops import Cap, add_ops_routes
 from tandem.serve.page import add_page_routes
 from tandem.serve.routing import Arm, Router, Unavailable
-from tandem.serve.schemas import Click, Clicked, Health, Results
+from tandem.serve.schemas import Click, Clicked, DebugClicked, DebugResults, Health, Results
+from tandem.serve.security import (
+    API_KEY_ENV,
+    ClickMemory,
+    Refused,
+    Signer,
+    api_key,
+    check_click,
+    check_key,
+    server_secret,
+)
 
 log = logging.getLogger(__name__)
 USER_HEADER = "X-User-Id"
@@ -135,18 +151,31 @@ def create_app(
     if not 1 <= expand_k <= MAX_K:
         raise ValueError(f"--expand-k {expand_k}: give 1 to {MAX_K} prompts per query")
     expander = QueryExpander.load(promptgen, k=expand_k) if promptgen is not None else None
+    key, metrics = api_key(), Metrics()
+    expand_cap = Cap(s.max_expand, metrics, "expanded searches (serve.max_expand): retry, or search without expand")
+
+    def batch(group: tuple, asks: Sequence[Ask]) -> list[Answer | Exception]:
+        metrics.batch(group[0], len(asks))
+        return answer(app.state.index, group, asks)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         index = ItemIndex(cfg.index, workdir)
         events = None
         try:
-            router = Router(workdir, cfg, index)
+            signer = Signer(server_secret(workdir))
+            router = Router(workdir, cfg, index, route_key=signer.route_key)
             router.refresh(force=True)  # fails the start (no live collection, no model) instead of each request
             events = EventLog(events_dir(workdir), s.flush_rows, s.flush_seconds).start()
-            app.state.router, app.state.events, app.state.recent = router, events, RecentRequests(s.recent_requests)
+            recent = ClickMemory(s.recent_requests, s.click_ttl_seconds, s.click_memory_mb << 20)
+            app.state.router, app.state.events, app.state.recent, app.state.signer = router, events, recent, signer
             app.state.index = index
-            app.state.batcher = MicroBatcher(lambda key, asks: answer(index, key, asks), s.batch_window_ms, s.max_batch)
+            app.state.batcher = MicroBatcher(batch, s.batch_window_ms, s.max_batch)
+            metrics.watch_service(events, recent)  # gauges read at each scrape
+            if key is None:
+                log.warning(
+                    "%s is not set: POST /click and /metrics are open to anyone who reaches the service", API_KEY_ENV
+                )
             yield
         finally:
             if events is not None:
@@ -160,6 +189,15 @@ def create_app(
         lifespan=lifespan,
     )
     app.add_middleware(RequestBodyLimitMiddleware, max_body_size=s.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: times and counts every response
+
+    def require_key(request: Request) -> None:
+        check_key(key, request.headers)
+
+    @app.exception_handler(Refused)
+    async def refused(request: Request, exc: Refused) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=headers)
 
     @app.exception_handler(ValueError)
     async def bad_input(request: Request, exc: ValueError) -> JSONResponse:
@@ -211,9 +249,10 @@ def create_app(
     ):
         """Log the impressions (and `extra` events), remember the request for its clicks, answer."""
         arm_name, arm, view = routed
-        request_id = uuid.uuid4().hex
-        user = user or f"anonymous-{request_id}"
+        nonce = Signer.nonce()
+        user = user or f"anonymous-{nonce}"
         experiment = view.experiment
+        request_id = request.app.state.signer.request_id(nonce, user, arm_name, experiment)
         common = {"user_id": user, "arm": arm_name, "experiment": experiment, "request_id": request_id}
         request.app.state.events.add(
             [common | e for e in extra]
@@ -223,15 +262,17 @@ def create_app(
             ]
         )
         items = tuple(r["item_id"] for r in rows)
-        request.app.state.recent.put(request_id, Served(user, query, arm_name, experiment, items))
-        return Results(
-            request_id=request_id,
-            user_id=user,
-            arm=arm_name,
-            collection=arm.collection,
-            items=rows,
-            expansion=expansion,
-        )
+        request.app.state.recent.put(nonce, Served(user, query, arm_name, experiment, items))
+        if s.debug:
+            return DebugResults(
+                request_id=request_id,
+                user_id=user,
+                items=rows,
+                expansion=expansion,
+                arm=arm_name,
+                collection=arm.collection,
+            )
+        return Results(request_id=request_id, user_id=user, items=rows, expansion=expansion)
 
     @app.get("/healthz", response_model=Health)
     def healthz(request: Request) -> Health:
@@ -265,7 +306,7 @@ def create_app(
         )
         return got
 
-    @app.get("/search", response_model=Results, openapi_extra=filter_docs)
+    @app.get("/search", response_model=DebugResults if s.debug else Results, openapi_extra=filter_docs)
     async def search(
         request: Request,
         response: Response,
@@ -299,16 +340,17 @@ def create_app(
         if not n_prompts:
             got = await batched(request, response, "search", routed[1], expression, Ask(q, k))
             return serve(request, routed, user, q, got.rows, [])
-        started = time.perf_counter()
-        queries = (await run_in_threadpool(expander.prompts, [q], n_prompts))[0]
-        generated = time.perf_counter() - started
-        index = request.app.state.index
-        got = await run_in_threadpool(expanded, index, routed[1], expression, queries, k, expander)
+        with expand_cap:  # over serve.max_expand at once: a 429
+            started = time.perf_counter()
+            queries = (await run_in_threadpool(expander.prompts, [q], n_prompts))[0]
+            generated = time.perf_counter() - started
+            index = request.app.state.index
+            got = await run_in_threadpool(expanded, index, routed[1], expression, queries, k, expander)
         timing = _timing(generate=generated, **got.seconds)
         response.headers["Server-Timing"] = timing + f', queries;desc="{len(queries)}"'
         return serve(request, routed, user, q, got.rows, [], expansion=queries)
 
-    @app.get("/similar/{item_id}", response_model=Results, openapi_extra=filter_docs)
+    @app.get("/similar/{item_id}", response_model=DebugResults if s.debug else Results, openapi_extra=filter_docs)
     async def similar(
         request: Request,
         response: Response,
@@ -324,40 +366,29 @@ def create_app(
         viewed = {"item_id": item_id, "event": "view", "query": "", "position": None}
         return serve(request, routed, user, "", got.rows, [viewed])
 
-    @app.post("/click", response_model=Clicked)
+    @app.post("/click", response_model=DebugClicked if s.debug else Clicked, dependencies=[Depends(require_key)])
     def click(request: Request, body: Click) -> Clicked:
-        """A click on an item of earlier results; logged with that request's query and arm."""
+        """A click on an item of a recent response (its signed request_id); logged once per request and item,
+        with that request's query and arm."""
+        state = request.app.state
         for name in ("request_id", "item_id", "user_id"):
             value = getattr(body, name)
             if value is not None and len(value) > s.max_id_chars:
                 raise HTTPException(422, f"{name} is longer than {s.max_id_chars} characters")
-        served = request.app.state.recent.get(body.request_id)
-        if served is None:
-            raise HTTPException(
-                404, f"request_id {body.request_id!r} is unknown or too old: click items of a recent response"
-            )
-        if body.user_id is not None and body.user_id != served.user_id:
-            raise HTTPException(422, f"user_id {body.user_id!r} is not the user request {body.request_id} served")
-        if body.item_id not in served.items:
-            raise HTTPException(422, f"item {body.item_id!r} was not among the results of request {body.request_id}")
-        position = served.items.index(body.item_id)
-        request.app.state.events.add(
-            [
-                {
-                    "user_id": served.user_id,
-                    "item_id": body.item_id,
-                    "event": "click",
-                    "query": served.query,
-                    "arm": served.arm,
-                    "experiment": served.experiment,
-                    "request_id": body.request_id,
-                    "position": position,
-                }
-            ]
-        )
-        return Clicked(
-            request_id=body.request_id, user_id=served.user_id, item_id=body.item_id, arm=served.arm, position=position
-        )
+        try:
+            served, position, first = check_click(state.recent, state.signer, body)
+        except (HTTPException, Refused) as e:
+            metrics.count("clicks", "unserved" if getattr(e, "status_code", 0) == 422 else "refused")
+            raise
+        metrics.count("clicks", "counted" if first else "duplicate")
+        if first:  # a replay of the same click is answered alike, but not logged again
+            row = {"user_id": served.user_id, "item_id": body.item_id, "event": "click", "query": served.query}
+            row |= {"arm": served.arm, "experiment": served.experiment, "request_id": body.request_id}
+            state.events.add([row | {"position": position}])
+        answer = {"request_id": body.request_id, "user_id": served.user_id, "item_id": body.item_id}
+        answer |= {"position": position, "counted": first}
+        return DebugClicked(**answer, arm=served.arm) if s.debug else Clicked(**answer)
 
+    add_ops_routes(app, metrics, require_key)  # GET /metrics, GET /readyz
     add_page_routes(app, workdir, ids)  # GET / (the search page) and GET /items/{item_id}/image
     return app

@@ -11,7 +11,6 @@ import logging
 import os
 import threading
 import uuid
-from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,6 +36,7 @@ class EventLog:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.written = 0
+        self.error: str | None = None  # the last write's failure, until a write succeeds
 
     def start(self) -> EventLog:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -67,9 +67,13 @@ class EventLog:
             self.folder.mkdir(parents=True, exist_ok=True)
             name = f"part-{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}.parquet"
             tmp = self.folder / f".{name}.tmp"  # hidden and not *.parquet: readers skip it
-            _typed(pd.DataFrame(rows)).to_parquet(tmp, index=False)
-            os.replace(tmp, self.folder / name)
-            self.written += len(rows)
+            try:
+                _typed(pd.DataFrame(rows)).to_parquet(tmp, index=False)
+                os.replace(tmp, self.folder / name)
+            except OSError as e:
+                self.error = f"{type(e).__name__}: {e}"
+                raise
+            self.written, self.error = self.written + len(rows), None
             return self.folder / name
 
     def _run(self) -> None:
@@ -81,6 +85,11 @@ class EventLog:
             except OSError:  # a full disk must not kill the flusher: the rows are lost, loudly
                 log.exception("could not write served events to %s", self.folder)
 
+    @property
+    def healthy(self) -> bool:
+        """The flusher thread runs and the last write (if any) succeeded."""
+        return self._thread is not None and self._thread.is_alive() and self.error is None
+
     def close(self) -> None:
         self._stop.set()
         self._wake.set()
@@ -91,36 +100,11 @@ class EventLog:
 
 @dataclass(frozen=True)
 class Served:
-    """What a click is checked against: who was served what, for which query, by which arm."""
+    """What a click is checked against: who was served what, for which query, by which arm (kept compactly
+    by `tandem.serve.security.ClickMemory`)."""
 
     user_id: str
     query: str
     arm: str
     experiment: str
     items: tuple[str, ...]
-
-
-class RecentRequests:
-    """A bounded LRU of request_id -> Served (the oldest requests are forgotten first)."""
-
-    def __init__(self, size: int):
-        self.size = size
-        self._data: OrderedDict[str, Served] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def put(self, request_id: str, served: Served) -> None:
-        with self._lock:
-            self._data[request_id] = served
-            self._data.move_to_end(request_id)
-            while len(self._data) > self.size:
-                self._data.popitem(last=False)
-
-    def get(self, request_id: str) -> Served | None:
-        with self._lock:
-            served = self._data.get(request_id)
-            if served is not None:
-                self._data.move_to_end(request_id)
-            return served
-
-    def __len__(self) -> int:
-        return len(self._data)

@@ -101,9 +101,13 @@ def query_encoder(model_dir: Path, model, setting: str):
 
 
 class Router:
-    def __init__(self, workdir: str | Path, cfg: RunConfig, index: ItemIndex):
+    """`route_key` maps a user id to what the rollout buckets (the service passes a keyed hash, see
+    `tandem.serve.security.Signer.route_key`, so that no client can compute its arm); default: the id."""
+
+    def __init__(self, workdir: str | Path, cfg: RunConfig, index: ItemIndex, route_key=None):
         self.workdir = Path(workdir)
         self.cfg, self.index = cfg, index
+        self.route_key = route_key or (lambda user_id: user_id)
         self.state_file = layout.rollout_state(self.workdir)  # written by tandem.release.rollout.save_state
         self._arms: dict[str, Arm] = {}
         self._lock = threading.RLock()
@@ -145,6 +149,11 @@ class Router:
             self.view, self._signature, self._checked = view, signature, time.monotonic()
             return view
 
+    def loaded(self) -> bool:
+        """Whether the champion's model is loaded (what /readyz asks; no Milvus call, no loading)."""
+        view = self.view
+        return view is not None and view.live in self._arms
+
     def arm(self, collection: str) -> Arm:
         """The collection's model, loaded on first use."""
         arm = self._arms.get(collection)
@@ -177,6 +186,7 @@ class Router:
             view = self.refresh()
         except (ValueError, OSError) as e:  # the workdir, not the request, is at fault
             raise Unavailable(str(e)) from e
-        name = choose(view.state if view.running else None, user_id) if user_id is not None else "champion"
+        state = view.state if view.running else None
+        name = choose(state, self.route_key(user_id)) if user_id is not None and state else "champion"
         collection = view.challenger if name == "challenger" and view.challenger else view.live
         return ("challenger" if collection != view.live else "champion"), self.arm(collection), view

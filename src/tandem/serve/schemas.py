@@ -14,10 +14,8 @@ class Hit(BaseModel):
 
 
 class Results(BaseModel):
-    request_id: str = Field(description="send it back with POST /click")
+    request_id: str = Field(description="send it back with POST /click (signed: NONCE.MAC)")
     user_id: str = Field(description="the user served; anonymous users get a request-scoped id")
-    arm: str = Field(description="'champion' or 'challenger'")
-    collection: str
     items: list[Hit] = Field(
         description="best first; with expand, ordered by the fused score `rrf`, and `score` is the item's best "
         "cosine similarity to any of the queries"
@@ -25,6 +23,13 @@ class Results(BaseModel):
     expansion: list[str] | None = Field(
         default=None, description="with expand: every query searched and fused, q first, then the generated prompts"
     )
+
+
+class DebugResults(Results):
+    """Results with the arm that answered (serve.debug: true only; clients must not learn their arm)."""
+
+    arm: str = Field(description="'champion' or 'challenger'")
+    collection: str
 
 
 class Click(BaseModel):
@@ -39,8 +44,20 @@ class Clicked(BaseModel):
     request_id: str
     user_id: str
     item_id: str
-    arm: str
     position: int
+    counted: bool = Field(description="false for a repeated click on the same item of the same request (not logged)")
+
+
+class DebugClicked(Clicked):
+    arm: str
+
+
+class Ready(BaseModel):
+    ready: bool
+    checks: dict[str, bool] = Field(
+        description="model: the champion's model is loaded; index: Milvus answers; "
+        "events: the event writer runs and its last write succeeded"
+    )
 
 
 class Health(BaseModel):
