@@ -167,7 +167,7 @@ def served(demo, recipe, promptgen_dir):
 def test_serve_answers_search_similar_and_click(served, demo):
     a = served.answers
     assert a["health"]["live"] == demo.summary["index"]["live_collection"]
-    assert len(a["search"]["items"]) == 5 and a["search"]["arm"] == "champion"
+    assert len(a["search"]["items"]) == 5 and "arm" not in a["search"]  # clients are not told their arm
     assert a["expanded"]["expansion"][0] == "bananas" and 2 <= len(a["expanded"]["expansion"]) <= 3
     assert len(a["expanded"]["items"]) == 5 and all("rrf" in item for item in a["expanded"]["items"])
     assert a["search"]["items"][0]["item_id"] not in {i["item_id"] for i in a["similar"]["items"]}
@@ -175,6 +175,7 @@ def test_serve_answers_search_similar_and_click(served, demo):
     assert "serving" in served.output and served.code in (0, -signal.SIGINT)
     events = pd.concat(pd.read_parquet(p) for p in (demo.workdir / "serving" / "events").rglob("*.parquet"))
     assert set(events["event"]) == {"impression", "view", "click"}
+    assert set(events.loc[events["request_id"] == a["search"]["request_id"], "arm"]) == {"champion"}
 
 
 def test_run_with_served_events_as_a_second_log(served, demo, recipe):
