@@ -153,16 +153,18 @@ def test_audit_dag_checks_the_live_index(airflow_runs):
     assert live["ok"] and live["run_id"] == RUN_ID and live["vectors"] == live["items"]
 
 
-def test_failing_validation_fails_the_validate_task_and_names_the_data_docs(airflow_runs):
+def test_events_in_the_future_fail_the_load_task_with_the_reason(airflow_runs):
+    """Every event of the bad interval is in 2099 (after contract.max_ts, the load + 1 day): the contract
+    quarantines them all, writes quarantine/logs.csv, and the load task fails saying why."""
     bad = airflow_runs["result"].get("bad")
     assert bad, airflow_runs["output"][-6000:]
     tasks = bad["tasks"]
     assert bad["state"].endswith("failed")
-    assert all(tasks[t].endswith("success") for t in ("ingest", "load", "mine"))
-    assert tasks["validate"].endswith("failed")
-    assert all(tasks[t].endswith("upstream_failed") for t in ("features", "train", "promote"))
-    assert "Data validation failed" in airflow_runs["output"] and "index.html" in airflow_runs["output"]
-    assert not (airflow_runs["workdir"] / "runs" / "daily-20990131" / "model").exists()
+    assert tasks["ingest"].endswith("success") and tasks["load"].endswith("failed")
+    assert all(tasks[t].endswith("upstream_failed") for t in ("mine", "validate", "features", "train", "promote"))
+    assert "rows is usable (ts out of range: " in airflow_runs["output"] and "contract.max_ts" in airflow_runs["output"]
+    run = airflow_runs["workdir"] / "runs" / "daily-20990131"
+    assert (run / "quarantine" / "logs.csv").is_file() and not (run / "model").exists()
 
 
 # ------------------------------------------------------------------ the rollout guard
