@@ -90,6 +90,15 @@ def test_float_parquet_ts_column_and_float_ids_never_raise(tmp_path):
     }
 
 
+def test_float_catalogue_ids_of_inf_and_nan_are_missing_ids(tmp_path):
+    pd.DataFrame({"item_id": [1.0, float("inf"), float("nan")], "title": ["a", "b", "c"]}).to_parquet(
+        tmp_path / "c.parquet"
+    )
+    loaded = load_catalog(tmp_path / "c.parquet")
+    assert loaded.kept["item_id"].tolist() == ["1"]
+    assert reasons(loaded) == {2: "missing item_id", 3: "missing item_id"}
+
+
 def test_parquet_timestamps_beyond_the_window_or_the_range(tmp_path):
     """A timestamp column holding 9999-12-31 is quarantined; one whose milliseconds overflow microseconds
     (a reader's ConversionException) is refused naming the column."""

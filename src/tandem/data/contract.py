@@ -258,7 +258,7 @@ def _read_frame(path: Path, fmt: str) -> pd.DataFrame:
 
 
 def _as_text(value) -> str:
-    if value is None or (isinstance(value, float) and np.isnan(value)):
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):  # NaN, inf: no id, no text
         return ""
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
