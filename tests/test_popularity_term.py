@@ -7,8 +7,9 @@ import numpy as np
 import pandas as pd
 
 from tandem.core.config import EvalConfig
+from tandem.evaluation.evaluate import EvalSet
 from tandem.models.popularity import PopularityTerm, item_biases
-from tandem.training.popularity import choose_weight
+from tandem.training.popularity import choose_weight, ranks_with_term
 
 
 def test_biases_are_log_scaled_capped_and_cold_items_left_out():
@@ -85,3 +86,41 @@ def test_choose_weight_respects_cold_targets():
     cfg = EvalConfig(ks=(1, 5), primary_metric="recall@1", n_boot=10)
     chosen = choose_weight(model, catalog, valid, train, term, cfg, min_cold_pairs=5)
     assert chosen.chosen["cold_checked"] and chosen.weight == 0.0
+
+
+def test_ranks_with_the_term_match_the_evaluators_ranks_of_the_augmented_vectors():
+    model, catalog, valid, counts, ids = _world(seed=3)
+    term = PopularityTerm(0.7, "popularity", item_biases(ids[:30], counts[:30]), cold_bias=0.4)  # 10 new items
+    ev = EvalSet.from_pairs(valid, catalog, EvalConfig(ks=(1, 5)), "hotelmatch", False)
+    queries, pool = ev.encode(model, catalog, progress=False)
+    pool_ids = np.array(ids)[ev.pool]
+    reference = ev.ranks(ev.vector_scorer(term.augment_queries(queries), term.augment_items(pool, pool_ids)))
+    got = ranks_with_term(queries @ pool.T, ev, np.ones(len(ev.query_item)), term.biases(pool_ids), 0.7, None)
+    assert np.array_equal(got, reference)
+    # as new: the same ranks once each target's bias is the prior (a reference by re-ranking per pair)
+    as_new = ranks_with_term(queries @ pool.T, ev, np.ones(len(ev.query_item)), term.biases(pool_ids), 0.7, 0.4)
+    for pair in range(len(ev.target)):
+        bias = term.biases(pool_ids)
+        bias[ev.target_pos[pair]] = 0.4
+        scores = queries[ev.query_of_pair[pair]] @ pool.T + 0.7 * (1 + bias)
+        scores[ev.exclude[ev.query_of_pair[pair]]] = -np.inf
+        assert as_new[pair] == int((scores > scores[ev.target_pos[pair]]).sum())
+
+
+def test_a_weight_that_buries_new_items_needs_a_cold_prior():
+    """Popular targets whose cosine is strong too: the term helps, but made new (b = prior) a target would
+    fall behind the popular items at prior 0, so the chosen term carries a prior that keeps it."""
+    model, catalog, _, counts, ids = _world()
+    for n in range(5, 35):  # each query's nearest item is its target, and the targets are the popular items
+        model.vectors[ids[n]] = model.vectors[ids[n % 3]] + 0.05 * model.vectors[ids[n]]
+        model.vectors[ids[n]] /= np.linalg.norm(model.vectors[ids[n]])
+    valid = pd.DataFrame({"item_id": ids[5:35], "related_item_id": [ids[n % 3] for n in range(5, 35)]})
+    term = PopularityTerm(0.0, "popularity", item_biases(ids, counts))
+    cfg = EvalConfig(ks=(1, 5), primary_metric="recall@1", n_boot=10)
+    chosen = choose_weight(model, catalog, valid, valid, term, cfg)
+    rows = chosen.chosen["grid"]
+    plain = rows[0]["as_new"]
+    buried = [r for r in rows if r["cold_prior"] == 0.0 and r["weight"] >= 2.0]
+    assert any(r["as_new"] < plain for r in buried)  # the check can refuse: prior 0 and a big weight bury new items
+    best = next(r for r in rows if r["weight"] == chosen.weight and r["cold_prior"] == chosen.cold_bias)
+    assert best["as_new"] >= plain and best["all"] == max(r["all"] for r in rows if r["as_new"] >= plain)

@@ -180,11 +180,11 @@ class ModelConfig:
     )
     # -- popularity term (both families; tandem.models.popularity)
     popularity_feature: Literal["off", "popularity", "degree"] = field(
-        default="popularity",
+        default="degree",
         metadata={
-            "help": "Feast feature b_item comes from: 'popularity' (users in the training window), 'degree' "
-            "(co-occurrence partners in the train pairs) or 'off'; item vectors get a(1 + b_item) appended, "
-            "text queries a, so inner-product search ranks cosine + w b_item (w = a^2)"
+            "help": "Feast feature b_item comes from: 'degree' (co-occurrence partners in the train pairs: 0 for "
+            "exactly the cold items), 'popularity' (users in the training window) or 'off'; item vectors get "
+            "a(1 + b_item) appended, text queries a, so inner-product search ranks cosine + w b_item (w = a^2)"
         },
     )
     popularity_weight: NonNegFloat = field(
@@ -192,7 +192,10 @@ class ModelConfig:
     )
     popularity_cold_tolerance: NonNegFloat = field(
         default=0.0,
-        metadata={"help": "a chosen w may lower recall on cold validation targets (no training pair) by at most this"},
+        metadata={
+            "help": "a chosen (w, cold prior) may lower the validation metric of targets made new, and of cold "
+            "validation targets (no training pair), by at most this"
+        },
     )
     max_title_chars: Positive = 20
     max_content_chars: NonNegative = 80

@@ -9,10 +9,10 @@ or its co-occurrence degree in the training pairs), divided by the largest. An i
 weighted by `w (1 + b_q)`. No query-side transform exists anywhere, so the vectors the evaluate
 stage ranks are exactly the vectors Milvus serves.
 
-Items without the feature (new items, cold targets) get `cold_bias` (by default 0: no boost).
-The weight is chosen on the validation pairs (`tandem.training.popularity.choose_weight`), among the candidates whose
-recall on cold validation targets stays within `cold_tolerance` of the weight 0's; the term with
-weight 0 is not attached at all (the vectors stay the plain unit vectors).
+Items without the feature (new items; with the `degree` feature exactly the items in no training pair)
+get `cold_bias`, the cold prior. The weight and the prior are chosen together on the validation pairs
+(`tandem.training.popularity.choose_weight`) so that a target made new ranks no worse than under
+cosine alone; the term with weight 0 is not attached at all (the vectors stay the plain unit vectors).
 
 Saved as `popularity.json` beside the model's weights; `load` returns None when there is none.
 """

@@ -56,6 +56,7 @@ def attach_popularity(
     return {
         "feature": feature,
         "weight": term.weight,
+        "cold_prior": term.cold_bias,
         "items_with_bias": len(term.bias),
         "items_without": int(np.sum(counts <= 0)),
         "chosen": term.chosen or "recipe",

@@ -207,7 +207,9 @@ def train(run: RunPaths, cfg: RunConfig, progress: bool = True) -> dict:
 
     catalog = items(run)
     out = run / "training"
-    recipe = json.dumps({"model": asdict(cfg.model), "train": asdict(cfg.train)}, sort_keys=True)
+    # the popularity term is attached after training: changing it alone resumes the finished training
+    model_cfg = {k: v for k, v in asdict(cfg.model).items() if not k.startswith("popularity_")}
+    recipe = json.dumps({"model": model_cfg, "train": asdict(cfg.train)}, sort_keys=True)
     if (out / "recipe.json").is_file() and (out / "recipe.json").read_text() != recipe:
         log.info("the model or training settings changed since %s was written: training from scratch", out)
         shutil.rmtree(out)
