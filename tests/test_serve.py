@@ -119,8 +119,14 @@ def test_contract_keeps_every_served_view_and_click(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ endpoints
+EVENT_COUNTS = ("events_buffered", "events_written")
+
+
 def test_health_and_docs(client):
     health = client.get("/healthz").json()
+    events = {k: health.pop(k) for k in list(health) if k.startswith("events_") and k not in EVENT_COUNTS}
+    assert events["events_flusher_alive"] is True and events["events_last_error"] is None  # the event writer's health
+    assert events["events_failures"] == 0 and events["events_recovered"] >= 0
     assert health | {"events_buffered": 0, "events_written": 0} == {
         "status": "ok",
         "live": "tandem_first",

@@ -177,6 +177,13 @@ class ServeConfig:
     flush_seconds: Annotated[Float, Field(gt=0)] = field(
         default=10.0, metadata={"help": "...and at least every this many seconds"}
     )
+    spool_fsync_seconds: Annotated[Float, Field(gt=0, le=1)] = field(
+        default=0.5,
+        metadata={
+            "help": "served events are appended to a spool before the response and fsynced this often: a machine "
+            "crash loses at most this long of events, a killed process none (at most 1)"
+        },
+    )
     recent_requests: Positive = field(
         default=100_000, metadata={"help": "served requests remembered (LRU) so that clicks can be checked"}
     )

@@ -166,7 +166,7 @@ def create_app(
             signer = Signer(server_secret(workdir))
             router = Router(workdir, cfg, index, route_key=signer.route_key)
             router.refresh(force=True)  # fails the start (no live collection, no model) instead of each request
-            events = EventLog(events_dir(workdir), s.flush_rows, s.flush_seconds).start()
+            events = EventLog(events_dir(workdir), s.flush_rows, s.flush_seconds, s.spool_fsync_seconds).start()
             recent = ClickMemory(s.recent_requests, s.click_ttl_seconds, s.click_memory_mb << 20)
             app.state.router, app.state.events, app.state.recent, app.state.signer = router, events, recent, signer
             app.state.index = index
@@ -292,8 +292,7 @@ def create_app(
             share=float(view.state.share) if view.running else 0.0,
             items=champion.items,
             family=champion.family,
-            events_buffered=events.buffered,
-            events_written=events.written,
+            **events.health(),  # queue depth, last flush, last error, the flusher thread
         )
 
     async def batched(request: Request, response: Response, kind: str, arm: Arm, expression: str, ask: Ask) -> Answer:

@@ -5,6 +5,7 @@ tandem_responses_total{route,status}    responses by status: errors are the 4xx 
 tandem_batch_size{kind}                 requests answered by one micro-batch call (search, similar)
 tandem_event_queue_depth                served events buffered, not yet written
 tandem_events_written                   served events written since start-up
+tandem_event_flush_failures             consecutive failed part writes; tandem_event_flusher_up: 1 while it runs
 tandem_clicks_total{result}             counted, duplicate, unserved (not shown by that request), refused
 tandem_click_memory_requests / _bytes   requests remembered for their clicks, and their rough size
 tandem_expand_in_flight                 expanded searches running; tandem_expand_rejected_total: 429s
@@ -30,6 +31,8 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 GAUGES = {
     "tandem_event_queue_depth": "served events buffered, not yet written",
     "tandem_events_written": "served events written since start-up",
+    "tandem_event_flush_failures": "consecutive failed writes of served events (0: the last one succeeded)",
+    "tandem_event_flusher_up": "1 while the thread writing served events runs",
     "tandem_click_memory_requests": "served requests remembered for their clicks",
     "tandem_click_memory_bytes": "rough size of the click memory",
     "tandem_expand_in_flight": "expanded searches running",
@@ -92,6 +95,8 @@ class Metrics:
         """The gauges read the service's event log (tandem.serve.events.EventLog) and click memory."""
         self.watch("tandem_event_queue_depth", lambda: events.buffered)
         self.watch("tandem_events_written", lambda: events.written)
+        self.watch("tandem_event_flush_failures", lambda: events.failures)
+        self.watch("tandem_event_flusher_up", lambda: float(events.alive))
         self.watch("tandem_click_memory_requests", lambda: len(memory))
         self.watch("tandem_click_memory_bytes", lambda: memory.bytes)
 

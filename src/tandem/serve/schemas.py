@@ -68,5 +68,11 @@ class Health(BaseModel):
     share: float = Field(description="percent of users routed to the challenger")
     items: int = Field(description="items in the live collection")
     family: str = Field(description="model family of the champion")
-    events_buffered: int
+    events_buffered: int = Field(description="served events not yet in a Parquet part (they are in the spool)")
     events_written: int
+    events_recovered: int = Field(description="events of a crashed service's spool written at start-up")
+    events_flusher_alive: bool
+    events_failures: int = Field(description="consecutive failed part writes (retried with backoff)")
+    events_last_error: str | None
+    events_last_error_at: str | None
+    events_last_flush_at: str | None
