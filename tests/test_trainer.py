@@ -439,9 +439,14 @@ def test_resume_after_interruption_is_identical(catalog, pairs, tmp_path, caplog
     again = run(model_c, ToyLoss(), "b")
     assert again["step_losses"] == a["step_losses"] and again["history"] == a["history"]
     assert same_weights(weights(model_c), weights(model_a))
-    # checkpoints of a run on other pairs are not resumed
-    with pytest.raises(ValueError, match="other training pairs"):
-        fit(toy(), ToyLoss(), pairs.iloc[:100], catalog, cfg, out_dir=tmp_path / "b", progress=False)
+    # checkpoints of a run on other pairs (late data: a rerun of the interval) are moved aside, not resumed
+    old_steps = sorted(p.name for p in (tmp_path / "b" / "checkpoints").glob("step-*"))
+    with caplog.at_level(logging.WARNING, logger="tandem.training.trainer"):
+        other = fit(toy(), ToyLoss(), pairs.iloc[:100], catalog, cfg, out_dir=tmp_path / "b", progress=False)
+    assert other["resumed_from"] is None and other["steps"] > 0 and "training from scratch" in caplog.text
+    assert sorted(p.name for p in (tmp_path / "b" / "checkpoints.superseded").glob("step-*")) == old_steps
+    rerun = fit(toy(), ToyLoss(), pairs.iloc[:100], catalog, cfg, out_dir=tmp_path / "b", progress=False)
+    assert rerun["resumed_from"] is not None and rerun["step_losses"] == other["step_losses"]  # unchanged: resumes
 
 
 def test_tensorboard_event_files(catalog, pairs, tmp_path):

@@ -93,6 +93,23 @@ def save(accelerator, out: Path, state: TrainerState, keep: int) -> None:
     accelerator.wait_for_everyone()
 
 
+def set_aside_if_other_data(out: Path, data: str) -> Path | None:
+    """When the latest checkpoint in `out` was trained on other pairs (another data fingerprint: late data,
+    a rerun of the interval), move `out/checkpoints/` to `out/checkpoints.superseded/` (replacing an older
+    one: one generation kept, for a post-mortem) and remove `out/best/`; returns the folder it moved to."""
+    found = checkpoints(out)
+    if not found or not data:
+        return None
+    saved = json.loads((found[-1][1] / STATE_FILE).read_text()).get("data")
+    if not saved or saved == data:
+        return None
+    aside = out / f"{CHECKPOINTS}.superseded"
+    shutil.rmtree(aside, ignore_errors=True)
+    (out / CHECKPOINTS).rename(aside)
+    shutil.rmtree(out / BEST_DIR, ignore_errors=True)
+    return aside
+
+
 def clear_partial(out: Path) -> None:
     """Remove the temporary folders of a run killed while saving a checkpoint."""
     for stale in (out / CHECKPOINTS).glob(".tmp-step-*"):

@@ -182,16 +182,14 @@ class Trainer:
         out, cfg, acc = self.out, self.cfg, self.accelerator
         if out is not None and self.main:
             ckpt.clear_partial(out)
+            aside = ckpt.set_aside_if_other_data(out, self.state.data)
+            if aside is not None:  # e.g. an interval rerun after late data: its pairs changed
+                log.warning("%s held checkpoints of other pairs: moved to %s; training from scratch", out, aside)
         acc.wait_for_everyone()
         if out is None or not ckpt.checkpoints(out):
             return
         self.resumed_from = ckpt.checkpoints(out)[-1][1]
         saved = TrainerState(**json.loads((self.resumed_from / ckpt.STATE_FILE).read_text()))
-        if saved.data and saved.data != self.state.data:
-            raise ValueError(
-                f"{out} holds checkpoints of a run on other training pairs ({self.resumed_from}); "
-                "train into a new folder or delete its checkpoints/ to start over"
-            )
         acc.load_state(str(self.resumed_from))
         state = self.state = saved
         changed = sorted(k for k, v in asdict(cfg).items() if state.config.get(k) != v)
