@@ -3,21 +3,24 @@
 `ingest` copies the events of an interval from wherever they land (a CSV/Parquet file or a
 folder of them) into `WAREHOUSE/logs/date=YYYY-MM-DD/part.parquet`, replacing those days'
 partitions, so rerunning an interval never duplicates events. `select` lists the
-partitions of a look-back window for the loop to read.
+partitions of a look-back window for the loop to read. Each day is built in a temporary folder and
+renamed into place with its `_DONE` marker written last: a day without the marker is not complete
+(`complete`), and `select` skips it.
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import duckdb
 
+from tandem.core.atomic import DONE, atomic_dir, is_done
 from tandem.data.contract import log_files, reader_sql, ts_sql
 
 log = logging.getLogger(__name__)
+PART = "part.parquet"
 
 
 def _utc(value: datetime | date | str) -> datetime:
@@ -56,16 +59,15 @@ def ingest(source: str | Path, warehouse: str | Path, start, end) -> dict[str, i
     for day in _days(start, end):
         lo, hi = max(start, _utc(day)), min(end, _utc(day + timedelta(days=1)))
         folder = root / f"date={day.isoformat()}"
-        shutil.rmtree(folder, ignore_errors=True)  # a rerun replaces the day
-        folder.mkdir(parents=True)
         unparsed = f" OR ({parsed}) IS NULL" if day == start.date() else ""
-        target = str(folder / "part.parquet").replace("'", "''")
-        con.execute(
-            f"COPY (SELECT * FROM raw WHERE (({parsed}) >= $lo AND ({parsed}) < $hi){unparsed}) "
-            f"TO '{target}' (FORMAT parquet)",
-            {"lo": lo, "hi": hi},
-        )
-        counts[day.isoformat()] = con.execute(f"SELECT count(*) FROM read_parquet('{target}')").fetchone()[0]
+        with atomic_dir(folder) as tmp:  # a rerun replaces the day; complete days only, _DONE written last
+            target = str(tmp / PART).replace("'", "''")
+            con.execute(
+                f"COPY (SELECT * FROM raw WHERE (({parsed}) >= $lo AND ({parsed}) < $hi){unparsed}) "
+                f"TO '{target}' (FORMAT parquet)",
+                {"lo": lo, "hi": hi},
+            )
+            counts[day.isoformat()] = con.execute(f"SELECT count(*) FROM read_parquet('{target}')").fetchone()[0]
     con.close()
     log.info("ingested %d events for %s .. %s into %s", sum(counts.values()), start, end, root)
     return counts
@@ -76,8 +78,17 @@ def select(warehouse: str | Path, end, days: int) -> list[Path]:
     end = _utc(end)
     wanted = {d.isoformat() for d in _days(end - timedelta(days=days), end)}
     root = Path(warehouse) / "logs"
-    files = sorted(p / "part.parquet" for p in root.glob("date=*") if p.name[5:] in wanted)
-    files = [f for f in files if f.is_file()]
+    folders = sorted(p for p in root.glob("date=*") if p.name[5:] in wanted)
+    partial = [p.name for p in folders if not complete(p)]
+    if partial:
+        log.warning("skipping incomplete log partitions (no %s marker; ingest those days again): %s", DONE, partial)
+    files = [p / PART for p in folders if complete(p)]
     if not files:
-        raise ValueError(f"no log partitions under {root} for the {days} days before {end}; ingest them first")
+        hint = f" ({len(partial)} incomplete, without {DONE}: {', '.join(partial)})" if partial else ""
+        raise ValueError(f"no log partitions under {root} for the {days} days before {end}{hint}; ingest them first")
     return files
+
+
+def complete(folder: str | Path) -> bool:
+    """A day's partition is complete when its marker (written last by `ingest`) is there."""
+    return is_done(folder) and (Path(folder) / PART).is_file()

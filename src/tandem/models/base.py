@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from tandem.core.atomic import DONE, atomic_dir, is_done
 from tandem.core.config import ModelConfig, TrainConfig
 
 CONFIG_FILE = "config.json"
@@ -154,13 +155,16 @@ class Encoder(nn.Module):
         and the popularity term when there is one."""
         from safetensors.torch import save_model
 
-        directory = write_meta(directory, fmt, version, self.cfg, **meta)
-        for name, part in pretrained.items():
-            part.save_pretrained(directory / name)
-        save_model(self, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
-        if self.popularity is not None:
-            self.popularity.save(directory)
-        return directory
+        # built in a temporary folder, _DONE written last, then renamed over `directory`: a save killed
+        # half-way leaves the previous model (or none), never a folder that looks saved
+        with atomic_dir(directory) as tmp:
+            write_meta(tmp, fmt, version, self.cfg, **meta)
+            for name, part in pretrained.items():
+                part.save_pretrained(tmp / name)
+            save_model(self, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+            if self.popularity is not None:
+                self.popularity.save(tmp)
+        return Path(directory)
 
     def load_weights(self, directory: str | Path, device: str | torch.device) -> Encoder:
         """The end of `load` for every family: this freshly built model with the saved weights (strict) and
@@ -228,6 +232,11 @@ def read_meta(directory: str | Path, fmt: str, version: int, what: str) -> tuple
         raise ValueError(
             f"{path} is not a {fmt} model of version <= {version} "
             f"(format={meta.get('format')!r}, version={meta.get('format_version')!r}); retrain, re-save or upgrade"
+        )
+    if not is_done(directory):
+        raise ValueError(
+            f"{directory} holds an incomplete {what} model (no {DONE} marker, written last by .save()): its save was "
+            "interrupted or it was written by tandem before markers; save or train it again"
         )
     known = {f.name for f in fields(ModelConfig)}
     return meta, ModelConfig(**{k: v for k, v in meta["model"].items() if k in known})

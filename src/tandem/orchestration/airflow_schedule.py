@@ -205,12 +205,14 @@ def run_id(end: datetime | str) -> str:
 
 
 def missing_days(warehouse: str | Path, end: datetime | str, days: int) -> list[date]:
-    """Days of the look-back window that have no partition yet (a first run, or a gap)."""
+    """Days of the look-back window that have no complete partition yet (a first run, a gap, a killed ingest)."""
+    from tandem.data.partitions import complete
+
     end = _utc(end)
     first, last = (end - timedelta(days=days)).date(), (end - timedelta(microseconds=1)).date()
     root = Path(warehouse) / "logs"
     window = [first + timedelta(days=i) for i in range((last - first).days + 1)]
-    return [d for d in window if not (root / f"date={d.isoformat()}" / "part.parquet").is_file()]
+    return [d for d in window if not complete(root / f"date={d.isoformat()}")]  # _DONE written last
 
 
 def ingest(settings: Settings, start, end) -> dict[str, int]:

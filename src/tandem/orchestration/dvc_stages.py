@@ -35,6 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from tandem.core import layout
+from tandem.core.atomic import is_done
 from tandem.core.setup import setup_process
 from tandem.pipeline import registry, stages
 from tandem.release.index import ItemIndex, collection_name
@@ -93,11 +94,11 @@ def _digest(folder: Path) -> str:
 
 def release(run: stages.RunPaths) -> Release:
     """Copy the run's model, vectors and catalogue to runs/<run_id>-<model hash>/ (once per model)."""
-    if not (run / "model" / "config.json").is_file():
+    if not is_done(run / "model"):  # written last by the model's save
         raise ValueError(f"no trained model in {run / 'model'}: run the train stage first")
     name = f"{run.run_id}-{_digest(run / 'model')[:12]}"
     target = layout.run_dir(run.workdir, name)
-    if not (target / "model" / "config.json").is_file():
+    if not is_done(target / "model"):
         tmp = layout.run_dir(run.workdir, f".{name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(run / "model", tmp / "model")

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from tandem.core import layout
+from tandem.core.atomic import write_atomic
 from tandem.core.config import RunConfig
 from tandem.data.contract import load_catalog, load_logs
 from tandem.pairs.core import popularity
@@ -62,8 +63,8 @@ class RunPaths:
         return json.loads(path.read_text())
 
     def save(self, stage: str, summary: dict) -> dict:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        (self / f"{stage}.json").write_text(json.dumps(summary, indent=2, default=_json_default))
+        # written last, temp-then-rename: the stage's marker (its outputs were written before it)
+        write_atomic(self / f"{stage}.json", json.dumps(summary, indent=2, default=_json_default))
         return summary
 
 
@@ -109,8 +110,8 @@ def load(run: RunPaths, logs_path: str | Path, catalog_path: str | Path, cfg: Ru
     (run / "quarantine").mkdir(exist_ok=True)
     catalog = load_catalog(catalog_path, cfg.contract)
     logs = load_logs(logs_path, cfg.contract, catalog_ids=catalog.kept["item_id"])
-    catalog.kept.to_parquet(run / "data" / "catalog.parquet", index=False)
-    logs.kept.to_parquet(run / "data" / "logs.parquet", index=False)
+    write_atomic(run / "data" / "catalog.parquet", lambda f: catalog.kept.to_parquet(f, index=False))
+    write_atomic(run / "data" / "logs.parquet", lambda f: logs.kept.to_parquet(f, index=False))
     logs.quarantined.to_csv(run / "quarantine" / "logs.csv", index=False)
     catalog.quarantined.to_csv(run / "quarantine" / "catalog.csv", index=False)
     catalog.dropped_images.to_csv(run / "quarantine" / "images.csv", index=False)
@@ -135,9 +136,9 @@ def mine(run: RunPaths, cfg: RunConfig) -> dict:
     logs = pd.read_parquet(run / "data" / "logs.parquet")
     split = split_pairs(logs, cfg.pairs, cfg.split, cfg.contract)
     for name in SPLITS:
-        getattr(split, name).to_parquet(run / "pairs" / f"{name}.parquet", index=False)
+        write_atomic(run / "pairs" / f"{name}.parquet", lambda f, n=name: getattr(split, n).to_parquet(f, index=False))
     pop = popularity(split.train_logs, cfg.contract).rename("users").rename_axis("item_id").reset_index()
-    pop.to_parquet(run / "pairs" / "popularity.parquet", index=False)
+    write_atomic(run / "pairs" / "popularity.parquet", lambda f: pop.to_parquet(f, index=False))
     split.require_pairs()
     return run.save("pairs", split.counts() | {"cutoff": split.cutoff.isoformat()})
 
@@ -241,8 +242,7 @@ def embed(run: RunPaths, cfg: RunConfig, progress: bool = True) -> dict:
 
     catalog = items(run)
     vectors = load_model(run / "model").embed_items(catalog, batch_size=cfg.eval.batch_size, progress=progress)
-    (run / "vectors").mkdir(exist_ok=True)
-    np.save(run / "vectors" / "items.npy", vectors)
+    write_atomic(run / "vectors" / "items.npy", lambda f: np.save(f, vectors))
     bias = (run / "model" / "popularity.json").is_file()  # its last coordinate is the popularity term's
     return run.save("embed", {"items": len(catalog), "dim": int(vectors.shape[1]), "popularity_coordinate": bias})
 
