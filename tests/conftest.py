@@ -6,6 +6,9 @@ import os
 
 import pytest
 
+# `milvus_server` / `empty_server`: a real Milvus standalone server for the session (tests/milvus_server.py)
+pytest_plugins = ["milvus_server"]
+
 # Tests never reach the network: a model that is neither a local path nor in the Hugging Face cache must fail
 # fast with tandem's clear error instead of trying the Hub. Set here, at import, so that huggingface_hub reads
 # it when first imported; the command line itself no longer forces offline mode (a user's environment decides).

@@ -1,5 +1,6 @@
 """Milvus index: top-k against numpy, filters, the alias lifecycle (promote, rollback, retention),
-idempotent re-indexing. Lifecycle tests run on Milvus Lite and on a `milvus-lite server`."""
+idempotent re-indexing. Lifecycle tests run on Milvus Lite, on a `milvus-lite server` and on a real Milvus
+standalone server (skipped where the PyPI package `milvus` is not installed)."""
 
 from dataclasses import replace
 
@@ -9,7 +10,7 @@ import pytest
 
 from tandem.core.config_release import IndexConfig
 from tandem.evaluation.evaluate import exact_top_k
-from tandem.release.index import META, ItemIndex, collection_name
+from tandem.release.index import META, ItemIndex, collection_name, hit_id
 from tandem.release.scalars import catalog_scalars, filter_expression
 
 
@@ -20,11 +21,15 @@ def vectors():
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
-@pytest.fixture(scope="module", params=["lite", "server"])
+@pytest.fixture(scope="module", params=["lite", "lite-server", "milvus-server"])
 def backend(request, tmp_path_factory):
-    """None for Milvus Lite (a fresh file per test), or the URI of one server for the module."""
+    """None for Milvus Lite (a fresh file per test), or the URI of one server for the module: `milvus-lite
+    server` (Lite's engine behind gRPC), or the session's Milvus 2.3 standalone server (tests/milvus_server.py)."""
     if request.param == "lite":
         yield None
+        return
+    if request.param == "milvus-server":
+        yield request.getfixturevalue("milvus_server")
         return
     from test_index_server import milvus_lite_server
 
@@ -235,6 +240,15 @@ def test_reindexing_the_same_run_replaces_rows(make_index, vectors):
     assert {row["item_id"] for row in index._all_ids("run_b")} == set(_ids(20, 10))
     with pytest.raises(ValueError, match="16-d vectors, got 8-d"):
         index.write("run_b", ["a"], vectors[:1, :8])
+
+
+def test_hit_id_reads_the_hit_shape_of_lite_and_of_servers():
+    assert hit_id({"item_id": "a", "distance": 0.5, "entity": {"item_id": "a"}}) == "a"  # Milvus Lite
+    assert hit_id({"id": "b", "distance": 0.5, "entity": {"item_id": "b", "city": "x"}}) == "b"  # Milvus 2.3 server
+    assert hit_id({"id": "c", "distance": 0.5, "entity": {"city": "x"}}) == "c"  # the documented shape, id not asked
+    assert hit_id({"id": 7, "distance": 0.5}) == "7"
+    with pytest.raises(KeyError):
+        hit_id({"distance": 0.5, "entity": {}})
 
 
 # ----------------------------------------------------------------------------- input checks

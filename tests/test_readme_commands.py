@@ -254,6 +254,50 @@ def test_python_m_tandem_cli_and_version():
     assert done.stdout.split()[1] == version("tandem-mlops")
 
 
+# ------------------------------------------------------------------------------ a Milvus server (README)
+def test_milvus_up_status_down_as_in_readme(tmp_path):
+    """`tandem milvus up --workdir work` prints the URI to export; the server answers, keeps the live alias and
+    its history across `down` / `up`, and `status` says whether it runs (exit 0 / 1)."""
+    import numpy as np
+
+    from tandem.core.config_release import IndexConfig
+    from tandem.release.index import ItemIndex
+
+    work = tmp_path / "work"
+    up = tandem("milvus", "up", "--workdir", work, timeout=300)
+    if up.returncode == 2 and "not installed" in up.stderr:
+        pytest.skip(up.stderr.strip())
+    if up.returncode == 1 and "Milvus server" in up.stderr:  # exited or did not answer: the machine, not tandem
+        pytest.skip(f"the Milvus server did not start: {up.stderr[-500:]}")
+    try:
+        assert up.returncode == 0, up.stderr[-2000:]
+        uri = up.stdout.split("export TANDEM_MILVUS_URI=")[1].split()[0]
+        assert (work / "milvus-server" / "server.json").is_file()
+        assert tandem("milvus", "up", "--workdir", work).stdout == up.stdout  # already running: found, not restarted
+        status = tandem("milvus", "status", "--workdir", work)
+        assert status.returncode == 0 and status.stdout.startswith(f"running: {uri}")
+        vectors = np.random.default_rng(0).normal(size=(30, 8)).astype(np.float32)
+        with ItemIndex(IndexConfig(milvus_uri=uri, index_type="FLAT")) as index:
+            index.write("tandem_one", [f"i{n}" for n in range(30)], vectors)
+            index.write("tandem_two", [f"i{n}" for n in range(30)], vectors[::-1].copy())
+            index.promote("tandem_one")
+            index.promote("tandem_two")
+        down = tandem("milvus", "down", "--workdir", work)
+        assert down.returncode == 0 and "stopped" in down.stdout and "data kept" in down.stdout
+        stopped = tandem("milvus", "status", "--workdir", work)
+        assert stopped.returncode == 1 and stopped.stdout.startswith("not running")
+        again = tandem("milvus", "up", "--workdir", work, timeout=300)
+        assert again.returncode == 0, again.stderr[-2000:]
+        uri = again.stdout.split("export TANDEM_MILVUS_URI=")[1].split()[0]
+        with ItemIndex(IndexConfig(milvus_uri=uri, index_type="FLAT")) as index:
+            assert index.live() == "tandem_two" and index.rollback_target() == "tandem_one"
+            assert [e["collection"] for e in index.history()] == ["tandem_one", "tandem_two"]
+            assert index.search("live", vectors[:1], k=1)[0][0][0] == "i29"  # tandem_two holds them reversed
+    finally:
+        tandem("milvus", "down", "--workdir", work)
+    assert tandem("milvus", "down", "--workdir", work).stdout.startswith("no Milvus server running")
+
+
 # ------------------------------------------------------------------------------ Kubeflow (README section)
 def test_kfp_compile_as_in_readme(tmp_path):
     """`tandem kfp compile --image REGISTRY/tandem:TAG` (and --pipeline promptgen), written to tmp here."""

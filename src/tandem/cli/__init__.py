@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from tandem.cli import configs, deploy, kubeflow, loop, models, prompts, rollouts, serving
+from tandem.cli import configs, deploy, kubeflow, loop, milvus, models, prompts, rollouts, serving
 from tandem.cli.common import build_config, setup_logging
 
 __all__ = ["app", "build_config", "main", "setup_logging"]
@@ -42,6 +42,7 @@ models.register(app)
 serving.register(app)
 app.add_typer(kubeflow.kfp_app, name="kfp")
 app.add_typer(rollouts.rollout_app, name="rollout")
+app.add_typer(milvus.milvus_app, name="milvus")
 prompts.register(app)
 configs.register(app)
 deploy.register(app)

@@ -3,6 +3,7 @@
     WORKDIR/
       runs/<run_id>/          one run's data, pairs, model, vectors, summaries and report
       milvus.db               Milvus Lite, shared by runs so that the `live` alias can move between them
+      milvus-server/          a local Milvus server's data, logs and pid file (`tandem milvus up`)
       feast/                  the Feast feature store (registry, online store, offline files)
       serving/events/         what the search service served and what was clicked (Parquet parts)
       rollout/state.json      the A/B rollout's state, read by the service on every request
@@ -29,6 +30,11 @@ def run_dir(workdir: str | Path, run_id: str) -> Path:
 def milvus_db(workdir: str | Path) -> Path:
     """The Milvus Lite file (absolute: pymilvus takes it as a URI)."""
     return Path(workdir).resolve() / "milvus.db"
+
+
+def milvus_server_dir(workdir: str | Path) -> Path:
+    """Where `tandem milvus up` keeps the local Milvus server's data, logs and server.json (pid, port)."""
+    return Path(workdir).resolve() / "milvus-server"
 
 
 def feast_dir(workdir: str | Path) -> Path:

@@ -44,6 +44,19 @@ def model_dir_of(workdir: str | Path, collection: str) -> Path:
     )
 
 
+def _entity(hit) -> dict:
+    return hit.get("entity") or {}
+
+
+def hit_id(hit) -> str:
+    """A search hit's item id. Milvus Lite keys the primary key by its field name (`item_id`), the
+    Milvus 2.3 server by `id`; both return it in the entity when it is an output field."""
+    for source in (_entity(hit), hit):
+        if source.get("item_id") is not None:
+            return str(source["item_id"])
+    return str(hit["id"])
+
+
 class ItemIndex:
     """Typed wrapper over a MilvusClient; import of pymilvus is deferred (slow)."""
 
@@ -216,13 +229,12 @@ class ItemIndex:
                 limit=k,
                 filter=filter,
                 search_params=self._search_params(k),
-                output_fields=fields,
+                output_fields=["item_id", *fields],  # the id in the entity too: servers differ in the hit's key
             ),
         )
         return [
             [
-                {"item_id": h["item_id"], "score": float(h["distance"])}
-                | {f: h.get("entity", {}).get(f, "") for f in fields}
+                {"item_id": hit_id(h), "score": float(h["distance"])} | {f: _entity(h).get(f, "") for f in fields}
                 for h in row
             ]
             for row in hits
@@ -303,7 +315,11 @@ class ItemIndex:
         rows = self._loaded_call(
             META,
             lambda: self.client.query(
-                META, filter=f"alias == {quote(self.cfg.alias)}", output_fields=["key", "event"], limit=16384
+                META,
+                filter=f"alias == {quote(self.cfg.alias)}",
+                output_fields=["key", "event"],
+                limit=16384,
+                consistency_level="Strong",  # another client's promotion of a moment ago included
             ),
         )
         return [json.loads(r["event"]) for r in sorted(rows, key=lambda r: r["key"])]
@@ -348,7 +364,8 @@ class ItemIndex:
         self.client.insert(
             META, [{"key": key, "alias": self.cfg.alias, "event": json.dumps(event), "vector": [1.0, 0.0]}]
         )
-        self.client.flush(META)
+        if self.uri.endswith(".db"):  # Lite persists on flush; a server logs the insert (a flush there takes ~3 s)
+            self.client.flush(META)
 
     def run_collections(self) -> list[str]:
         """The runs' collections, oldest first (by creation; collections from before that was recorded first)."""
