@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -122,7 +123,9 @@ def test_stale_export_is_refused(exported, tmp_path):
     model = load_model(copy)
     with torch.no_grad():
         model.query_proj.bias.add_(0.1)
-    model.save(copy)  # retrained in place: the export no longer matches the weights
+    model.save(copy)  # retrained in place: a save replaces the whole folder (temp then rename), export included
+    assert not (copy / "onnx").exists()
+    shutil.copytree(Path(exported) / "onnx", copy / "onnx")  # an export copied back: it no longer matches the weights
     with pytest.raises(ValueError, match="stale.*model.safetensors"):
         OnnxQueryEncoder(copy)
     meta = json.loads((copy / "onnx" / "export.json").read_text())
