@@ -109,6 +109,34 @@ def test_a_write_failing_at_shutdown_leaves_the_rows_in_the_spool(tmp_path, monk
     assert again.recovered == 1 and read_events(tmp_path)["request_id"].tolist() == ["r1"]
 
 
+def test_a_live_services_spool_is_not_recovered_by_another(tmp_path):
+    first = EventLog(events_dir(tmp_path), flush_seconds=3600).start()
+    first.add([ROW | {"item_id": "a", "request_id": "r1"}])
+    second = EventLog(events_dir(tmp_path), flush_seconds=3600).start()  # a second worker on the same workdir
+    assert second.recovered == 0 and len(spooled(tmp_path)) == 2  # the first one's file is locked: left alone
+    first.close()
+    second.close()
+    assert read_events(tmp_path)["request_id"].tolist() == ["r1"] and not spooled(tmp_path)
+
+
+def test_without_a_spool_rows_are_still_written_and_the_error_shown(tmp_path, monkeypatch):
+    import tandem.serve.events as events
+
+    log = EventLog(events_dir(tmp_path), flush_seconds=3600).start()
+    log.add([ROW | {"item_id": "a", "request_id": "r1"}])
+
+    def no_space(folder):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(events, "_Spool", no_space)
+    log.flush()  # rotates: the next spool file cannot be created
+    log.add([ROW | {"item_id": "b", "request_id": "r2"}])  # kept in memory, loudly
+    assert log.health()["events_last_error"] == "spool OSError: [Errno 28] No space left on device"
+    assert not log.healthy and log.buffered == 1
+    log.close()
+    assert sorted(read_events(tmp_path)["request_id"]) == ["r1", "r2"]
+
+
 # ------------------------------------------------------------------------------------------ the service
 @pytest.fixture(scope="module")
 def served_workdir(tiny_encoder_dir, tmp_path_factory):

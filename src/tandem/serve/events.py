@@ -120,8 +120,9 @@ class EventLog:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.spool_dir.mkdir(parents=True, exist_ok=True)
         self.recover()
-        self._spool = _Spool(self.spool_dir)
         self._thread = threading.Thread(target=self._run, name="tandem-events", daemon=True)
+        with self._lock:
+            self._open_spool()
         self._thread.start()
         return self
 
@@ -129,17 +130,24 @@ class EventLog:
         """Write the spool files left by a process that died (not locked by a live one) as parts; returns rows."""
         total = 0
         for path in sorted(self.spool_dir.glob(f"*{SPOOL_SUFFIX}")):
-            fd = os.open(path, os.O_RDONLY)
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue  # recovered by another process meanwhile
             try:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     continue  # a live service owns it
+                tag = path.name[: -len(SPOOL_SUFFIX)]
                 rows = _read_spool(path)
-                if rows and not list(self.folder.glob(f"part-*-{path.name[: -len(SPOOL_SUFFIX)]}.parquet")):
-                    self._write_part(rows, path.name[: -len(SPOOL_SUFFIX)])
+                if rows and not list(self.folder.glob(f"part-*-{tag}.parquet")):  # not written before the crash
+                    self._write_part(rows, tag)
                     total += len(rows)
-                path.unlink()
+                path.unlink(missing_ok=True)
+            except Exception as e:  # the file stays for the next start; the service starts anyway
+                self._failed(f"recovering {path.name}: {type(e).__name__}: {e}")
+                log.exception("could not recover the served events in %s", path)
             finally:
                 os.close(fd)
         if total:
@@ -171,6 +179,7 @@ class EventLog:
         now = datetime.now(UTC)
         rows = [{**row, "ts": row.get("ts", now)} for row in rows]
         with self._lock:
+            self._open_spool()  # after a failure to open one
             if self._spool is not None:
                 try:
                     self._spool.append(rows)
@@ -208,12 +217,11 @@ class EventLog:
                 rows, self._rows = self._rows, []
                 if not rows:
                     return None
-                spools = self._pending
+                spools, self._pending = self._pending, []
                 if self._spool is not None:  # rotate: new rows go to a new file
                     self._spool.close()
-                    spools = [*spools, self._spool.path]
-                    self._spool = _Spool(self.spool_dir) if not self._stop.is_set() else None
-                self._pending = []
+                    spools, self._spool = [*spools, self._spool.path], None
+                self._open_spool()
             try:
                 self.folder.mkdir(parents=True, exist_ok=True)
                 part = self._write_part(rows, spools[-1].name[: -len(SPOOL_SUFFIX)] if spools else uuid.uuid4().hex)
@@ -229,6 +237,15 @@ class EventLog:
             self.written += len(rows)
             self.failures, self.error, self.last_flush_at = 0, None, datetime.now(UTC)
             return part
+
+    def _open_spool(self) -> None:
+        """A new spool file (call with the lock held); on failure rows are kept in memory only, loudly."""
+        if self._spool is None and self._thread is not None and not self._stop.is_set():
+            try:
+                self._spool = _Spool(self.spool_dir)
+            except OSError as e:
+                self._failed(f"spool {type(e).__name__}: {e}")
+                log.exception("could not open a spool file in %s: events are in memory only", self.spool_dir)
 
     def _failed(self, message: str) -> None:
         self.failures += 1
