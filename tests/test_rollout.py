@@ -1,5 +1,5 @@
-"""Staged A/B rollout: bucketing, the state file, the CTR stop rule, the alias lifecycle on Milvus Lite, the CLI
-and what stages.promote does after the gate."""
+"""Staged A/B rollout: bucketing, the state file, the CTR stop rule, the alias lifecycle on Milvus Lite and on a
+Milvus server, the CLI and what stages.promote does after the gate."""
 
 import json
 import math
@@ -138,12 +138,19 @@ def test_served_events_give_ctr_per_arm_of_the_experiment_only():
     assert rollout.arm_counts(events, "exp", since=later)["champion"]["impressions"] == 0
 
 
-# ---------------------------------------------------------------------------------------- lifecycle on Milvus Lite
-@pytest.fixture(scope="module")
-def shared_index(tmp_path_factory):
-    """One Milvus Lite database with two tiny run collections; each test resets the aliases."""
+# ---------------------------------------------------------------------------------------- lifecycle on Milvus
+@pytest.fixture(scope="module", params=["lite", "milvus-server"])
+def shared_index(request, tmp_path_factory):
+    """One Milvus Lite database, or the session's Milvus 2.3 server (tests/milvus_server.py), with two tiny
+    run collections; each test resets the aliases."""
     rng = np.random.default_rng(0)
-    with ItemIndex(CFG.index, tmp_path_factory.mktemp("milvus")) as idx:
+    index_cfg = CFG.index
+    if request.param == "milvus-server":
+        from milvus_server import wipe
+
+        wipe(uri := request.getfixturevalue("milvus_server"))
+        index_cfg = replace(index_cfg, milvus_uri=uri)
+    with ItemIndex(index_cfg, tmp_path_factory.mktemp("milvus")) as idx:
         for name in (CHAMPION, CHALLENGER):
             idx.write(name, [f"i{n}" for n in range(20)], rng.normal(size=(20, 8)).astype(np.float32))
         yield idx

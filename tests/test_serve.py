@@ -60,9 +60,30 @@ def workdir(dataset, cfg, tmp_path_factory):
     return workdir
 
 
-@pytest.fixture
-def client(workdir, cfg):
-    with TestClient(create_app(workdir, cfg)) as client:
+@pytest.fixture(scope="module")
+def server_cfg(workdir, cfg, request):
+    """`cfg` on the session's Milvus server (tests/milvus_server.py), the first run indexed there by the
+    index stage and promoted: the same workdir served from a server instead of Milvus Lite."""
+    from milvus_server import wipe
+
+    from tandem.pipeline import stages
+    from tandem.release.index import ItemIndex
+
+    uri = request.getfixturevalue("milvus_server")
+    wipe(uri)
+    on_server = replace(cfg, index=replace(cfg.index, milvus_uri=uri))
+    run_ = stages.RunPaths.of(workdir, "first")
+    stages.index(run_, on_server)
+    with ItemIndex(on_server.index) as index:
+        index.promote(run_.collection)
+    return on_server
+
+
+@pytest.fixture(params=["lite", "milvus-server"])
+def client(request, workdir, cfg):
+    """The service on Milvus Lite, and on a Milvus 2.3 server (skipped where it cannot start)."""
+    serving = request.getfixturevalue("server_cfg") if request.param == "milvus-server" else cfg
+    with TestClient(create_app(workdir, serving)) as client:
         yield client
 
 
