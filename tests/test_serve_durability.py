@@ -109,6 +109,22 @@ def test_a_write_failing_at_shutdown_leaves_the_rows_in_the_spool(tmp_path, monk
     assert again.recovered == 1 and read_events(tmp_path)["request_id"].tolist() == ["r1"]
 
 
+def test_the_spool_is_fsynced_within_spool_fsync_seconds(tmp_path, monkeypatch):
+    synced = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real(fd)))
+    log = EventLog(events_dir(tmp_path), flush_seconds=3600, spool_fsync_seconds=0.1).start()
+    synced.clear()
+    log.add([ROW | {"item_id": "a", "request_id": "r1"}])
+    added = time.monotonic()
+    wait_for(lambda: any(p.endswith(SPOOL_SUFFIX) for p in synced), 2)
+    assert any(p.endswith(SPOOL_SUFFIX) for p in synced) and time.monotonic() - added < 1.0
+    synced.clear()
+    time.sleep(0.3)
+    assert not synced  # nothing appended since: no fsync
+    log.close()
+
+
 def test_a_live_services_spool_is_not_recovered_by_another(tmp_path):
     first = EventLog(events_dir(tmp_path), flush_seconds=3600).start()
     first.add([ROW | {"item_id": "a", "request_id": "r1"}])

@@ -54,11 +54,6 @@ class _Spool:
             data = data[os.write(self.fd, data) :]
         self.dirty = True
 
-    def sync(self) -> None:
-        if self.dirty:
-            self.dirty = False
-            os.fsync(self.fd)
-
     def close(self) -> None:
         os.close(self.fd)
 
@@ -197,10 +192,17 @@ class EventLog:
             return len(self._rows)
 
     def sync(self) -> None:
-        """fsync the spool file if rows were appended since the last sync."""
+        """fsync the spool file if rows were appended since the last sync (outside the lock: requests do not
+        wait for the disk; a duplicate descriptor keeps the file open should a flush rotate it meanwhile)."""
         with self._lock:
-            if self._spool is not None:
-                self._spool.sync()
+            if self._spool is None or not self._spool.dirty:
+                return
+            self._spool.dirty = False
+            fd = os.dup(self._spool.fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     # ------------------------------------------------------------------------------------ parts out
     def _write_part(self, rows: list[dict], tag: str) -> Path:
