@@ -27,7 +27,7 @@ def _server(workdir: Path):
 def up(
     workdir: Path = WORKDIR,
     port: int | None = option(
-        None, "--port", help="gRPC port; a taken port is an error", shown="19530 or the next free"
+        None, "--port", help="gRPC port; a taken port is an error", shown="19530 or the next free", min=1, max=65535
     ),
     timeout: float = option(180.0, "--timeout", help="seconds to wait until the server answers"),
 ) -> None:

@@ -119,6 +119,8 @@ def start(
     otherwise it stays in this process group (a test session's server). `settings` overrides
     keys of the package's milvus.yaml by dotted path (e.g. {"queryCoord.checkInterval": 200}). Raises RuntimeError
     (the log's tail included) if it exits or does not answer within `timeout` seconds."""
+    if port is not None and not 0 < int(port) < 65536:
+        raise ValueError(f"port must be 1..65535, got {port}")
     base_dir = Path(base_dir).resolve()
     running = status(base_dir)
     if running is not None:
@@ -148,10 +150,12 @@ def start(
         "DEPLOY_MODE": "STANDALONE",
         "METRICS_PORT": str(health_port),
         "MILVUS_RUN_DIR": str(base_dir / "run"),
+        "TMPDIR": str(base_dir / "run"),  # its server_id_<pid> files, else in the machine's /tmp/milvus
         "LD_LIBRARY_PATH": ":".join(filter(None, [str(exe.parent), os.environ.get("LD_LIBRARY_PATH")])),
     }
     logs = base_dir / "logs"
     logs.mkdir(exist_ok=True)
+    (base_dir / "run").mkdir(exist_ok=True)
     with open(logs / "milvus-stdout.log", "ab") as out, open(logs / "milvus-stderr.log", "ab") as err:
         proc = subprocess.Popen(
             [str(exe), "run", "standalone"],
