@@ -23,6 +23,7 @@ from pathlib import Path
 STATE = "server.json"
 DEFAULT_PORT = 19530
 HEALTH_PORT = 9091  # the first port tried for the server's /healthz (its metrics port)
+PORT_RACE_ATTEMPTS = 3  # starts tried when another process takes a chosen port before the server binds it
 INSTALL_HINT = "the PyPI package `milvus` (the server binary) is not installed: pip install 'tandem[server]'"
 
 
@@ -129,13 +130,35 @@ def start(
         return running
     if missing_reason():
         raise RuntimeError(INSTALL_HINT)
+    base_dir.mkdir(parents=True, exist_ok=True)
+    logs = base_dir / "logs"
+    for attempt in range(1, PORT_RACE_ATTEMPTS + 1):
+        logged = _log_sizes(logs)
+        proc, info = _launch(base_dir, port, detach, settings or {})
+        deadline = time.monotonic() + timeout
+        while not (healthy(info) and answers(info.uri)):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                exited = proc.poll() is not None
+                stop(base_dir)
+                tail = _tail(logs)
+                if exited and _logged_since(logs, logged, "address already in use") and attempt < PORT_RACE_ATTEMPTS:
+                    break  # another process took a port between our check and the server's bind: new ports
+                why = f"exited with code {proc.returncode}" if exited else f"no answer in {timeout:.0f} s"
+                raise RuntimeError(f"Milvus server {why}; log {logs}: {tail}")
+            time.sleep(0.5)
+        else:
+            return info
+    raise AssertionError("unreachable")
+
+
+def _launch(base_dir: Path, port: int | None, detach: bool, settings: dict) -> tuple[subprocess.Popen, ServerInfo]:
+    """Write the configuration (free ports for every component), unpack the binary, start it, record it."""
     import milvus
 
-    base_dir.mkdir(parents=True, exist_ok=True)
     config = milvus.MilvusServerConfig(data_dir=str(base_dir))
     if port is not None:
         config.update(proxy_port=int(port))  # a taken port is an error, not a silent other port
-    for key, value in (settings or {}).items():
+    for key, value in settings.items():
         config.set(key, value)
     try:
         config.resolve()  # picks free ports for etcd and every component, writes configs/milvus.yaml
@@ -168,14 +191,7 @@ def start(
         )
     info = ServerInfo(proc.pid, int(config.get("proxy_port")), health_port, str(base_dir), time.time())
     (base_dir / STATE).write_text(json.dumps(asdict(info), indent=1))
-    deadline = time.monotonic() + timeout
-    while not (healthy(info) and answers(info.uri)):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            why = f"exited with code {proc.returncode}" if proc.poll() is not None else f"no answer in {timeout:.0f} s"
-            stop(base_dir)
-            raise RuntimeError(f"Milvus server {why}; log {logs}: {_tail(logs)}")
-        time.sleep(0.5)
-    return info
+    return proc, info
 
 
 def _embedded_etcd_ports(base_dir: Path, client_port: int) -> None:
@@ -231,6 +247,20 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
         pass
+
+
+def _log_sizes(logs: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_size for p in logs.glob("milvus-*.log")} if logs.is_dir() else {}
+
+
+def _logged_since(logs: Path, sizes: dict[str, int], text: str) -> bool:
+    """`text` is in what the server logged after `sizes` were taken (the logs are appended to)."""
+    for path in logs.glob("milvus-*.log"):
+        with open(path, "rb") as f:
+            f.seek(sizes.get(path.name, 0))
+            if text.encode() in f.read():
+                return True
+    return False
 
 
 def _tail(logs: Path, chars: int = 800) -> str:
