@@ -11,6 +11,7 @@ natively. Importing this module starts nothing and does not import `milvus`.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -20,10 +21,14 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+log = logging.getLogger(__name__)
 STATE = "server.json"
 DEFAULT_PORT = 19530
 HEALTH_PORT = 9091  # the first port tried for the server's /healthz (its metrics port)
-PORT_RACE_ATTEMPTS = 3  # starts tried when another process takes a chosen port before the server binds it
+# Starts tried while `timeout` lasts when the server exits during start-up: another process can take a port
+# between our check and the server's bind, and after a kill its old sessions hold etcd for up to 30 s
+# (common.session.ttl), during which a restart aborts ("CompareAndSwap error ... for key: querycoord").
+MAX_STARTS = 8
 INSTALL_HINT = "the PyPI package `milvus` (the server binary) is not installed: pip install 'tandem[server]'"
 
 
@@ -132,19 +137,19 @@ def start(
         raise RuntimeError(INSTALL_HINT)
     base_dir.mkdir(parents=True, exist_ok=True)
     logs = base_dir / "logs"
-    for attempt in range(1, PORT_RACE_ATTEMPTS + 1):
-        logged = _log_sizes(logs)
+    deadline = time.monotonic() + timeout
+    for attempt in range(1, MAX_STARTS + 1):
         proc, info = _launch(base_dir, port, detach, settings or {})
-        deadline = time.monotonic() + timeout
         while not (healthy(info) and answers(info.uri)):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                exited = proc.poll() is not None
+            exited = proc.poll() is not None
+            if exited or time.monotonic() > deadline:
                 stop(base_dir)
-                tail = _tail(logs)
-                if exited and _logged_since(logs, logged, "address already in use") and attempt < PORT_RACE_ATTEMPTS:
-                    break  # another process took a port between our check and the server's bind: new ports
+                if exited and attempt < MAX_STARTS and time.monotonic() < deadline - 10:
+                    log.info("Milvus server exited at start-up (attempt %d); starting it again", attempt)
+                    time.sleep(2)
+                    break
                 why = f"exited with code {proc.returncode}" if exited else f"no answer in {timeout:.0f} s"
-                raise RuntimeError(f"Milvus server {why}; log {logs}: {tail}")
+                raise RuntimeError(f"Milvus server {why} (start {attempt}); log {logs}: {_tail(logs)}")
             time.sleep(0.5)
         else:
             return info
@@ -247,20 +252,6 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
         pass
-
-
-def _log_sizes(logs: Path) -> dict[str, int]:
-    return {p.name: p.stat().st_size for p in logs.glob("milvus-*.log")} if logs.is_dir() else {}
-
-
-def _logged_since(logs: Path, sizes: dict[str, int], text: str) -> bool:
-    """`text` is in what the server logged after `sizes` were taken (the logs are appended to)."""
-    for path in logs.glob("milvus-*.log"):
-        with open(path, "rb") as f:
-            f.seek(sizes.get(path.name, 0))
-            if text.encode() in f.read():
-                return True
-    return False
 
 
 def _tail(logs: Path, chars: int = 800) -> str:
