@@ -11,10 +11,11 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from tandem.core import atomic
 from tandem.core.config import RunConfig
 from tandem.core.config_release import IndexConfig, RolloutConfig
 from tandem.data.events import EVENT_COLUMNS
-from tandem.release import rollout, rollout_state
+from tandem.release import rollout
 from tandem.release.index import ItemIndex
 from tandem.release.rollout import RolloutRefused, RolloutState, arm, bucket
 
@@ -81,7 +82,7 @@ def test_state_round_trips_and_is_replaced_atomically(tmp_path, monkeypatch):
     def crash(*_):
         raise OSError("disk full")
 
-    monkeypatch.setattr(rollout_state.os, "replace", crash)
+    monkeypatch.setattr(atomic.os, "replace", crash)
     with pytest.raises(OSError):
         rollout.save_state(tmp_path, replace(state, stage=2))
     assert rollout.load_state(tmp_path) == state  # the old file is intact

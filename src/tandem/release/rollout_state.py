@@ -13,8 +13,6 @@ a crash in between leaves `pending` set, and the next action or guard run finish
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import threading
 import time
 from contextlib import contextmanager
@@ -22,6 +20,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from tandem.core import layout
+from tandem.core.atomic import write_atomic
 
 STATUSES = ("running", "completed", "aborted", "rolled_back")
 LOCK_TIMEOUT_S = 120.0  # an alias move on a slow Milvus server; past this the second writer gives up and says why
@@ -88,21 +87,9 @@ def load_state(workdir: str | Path) -> RolloutState | None:
 
 
 def save_state(workdir: str | Path, state: RolloutState) -> Path:
-    """Write the state as given, atomically (temp file + fsync + os.replace); no lock, no version check: the
+    """Write the state as given, atomically (core.atomic.write_atomic); no lock, no version check: the
     actions use `commit` under `locked`."""
-    path = state_path(workdir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".state-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(state.to_dict(), f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(state_path(workdir), json.dumps(state.to_dict(), indent=2))
 
 
 def commit(workdir: str | Path, state: RolloutState, base: RolloutState | None) -> RolloutState:

@@ -37,16 +37,23 @@ def ranks_with_term(
     """0-based rank of each validation pair's target under cosine + w q_factor (1 + b): with `prior`
     None the target keeps its own b, else its b is the prior (as if the target were new). Ties rank
     the target first (the term's candidates are compared on the same footing)."""
-    q = ev.query_of_pair
+    real, as_new = _term_ranks(cos, ev, q_factor, pool_b, weight, 0.0 if prior is None else prior)
+    return real if prior is None else as_new
+
+
+def _term_ranks(
+    cos: np.ndarray, ev: EvalSet, q_factor: np.ndarray, pool_b: np.ndarray, weight: float, prior: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """(ranks with the targets' own b, ranks with the targets made new), from one pair x pool score matrix."""
+    q, rows = ev.query_of_pair, np.arange(len(ev.query_of_pair))
     scores = cos[q] + weight * q_factor[q, None] * (1.0 + pool_b[None, :])
     own = ev.exclude[q]
     scores[np.flatnonzero(own >= 0), own[own >= 0]] = -np.inf
-    rows = np.arange(len(q))
     hit = scores[rows, ev.target_pos]
-    if prior is not None:
-        hit = cos[q, ev.target_pos] + weight * q_factor[q] * (1.0 + prior)
-    ahead = (scores > hit[:, None]).sum(1)
-    return ahead - (scores[rows, ev.target_pos] > hit)  # the target's own column never counts
+    real = (scores > hit[:, None]).sum(1)
+    new_hit = cos[q, ev.target_pos] + weight * q_factor[q] * (1.0 + prior)
+    as_new = (scores > new_hit[:, None]).sum(1) - (hit > new_hit)  # the target's own column never counts
+    return real, as_new
 
 
 def choose_weight(
@@ -83,8 +90,7 @@ def choose_weight(
         pool_b = trial.biases(ids[ev.pool])
         q_factor = 1.0 + trial.biases(ids[ev.query_item]) if ev.item_queries(model) else np.ones(len(ev.query_item))
         for w in weights:
-            real = score(ranks_with_term(cos, ev, q_factor, pool_b, w, None))
-            as_new = score(ranks_with_term(cos, ev, q_factor, pool_b, w, prior))
+            real, as_new = (score(r) for r in _term_ranks(cos, ev, q_factor, pool_b, w, prior))
             rows.append({"weight": w, "cold_prior": prior, "all": float(real.mean()), "as_new": float(as_new.mean()),
                          "cold": float(real[cold].mean()) if cold.any() else None})  # fmt: skip
     plain = rows[0]  # weight 0: cosine alone, whatever the prior
