@@ -15,7 +15,7 @@ Index: every item (title + subCategory, baseColour, usage) embedded with the bun
 all-MiniLM-L6-v2 (mean pooled, normalised; `SimilarityScorer.embed`), in a Milvus Lite HNSW
 collection through `tandem.release.index.ItemIndex`. The SAME encoder embeds the queries: a symmetric,
 untrained text encoder, not a trained HotelMatch query tower. Every configuration goes through the
-service's own code (`tandem.serve.app.expanded`: one embedding call and one Milvus call per request,
+service's own code (`tandem.serve.answering.expanded`: one embedding call and one Milvus call per request,
 fused by `tandem.promptgen.expand.fuse`), one request at a time, so the latencies are per request.
 
 Generator: `--generator DIR` (a `tandem promptgen train` folder) or, by default, the small preset
@@ -46,7 +46,7 @@ from tandem.promptgen.relabel import SimilarityScorer
 from tandem.promptgen.teacher import catalogue_teacher
 from tandem.promptgen.train import load, train_generator
 from tandem.release.index import ItemIndex
-from tandem.serve.app import expanded
+from tandem.serve.answering import expanded
 
 RESULTS = Path(__file__).parent / "results" / "query_expansion.md"
 FASHION = Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion-small"
@@ -230,7 +230,7 @@ def main() -> None:
         *(f"- `{intent}` -> {', '.join(f'`{p}`' for p in prompts)}" for intent, prompts in examples_shown.items()),
         "",
         "Request ms = generation + one embedding call for all queries + one Milvus search + fusion, one request at a "
-        "time (the service path `tandem.serve.app.expanded`); generation samples 2k prompts at batch 1.",
+        "time (the service path `tandem.serve.answering.expanded`); generation samples 2k prompts at batch 1.",
     ]
     text = "\n".join(lines) + "\n"
     print(text)

@@ -314,14 +314,20 @@ CONCURRENT = (
 )
 
 
-async def fire(workdir, cfg, requests) -> tuple[list, int, list[int]]:
-    """Send all requests at once (in-process ASGI); (status, body) each, Milvus search calls, batch sizes."""
+async def fire(workdir, cfg, requests, searched: list | None = None) -> tuple[list, int, list[int]]:
+    """Send all requests at once (in-process ASGI); (status, body) each, Milvus search calls, batch sizes.
+    Each search call's (filter, number of query vectors) is appended to `searched` when given."""
     app = create_app(workdir, cfg)
     async with app.router.lifespan_context(app):
         index = app.state.index
-        searched = []
+        searched = [] if searched is None else searched
         search_rows = index.search_rows
-        index.search_rows = lambda *a, **kw: searched.append(1) or search_rows(*a, **kw)
+
+        def counted(name, vectors, k=10, filter=""):
+            searched.append((filter, len(vectors)))
+            return search_rows(name, vectors, k=k, filter=filter)
+
+        index.search_rows = counted
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://serve") as client:
             responses = await asyncio.gather(*(client.get(path, params=params) for path, params in requests))
         return [(r.status_code, r.json()) for r in responses], len(searched), app.state.batcher.sizes
@@ -349,6 +355,42 @@ def test_concurrent_requests_are_batched_and_answered_as_alone(workdir, cfg):
         if "city" in params:
             assert {h["city"] for h in body["items"]} == {params["city"]}
     assert [s for s, _ in alone].count(404) == 1 and [s for s, _ in alone].count(422) == 1
+
+
+# Filtered searches (two cities, several requests each), unfiltered ones and filtered similar items, at once.
+FILTERED = (
+    [("/search", {"q": q, "k": 4, "city": "Paris"}) for q in ["red lamp", "green shirt", "mug"]]
+    + [("/search", {"q": q, "k": 3 + n, "city": "Rome"}) for n, q in enumerate(["hat", "blue mug"])]
+    + [("/search", {"q": q, "k": 5}) for q in ["shoe", "lamp"]]
+    + [(f"/similar/it{n}", {"k": 3, "city": "Rome"}) for n in range(2, 5)]
+)
+
+
+@pytest.mark.parametrize("backend", ["lite", "milvus-server"])
+def test_filtered_requests_share_the_batch_one_search_per_filter(workdir, cfg, backend, request):
+    """One batch per kind whatever the filters: one embedding call for all the /search requests, one
+    Milvus search per distinct filter (requests with the same filter share it), and every answer equal to
+    the unbatched path's, its items all passing its filter."""
+    serving = request.getfixturevalue("server_cfg") if backend == "milvus-server" else cfg
+    alone_calls: list = []
+    alone, _, alone_sizes = asyncio.run(
+        fire(workdir, replace(serving, serve=replace(serving.serve, batch_window_ms=0)), FILTERED, alone_calls)
+    )
+    calls: list = []
+    batched, _, sizes = asyncio.run(
+        fire(workdir, replace(serving, serve=replace(serving.serve, batch_window_ms=1000)), FILTERED, calls)
+    )
+    assert set(alone_sizes) == {1} and len(alone_calls) == len(FILTERED)  # the reference: one call each
+    assert sorted(sizes) == [3, 7], sizes  # all 7 searches in one batch (one embedding), the 3 similar in another
+    paris, rome = 'city == "Paris"', 'city == "Rome"'
+    assert sorted(calls) == sorted([(paris, 3), (rome, 2), ("", 2), (rome, 3)]), calls
+    for (path, params), (status, body), (status_b, body_b) in zip(FILTERED, alone, batched, strict=True):
+        assert status == status_b == 200, (path, params, body_b)
+        assert [h["item_id"] for h in body_b["items"]] == [h["item_id"] for h in body["items"]], (path, params)
+        assert [h["score"] for h in body_b["items"]] == pytest.approx([h["score"] for h in body["items"]], abs=1e-5)
+        assert len(body_b["items"]) == params["k"]
+        if "city" in params:
+            assert {h["city"] for h in body_b["items"]} == {params["city"]}, (path, params)
 
 
 def test_onnx_int8_query_encoder_serves_close_to_torch(workdir, cfg):

@@ -2,8 +2,9 @@
 page at / with the items' photos (`tandem.serve.page`).
 
 Client input is checked before any work: a bad request gets a 4xx that says what to fix, never
-a 5xx. Concurrent /search (and /similar) requests for the same arm and filter are micro-batched
-into one query-tower call and one Milvus search (see `tandem.serve.batching`). Every item shown
+a 5xx. Concurrent /search (and /similar) requests for the same arm are micro-batched
+into one query-tower call and one Milvus search per distinct filter (see `tandem.serve.batching` and
+`tandem.serve.answering`). Every item shown
 is logged as an impression and every click with its request's query and arm (see
 `tandem.serve.events`), so that the next run learns from what was served.
 
@@ -24,10 +25,8 @@ import logging
 import time
 from collections.abc import Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
@@ -40,6 +39,7 @@ from tandem.data.events import events_dir
 from tandem.promptgen.expand import MAX_K, QueryExpander, parse_expand
 from tandem.release.index import ItemIndex
 from tandem.release.scalars import filter_expression
+from tandem.serve.answering import Answer, Ask, answer, expanded
 from tandem.serve.batching import MicroBatcher
 from tandem.serve.events import EventLog, Served
 from tandem.serve.metrics import Metrics, MetricsMiddleware
@@ -71,70 +71,6 @@ def _user(value: str | None, header: str | None) -> str | None:
 def _timing(**seconds: float) -> str:
     """A Server-Timing header (milliseconds): where a request's time went, for clients and benchmarks."""
     return ", ".join(f"{name};dur={s * 1000:.2f}" for name, s in seconds.items())
-
-
-@dataclass(frozen=True)
-class Ask:
-    """One request of a batch: the query text (/search) or the viewed item id (/similar), and its k."""
-
-    text: str
-    k: int
-
-
-@dataclass(frozen=True)
-class Answer:
-    rows: list[dict]
-    seconds: dict[str, float]  # of the whole batch: embed or fetch, search
-    batch: int  # requests answered by the same calls
-
-
-def answer(index: ItemIndex, key: tuple[str, Arm, str], asks: Sequence[Ask]) -> list[Answer | Exception]:
-    """A batch of requests of one kind, arm and filter: one embedding (or vector fetch) call and one
-    Milvus search for all, with the largest k (each request keeps its own first k; at k > index.search_ef
-    HNSW searches a wider list, so a batch can only find more of the true neighbours, never fewer)."""
-    kind, arm, expression = key
-    started = time.perf_counter()
-    if kind == "search":
-        vectors = arm.queries.embed_queries([a.text for a in asks], batch_size=len(asks), progress=False)
-        found, first = list(range(len(asks))), "embed"
-    else:  # similar: the items' stored vectors; an unknown item is that request's 404
-        stored = index.vectors_of(arm.collection, [a.text for a in asks])
-        found, first = [n for n, a in enumerate(asks) if a.text in stored], "fetch"
-        vectors = np.stack([stored[asks[n].text] for n in found]) if found else None
-    ready = time.perf_counter()
-    extra = int(kind != "search")  # /similar asks for one more: the item itself is dropped from its results
-    k = max((asks[n].k for n in found), default=0) + extra
-    hits = index.search_rows(arm.collection, vectors, k=k, filter=expression) if found else []
-    seconds = {first: ready - started, "search": time.perf_counter() - ready}
-    rows = dict(zip(found, hits, strict=True))
-    out: list[Answer | Exception] = []
-    for n, a in enumerate(asks):
-        if n not in rows:
-            out.append(HTTPException(404, f"item {a.text!r} is not in collection {arm.collection}"))
-        else:
-            mine = [r for r in rows[n] if r["item_id"] != a.text] if extra else rows[n]
-            out.append(Answer(mine[: a.k], seconds, len(asks)))
-    return out
-
-
-def expanded(index: ItemIndex, arm: Arm, expression: str, queries: list[str], k: int, expander) -> Answer:
-    """One expanded request: all queries embedded in one call and searched in one Milvus call
-    (`expander.depth` items each, at least k), fused by RRF; each row keeps its best cosine as `score`
-    and gets its fused score as `rrf`."""
-    started = time.perf_counter()
-    vectors = arm.queries.embed_queries(queries, batch_size=len(queries), progress=False)
-    ready = time.perf_counter()
-    hits = index.search_rows(arm.collection, vectors, k=max(k, expander.depth), filter=expression)
-    searched = time.perf_counter()
-    best: dict[str, dict] = {}
-    for row in hits:
-        for r in row:
-            if r["item_id"] not in best or r["score"] > best[r["item_id"]]["score"]:
-                best[r["item_id"]] = r
-    fused = expander.fuse([[r["item_id"] for r in row] for row in hits], limit=k)
-    rows = [best[item] | {"rrf": score} for item, score in fused]
-    seconds = {"embed": ready - started, "search": searched - ready, "fuse": time.perf_counter() - searched}
-    return Answer(rows, seconds, 1)
 
 
 def create_app(
@@ -295,14 +231,14 @@ def create_app(
             **events.health(),  # queue depth, last flush, last error, the flusher thread
         )
 
-    async def batched(request: Request, response: Response, kind: str, arm: Arm, expression: str, ask: Ask) -> Answer:
-        """The request's answer from its batch; Server-Timing tells the batch's calls, the wait and its size."""
+    async def batched(request: Request, response: Response, kind: str, arm: Arm, ask: Ask) -> Answer:
+        """The request's answer from its batch (one per kind and arm, any filters: `tandem.serve.answering`);
+        Server-Timing tells the batch's calls, the wait, its size and its search calls."""
         started = time.perf_counter()
-        got: Answer = await request.app.state.batcher.submit((kind, arm, expression), ask)
+        got: Answer = await request.app.state.batcher.submit((kind, arm), ask)
         waited = time.perf_counter() - started - sum(got.seconds.values())
-        response.headers["Server-Timing"] = (
-            _timing(**got.seconds, wait=max(waited, 0.0)) + f', batch;desc="{got.batch}"'
-        )
+        sizes = f', batch;desc="{got.batch}", searches;desc="{got.searches}"'
+        response.headers["Server-Timing"] = _timing(**got.seconds, wait=max(waited, 0.0)) + sizes
         return got
 
     @app.get("/search", response_model=DebugResults if s.debug else Results, openapi_extra=filter_docs)
@@ -337,7 +273,7 @@ def create_app(
         expression, user = filters_of(request), _user(user_id, x_user_id)
         routed = await run_in_threadpool(request.app.state.router.route, user)  # may load a model: off the loop
         if not n_prompts:
-            got = await batched(request, response, "search", routed[1], expression, Ask(q, k))
+            got = await batched(request, response, "search", routed[1], Ask(q, k, expression))
             return serve(request, routed, user, q, got.rows, [])
         with expand_cap:  # over serve.max_expand at once: a 429
             started = time.perf_counter()
@@ -361,7 +297,7 @@ def create_app(
         """Items like this one (its stored vector's neighbours); logs a view of it."""
         expression, user = filters_of(request), _user(user_id, x_user_id)
         routed = await run_in_threadpool(request.app.state.router.route, user)
-        got = await batched(request, response, "similar", routed[1], expression, Ask(item_id, k))
+        got = await batched(request, response, "similar", routed[1], Ask(item_id, k, expression))
         viewed = {"item_id": item_id, "event": "view", "query": "", "position": None}
         return serve(request, routed, user, "", got.rows, [viewed])
 

@@ -3,9 +3,10 @@
 Milvus Lite pays a fixed cost per search call (it scans every row of the collection in Python to
 drop overwritten and deleted rows) while each extra query vector in the call costs ~1 ms, and
 the query tower embeds a batch of texts for little more than one. So requests for the same arm
-collection and filter are gathered, for at most `window_ms` after the oldest one arrived or
-until `max_batch` are waiting, and answered together by `handle(key, payloads)` in a worker
-thread (Starlette's pool). Requests that arrive while a batch runs form the next one, so batches grow with load.
+collection, whatever their filters (the service groups a batch by filter: `tandem.serve.answering`),
+are gathered, for at most `window_ms` after the oldest one arrived or until `max_batch` are waiting,
+and answered together by `handle(key, payloads)` in a worker thread (Starlette's pool).
+Requests that arrive while a batch runs form the next one, so batches grow with load.
 
 `handle` returns one result per payload; an Exception in that list (e.g. an HTTPException 404
 for an unknown item) is raised to its own request only. If `handle` itself raises for a batch
@@ -38,8 +39,8 @@ class MicroBatcher:
     """Gathers `submit(key, payload)` calls per key into batches for `handle` (see the module doc).
 
     window_ms = 0 disables batching: each call runs `handle(key, [payload])` in a thread at once.
-    One batch per key runs at a time; different keys (arms, filters) run concurrently. A key's
-    worker task exits when its queue is empty, so client-chosen keys (filters) leave nothing behind.
+    One batch per key runs at a time; different keys (kinds, arms) run concurrently. A key's
+    worker task exits when its queue is empty, so keys that stop coming leave nothing behind.
     """
 
     def __init__(self, handle: Handler, window_ms: float = 5.0, max_batch: int = 64):
