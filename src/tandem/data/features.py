@@ -15,9 +15,13 @@ shipped file the state lives per workdir, never in the git repository:
     WORKDIR/feast/item_features/<run_id>.parquet offline store (files): one snapshot per run, so the
     WORKDIR/feast/user_features/<run_id>.parquet history allows point-in-time reads
 
-Every row of a run's snapshot carries `event_timestamp` = the run's as-of time (its last logged
-event) and `created` = when the snapshot was written (the tie-break between snapshots of the same
-as-of time). Feature views have no TTL, so old demo data never expires.
+Every row of a run's snapshot carries `run_id`, `event_timestamp` = the run's as-of time (its last
+logged event) and `created` = when the snapshot was written. A run reads its own snapshot back
+(`read_items(..., run_id=...)`: the views `item_features_by_run` / `user_features_by_run` join on item
+and run), so two runs of the same as-of time never read each other's; without a run id a read takes
+the latest snapshot at or before the as-of time. The online store only moves forward: a snapshot older
+than what is online (a backfill) does not overwrite newer values (`features_online.write_online`).
+Feature views have no TTL, so old demo data never expires.
 
 `import feast` costs seconds: it happens inside the functions, never at import time.
 """
@@ -37,6 +41,7 @@ from tandem.core import layout
 
 PROJECT = "tandem"
 ITEM_VIEW, USER_VIEW = "item_features", "user_features"
+BY_RUN = "_by_run"  # offline-only views keyed on (entity, run_id): a run's own snapshot
 OPTIONAL_TEXT = ("city", "country")
 OPTIONAL_LIST = ("facilities",)
 OPTIONAL_COLUMNS = (*OPTIONAL_TEXT, *OPTIONAL_LIST)
@@ -51,11 +56,11 @@ ITEM_SCHEMA = pa.schema(
     + [(c, _STR) for c in OPTIONAL_TEXT]
     + [(c, _LIST) for c in OPTIONAL_LIST]
     + [("n_images", _INT), ("popularity", _INT), ("degree", _INT), ("last_seen", _TS)]
-    + [("event_timestamp", _TS), ("created", _TS)]
+    + [("event_timestamp", _TS), ("created", _TS), ("run_id", _STR)]
 )
 USER_SCHEMA = pa.schema(
     [("user_id", _STR), ("n_events", _INT), ("n_items", _INT), ("last_seen", _TS), ("event_timestamp", _TS)]
-    + [("created", _TS)]
+    + [("created", _TS), ("run_id", _STR)]
 )
 
 
@@ -104,6 +109,7 @@ def item_feature_table(
     out["last_seen"] = pd.to_datetime(ids.map(last).to_numpy(), utc=True)
     out["event_timestamp"] = as_of
     out["created"] = pd.Timestamp.now(tz="UTC")
+    out["run_id"] = ""  # set by apply_and_materialize
     return out[ITEM_SCHEMA.names]
 
 
@@ -119,6 +125,7 @@ def user_feature_table(logs: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
     out["last_seen"] = pd.to_datetime(out["last_seen"], utc=True)
     out["event_timestamp"] = as_of
     out["created"] = pd.Timestamp.now(tz="UTC")
+    out["run_id"] = ""
     return out[USER_SCHEMA.names]
 
 
@@ -138,6 +145,7 @@ def definitions(feast_dir: str | Path, relative_to: str | Path | None = None) ->
         feast_dir = Path(os.path.relpath(feast_dir, os.path.abspath(relative_to)))
     item = Entity(name="item", join_keys=["item_id"], value_type=ValueType.STRING, description="a catalogue item")
     user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.STRING, description="a user of the logs")
+    run = Entity(name="run", join_keys=["run_id"], value_type=ValueType.STRING, description="a pipeline run")
 
     def source(name: str):
         return FileSource(
@@ -168,7 +176,19 @@ def definitions(feast_dir: str | Path, relative_to: str | Path | None = None) ->
         online=True,
         description="activity per user",
     )
-    return [item, user, items, users]
+    by_run = [  # offline only: what training reads back, the run's own snapshot
+        FeatureView(
+            name=view.name + BY_RUN,
+            entities=[entity, run],
+            ttl=timedelta(0),
+            schema=[Field(name=key, dtype=String), Field(name="run_id", dtype=String), *fields],
+            source=view.batch_source,
+            online=False,
+            description=f"{view.name} keyed per run: a run's own snapshot, whatever other runs of its as-of time wrote",
+        )
+        for view, entity, key, fields in ((items, item, "item_id", item_fields), (users, user, "user_id", user_fields))
+    ]
+    return [item, user, run, items, users, *by_run]
 
 
 def feast_dir(workdir: str | Path) -> Path:
@@ -263,21 +283,32 @@ def _write_snapshot(table: pd.DataFrame, schema: pa.Schema, path: Path) -> None:
 def apply_and_materialize(
     workdir: str | Path, run_id: str, items: pd.DataFrame, users: pd.DataFrame | None = None
 ) -> dict:
-    """Write the run's snapshots to the offline store, apply the definitions, and materialise the
-    run's as-of time into the online store. Rerunning a run replaces its snapshot."""
+    """Write the run's snapshots (keyed by `run_id`) to the offline store, apply the definitions, and
+    put the run's as-of time into the online store, except entities whose online values are newer (an
+    older backfill; counted in `online`). Rerunning a run replaces its snapshot."""
+    from tandem.data.features_online import add_run_ids, online_lock, write_online
+
     root = feast_dir(workdir)
-    paths = {ITEM_VIEW: root / ITEM_VIEW / f"{run_id}.parquet"}
-    _write_snapshot(items, ITEM_SCHEMA, paths[ITEM_VIEW])
+    tables = {ITEM_VIEW: (items.assign(run_id=run_id), ITEM_SCHEMA, "item_id")}
     if users is not None:
-        paths[USER_VIEW] = root / USER_VIEW / f"{run_id}.parquet"
-        _write_snapshot(users, USER_SCHEMA, paths[USER_VIEW])
+        tables[USER_VIEW] = (users.assign(run_id=run_id), USER_SCHEMA, "user_id")
+    paths = {view: root / view / f"{run_id}.parquet" for view in tables}
+    for view, (table, schema, _) in tables.items():
+        add_run_ids(root / view)  # snapshots of older versions of tandem
+        _write_snapshot(table, schema, paths[view])
     as_of = pd.Timestamp(items["event_timestamp"].iloc[0]).to_pydatetime()
     fs = store(workdir)
     fs.apply(definitions(root, relative_to=fs.config.repo_path))
-    fs.materialize(
-        start_date=as_of - timedelta(seconds=1), end_date=as_of + timedelta(seconds=1), feature_views=list(paths)
-    )
-    return {"repo": str(root), "as_of": as_of.isoformat(), "snapshots": {k: str(v) for k, v in paths.items()}}
+    with online_lock(root):
+        online = {view: write_online(fs, view, key, "n_events" if view == USER_VIEW else "n_images", table, as_of)
+                  for view, (table, _, key) in tables.items()}  # fmt: skip
+    return {
+        "repo": str(root),
+        "as_of": as_of.isoformat(),
+        "run_id": run_id,
+        "snapshots": {k: str(v) for k, v in paths.items()},
+        "online": online,
+    }
 
 
 # ------------------------------------------------------------------------------- reads
@@ -286,13 +317,15 @@ def read_items(
     item_ids,
     as_of: pd.Timestamp | str | None = None,
     columns: tuple[str, ...] | list[str] = CATALOG_FEATURES,
+    run_id: str | None = None,
 ) -> pd.DataFrame:
     """Rows of `item_ids` (in that order) through Feast: item_id, then `columns` in that order. The
     default is the catalogue's shape: title, topics (list), content, images (list), city, country,
     facilities (list); any of `ITEM_FEATURES` may be asked for.
 
     With `as_of` (training): the offline store, point in time, i.e. the latest snapshot at or before
-    `as_of`, whatever later runs materialised. Without (serving): the online store's latest values.
+    `as_of`, whatever later runs materialised; with `run_id` too, that run's own snapshot (not another
+    run's of the same as-of time). Without `as_of` (serving): the online store's latest values.
     Raises ValueError if an item has no features (the features stage has not run for it).
     """
     ids = pd.Index(pd.Series(item_ids, dtype=str), name="item_id")
@@ -306,18 +339,22 @@ def read_items(
     registry = registry_file(fs.config)
     if registry is not None and not registry.is_file():
         raise ValueError(f"no Feast registry at {registry}: run the features stage first")
-    refs = [f"{ITEM_VIEW}:{c}" for c in columns] + ([f"{ITEM_VIEW}:n_images"] if "n_images" not in columns else [])
+    view = ITEM_VIEW if run_id is None or as_of is None else ITEM_VIEW + BY_RUN
+    refs = [f"{view}:{c}" for c in columns] + ([f"{view}:n_images"] if "n_images" not in columns else [])
     if as_of is None:
         frame = fs.get_online_features(features=refs, entity_rows=[{"item_id": i} for i in ids]).to_df()
     else:
         as_of = pd.Timestamp(as_of)
         as_of = as_of.tz_localize("UTC") if as_of.tzinfo is None else as_of.tz_convert("UTC")
         entity_df = pd.DataFrame({"item_id": ids, "event_timestamp": as_of})
+        if run_id is not None:
+            entity_df["run_id"] = str(run_id)
         frame = fs.get_historical_features(entity_df=entity_df, features=refs).to_df()
     frame = frame.drop_duplicates("item_id").set_index("item_id").reindex(ids)
     missing = ids[frame["n_images"].isna().to_numpy()]
     if len(missing):
         where = "online store" if as_of is None else f"offline store at or before {as_of}"
+        where += f" for run {run_id}" if run_id is not None and as_of is not None else ""
         raise ValueError(
             f"{len(missing)} item(s) have no features in the {where} (e.g. {', '.join(missing[:3])}); "
             "run the features stage for this data first"

@@ -33,7 +33,14 @@ def pair_counts(train: pd.DataFrame, valid: pd.DataFrame) -> dict:
 
 
 def attach_popularity(
-    model, cfg: RunConfig, workdir: Path, as_of, catalog: pd.DataFrame, train: pd.DataFrame, valid: pd.DataFrame
+    model,
+    cfg: RunConfig,
+    workdir: Path,
+    as_of,
+    catalog: pd.DataFrame,
+    train: pd.DataFrame,
+    valid: pd.DataFrame,
+    run_id: str | None = None,
 ) -> dict | None:
     """Build the popularity term, choose its weight unless the recipe fixes it, attach it to `model`
     (None when the weight is 0 or the term is off); returns its summary for train.json."""
@@ -45,7 +52,8 @@ def attach_popularity(
     if mcfg.popularity_feature == "off":
         return None
     feature = mcfg.popularity_feature
-    counts = read_items(workdir, catalog["item_id"], as_of=as_of, columns=[feature])[feature].to_numpy()
+    counts = read_items(workdir, catalog["item_id"], as_of=as_of, columns=[feature], run_id=run_id)[feature]
+    counts = counts.to_numpy()
     term = PopularityTerm(mcfg.popularity_weight, feature, item_biases(catalog["item_id"], counts))
     if not mcfg.popularity_weight:
         if valid.empty:

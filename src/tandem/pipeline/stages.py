@@ -96,7 +96,8 @@ def items(run: RunPaths) -> pd.DataFrame:
         )
     summary = run.summary("features")
     ids = pd.read_parquet(run / "data" / "catalog.parquet", columns=["item_id"])["item_id"]  # the order only
-    return read_items(run.workdir, ids, as_of=summary["as_of"], columns=summary["catalog_columns"])
+    own = summary.get("run_id")  # the run's own snapshot (older summaries: the latest at the as-of time)
+    return read_items(run.workdir, ids, as_of=summary["as_of"], columns=summary["catalog_columns"], run_id=own)
 
 
 def pairs(run: RunPaths, split: str) -> pd.DataFrame:
@@ -229,8 +230,9 @@ def train(run: RunPaths, cfg: RunConfig, progress: bool = True) -> dict:
         progress=progress,
     )
     train_pairs, valid_pairs = pairs(run, "train"), pairs(run, "valid")
-    as_of = run.summary("features")["as_of"]
-    term = attach_popularity(model, cfg, run.workdir, as_of, catalog, train_pairs, valid_pairs)
+    feats = run.summary("features")  # its run_id: read the run's own snapshot (absent in older summaries)
+    as_of, snapshot = feats["as_of"], feats.get("run_id")
+    term = attach_popularity(model, cfg, run.workdir, as_of, catalog, train_pairs, valid_pairs, run_id=snapshot)
     model.save(run / "model")  # with its popularity term: what embed, evaluate and serving use
     counts = pair_counts(train_pairs, valid_pairs)
     return run.save("train", {"family": cfg.model.family, **stats, **counts, "popularity": term})
