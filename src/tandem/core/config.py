@@ -41,7 +41,7 @@ from tandem.core.config_schema import (
 
 @section("pairs")
 class PairsConfig:
-    """NoteLLM-2 co-occurrence mining (SEEDS.md §1)."""
+    """NoteLLM-2 co-occurrence mining (SEEDS.md §1), and the query -> item pairs of search clicks (§2)."""
 
     window_hours: NonNegFloat = field(
         default=72.0,
@@ -79,6 +79,14 @@ class PairsConfig:
     )
     next_k: Positive = field(default=5, metadata={"help": "follow='next_k': how many of the user's next events count"})
     min_support: Positive = field(default=1, metadata={"help": "drop pairs seen by fewer distinct users than this"})
+    query_ratio: Annotated[Float, Field(ge=0, le=1)] = field(
+        default=0.5,
+        metadata={
+            "help": "HotelMatch: share of query -> item pairs (search text -> clicked item, from the logs' query "
+            "column) in the training mix with the item -> item pairs; 0 = item pairs only, 1 = query pairs only; "
+            "unused where the logs have no queries (tandem.pairs.queries)"
+        },
+    )
     duckdb_memory_limit: str = field(
         default="4GB", metadata={"help": "DuckDB memory_limit for mining; beyond it DuckDB spills to temp_directory"}
     )

@@ -7,7 +7,8 @@
 (The untrained encoder is a model like any other: `EvalSet.score_encoder` on a fresh one.)
 
 `score_baselines` scores the configured ones on one EvalSet; a baseline that cannot run on the data
-(BM25 where no pool item or no query has a word of text) is reported "n/a" with the reason instead.
+(BM25 where no pool item or no query has a word of text, co-occurrence for typed queries) is reported
+"n/a" with the reason instead.
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ def cooccurrence_scorer(ev: EvalSet, item_ids, train_pairs: pd.DataFrame, item_p
     wins): co-occurrence is evidence either way. Query items without training pairs fall back to
     the popularity ranking alone.
     """
+    if (ev.query_item < 0).any():
+        raise NotApplicable("the queries are typed search texts, not items: co-occurrence needs a query item")
     ids = np.asarray(item_ids)
     pop = np.asarray(item_popularity, dtype=np.float64)[ev.pool]
     base = pop / (pop.max() + 1.0)  # popularity in [0, 1): below every partner's score

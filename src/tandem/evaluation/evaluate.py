@@ -224,6 +224,8 @@ class EvalSet:
     @property
     def description(self) -> str:
         unseen = " and the training items" if self.counts.get("pool_without_train") else ""
+        if self.protocol == "hotelmatch" and (self.query_item < 0).all():  # typed queries: no item to leave out
+            return f"the catalogue{unseen} ({len(self.pool)} candidates per query)"
         if self.protocol == "hotelmatch":
             return f"catalogue minus the query item{unseen} ({len(self.pool) - 1} candidates per query)"
         drawn = self.counts["query_items_drawn"]

@@ -20,16 +20,19 @@ class Split:
     train_logs: pd.DataFrame
     dropped: dict[str, int] = field(default_factory=dict)  # test pairs removed, by reason
 
-    def require_pairs(self) -> None:
-        """Raise a ValueError that names the fix when the training or the test split is empty."""
-        if self.train.empty or (self.test.empty and not any(self.dropped.values())):
-            name, part = ("train", "earlier") if self.train.empty else ("test", "later")
+    def require_pairs(self, queries: dict[str, int] | None = None) -> None:
+        """Raise a ValueError that names the fix when the training or the test split is empty; `queries`,
+        the query pair counts (`tandem.pairs.queries`), stand in for an empty side (search logs alone)."""
+        queries = queries or {}
+        no_train = self.train.empty and not queries.get("train")
+        if no_train or (self.test.empty and not queries.get("test") and not any(self.dropped.values())):
+            name, part = ("train", "earlier") if no_train else ("test", "later")
             raise ValueError(
                 f"no {name} pairs: the {part} part of the log has no co-occurrence within the window and "
                 "thresholds; widen --window-hours, lower the 'low' threshold, change --test-fraction, or bring "
                 "more logs"
             )
-        if self.test.empty:
+        if self.test.empty and not queries.get("test"):
             raise ValueError(
                 f"no test pairs left: every pair of the later part of the log was trained already "
                 f"({self.dropped.get('seen', 0)} as the same pair, {self.dropped.get('reverse', 0)} reversed); "

@@ -105,7 +105,8 @@ def metrics_section(report: dict, run_dir: Path, plot: Path) -> list[str]:
     if counts:
         dropped = ", ".join(f"{n} {why}" for why, n in counts.get("dropped", {}).items() if n) or "none"
         lines += [
-            f"Protocol `{ev.get('protocol')}`: {counts['queries']} query items, {counts['pairs_evaluated']} of "
+            f"Protocol `{ev.get('protocol')}`: {counts['queries']} queries "
+            f"({counts.get('queries_are', 'query items')}), {counts['pairs_evaluated']} of "
             f"{counts['pairs_in']} pairs evaluated (dropped: {dropped}). Intervals: {ev.get('ci_method', 'none')}.",
             "",
         ]
@@ -122,6 +123,18 @@ def metrics_section(report: dict, run_dir: Path, plot: Path) -> list[str]:
         latency = ", ".join(f"{name} {ms:.1f} ms" for name, ms in ev["latency_ms"].items())
         lines += [f"Median query embedding latency (one query): {latency}.", ""]
     return lines + [f"![Recall@K]({plot.name})"]
+
+
+def _query_pair_line(queries: dict | None, mix: dict | None) -> list[str]:
+    """The query -> item pairs of the logs' search clicks, and how many the training mix used."""
+    if not queries:
+        return []
+    used = f"; trained on {mix['query_pairs_used']} of them (pairs.query_ratio {mix['query_ratio']})" if mix else ""
+    return [
+        f"- query pairs (search text -> clicked item, from {queries['log_rows_with_query']} log rows with a query): "
+        f"{queries['train']} train ({queries['train_queries']} queries), {queries['test']} test "
+        f"({queries['test_queries']} queries; {queries['test_dropped_seen']} dropped as already trained){used}"
+    ]
 
 
 def write_report(report: dict, run_dir: Path) -> dict[str, Path]:
@@ -145,6 +158,7 @@ def write_report(report: dict, run_dir: Path) -> dict[str, Path]:
         f"- pairs: {pairs['train']} train, {pairs['valid']} valid, {pairs['test']} test "
         f"(test window from {pairs['cutoff']}; test pairs dropped as already trained: "
         f"{pairs.get('test_dropped_seen', '-')} the same pair, {pairs.get('test_dropped_reverse', '-')} its reverse)",
+        *_query_pair_line(pairs.get("query_pairs"), report.get("training", {}).get("mix")),
         f"- validation: {'passed' if valid['success'] else 'FAILED'}; Data Docs `{valid['data_docs']}`",
         "",
         *metrics_section(report, run_dir, plot),

@@ -176,7 +176,8 @@ def metrics_section(report: dict, evaluation: dict, plot: Path | None) -> list[s
     if counts:
         dropped = ", ".join(f"{n} {why}" for why, n in counts.get("dropped", {}).items() if n) or "none"
         out.append(
-            f" Protocol <code>{esc(ev.get('protocol'))}</code>: {esc(counts.get('queries'))} query items, "
+            f" Protocol <code>{esc(ev.get('protocol'))}</code>: {esc(counts.get('queries'))} queries "
+            f"({esc(counts.get('queries_are', 'query items'))}), "
             f"{esc(counts.get('pairs_evaluated'))} of {esc(counts.get('pairs_in'))} pairs evaluated "
             f"(dropped: {esc(dropped)})."
         )

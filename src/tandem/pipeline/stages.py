@@ -26,6 +26,7 @@ from tandem.core.atomic import write_atomic
 from tandem.core.config import RunConfig
 from tandem.data.contract import load_catalog, load_logs
 from tandem.pairs.core import popularity
+from tandem.pairs.queries import read_query_pairs, training_mix, write_query_pairs
 from tandem.pairs.split import split_pairs
 from tandem.pipeline.model_term import attach_popularity, pair_counts
 from tandem.release.index import ItemIndex, collection_name, model_dir_of
@@ -140,8 +141,9 @@ def mine(run: RunPaths, cfg: RunConfig) -> dict:
         write_atomic(run / "pairs" / f"{name}.parquet", lambda f, n=name: getattr(split, n).to_parquet(f, index=False))
     pop = popularity(split.train_logs, cfg.contract).rename("users").rename_axis("item_id").reset_index()
     write_atomic(run / "pairs" / "popularity.parquet", lambda f: pop.to_parquet(f, index=False))
-    split.require_pairs()
-    return run.save("pairs", split.counts() | {"cutoff": split.cutoff.isoformat()})
+    queries = write_query_pairs(run / "pairs", logs, split.cutoff, cfg)  # search text -> clicked item (§2)
+    split.require_pairs(queries)
+    return run.save("pairs", split.counts() | {"cutoff": split.cutoff.isoformat(), "query_pairs": queries})
 
 
 def validate(run: RunPaths, cfg: RunConfig) -> dict:
@@ -218,10 +220,11 @@ def train(run: RunPaths, cfg: RunConfig, progress: bool = True) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / "recipe.json").write_text(recipe)  # same recipe = an interrupted run: the trainer resumes
     model = _new_model(cfg, catalog)
+    mixed, mix = training_mix(pairs(run, "train"), read_query_pairs(run / "pairs", "train"), cfg)
     stats = fit(
         model,
         build_loss(cfg.model, cfg.train),
-        pairs(run, "train"),
+        mixed,
         catalog,
         cfg.train,
         valid_pairs=pairs(run, "valid"),
@@ -235,7 +238,7 @@ def train(run: RunPaths, cfg: RunConfig, progress: bool = True) -> dict:
     term = attach_popularity(model, cfg, run.workdir, as_of, catalog, train_pairs, valid_pairs, run_id=snapshot)
     model.save(run / "model")  # with its popularity term: what embed, evaluate and serving use
     counts = pair_counts(train_pairs, valid_pairs)
-    return run.save("train", {"family": cfg.model.family, **stats, **counts, "popularity": term})
+    return run.save("train", {"family": cfg.model.family, **stats, **counts, "mix": mix, "popularity": term})
 
 
 def embed(run: RunPaths, cfg: RunConfig, progress: bool = True) -> dict:
@@ -281,13 +284,15 @@ def evaluate(run: RunPaths, cfg: RunConfig, progress: bool = True) -> dict:
     import torch
 
     from tandem.evaluation import baselines
-    from tandem.evaluation.evaluate import EvalSet, query_latency_ms, resolve_protocol, save_per_pair, summarize
+    from tandem.evaluation.evaluate import query_latency_ms, save_per_pair, summarize
+    from tandem.evaluation.queries import eval_set
     from tandem.models import load_model
 
     ecfg = cfg.eval
     catalog, test, train = items(run), pairs(run, "test"), pairs(run, "train")
     model = load_model(run / "model")
-    ev = EvalSet.from_pairs(test, catalog, ecfg, resolve_protocol(ecfg.protocol, model.symmetric), train_pairs=train)
+    queries = {s: read_query_pairs(run / "pairs", s) for s in ("train", "test")}  # real queries when the logs have them
+    ev = eval_set(test, queries["test"], catalog, ecfg, model.symmetric, train, queries["train"])
     if ecfg.primary_metric not in ev.metric_names():
         raise ValueError(
             f"eval.primary_metric {ecfg.primary_metric!r} is not measured here; choose one of {ev.metric_names()}"
@@ -307,8 +312,8 @@ def evaluate(run: RunPaths, cfg: RunConfig, progress: bool = True) -> dict:
         per_pair["champion"] = ev.score_encoder(champion_model, catalog, progress=progress)
         latency["champion"] = query_latency_ms(champion_model, ev, catalog, ecfg.latency_queries)
     metrics, ci = summarize(per_pair, ecfg)
-    # with each pair's query item, so that the gate resamples a query's pairs together
-    query_of_pair = {"query": ev.query_item[ev.query_of_pair].astype(np.float64)}
+    # with each pair's query (item, or typed text: its index), so that the gate resamples a query's pairs together
+    query_of_pair = {"query": ev.query_of_pair.astype(np.float64)}
     per_pair_path = save_per_pair(run / "evaluate" / "per_pair.npz", per_pair | {"_pairs": query_of_pair})
     return run.save(
         "evaluate",

@@ -1,0 +1,97 @@
+"""Query -> item pairs from search events (issue 17 item 1): the pairs' weights (like co-occurrence, 1/N_u per
+user), the time split, the HotelMatch training mix, evaluation on held-out real queries (co-occurrence n/a there).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tandem.core.config import PairsConfig, RunConfig
+from tandem.evaluation.baselines import score_baselines
+from tandem.evaluation.queries import PROXY, REAL, eval_set
+from tandem.pairs.queries import mine_query_pairs, split_query_pairs, training_mix
+
+T0 = pd.Timestamp("2024-05-01", tz="UTC")
+
+
+def _logs(rows) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=["user_id", "item_id", "event", "ts", "query"])
+    return frame.assign(ts=T0 + pd.to_timedelta(frame["ts"], unit="h"))
+
+
+def test_query_pairs_are_weighted_like_cooccurrence():
+    logs = _logs(
+        [
+            ("u1", "a", "click", 0, "Red  Lamp"),  # u1 clicked 2 distinct items: 1/2 per pair
+            ("u1", "b", "click", 1, None),
+            ("u2", "a", "click", 2, "red lamp"),  # same query once normalised; u2 clicked 1 item: 1/1
+            ("u2", "a", "click", 3, "red lamp"),  # a user counts once per pair
+            ("u3", "c", "view", 4, "red lamp"),  # a view is not a search click
+            ("u3", "c", "click", 5, "   "),  # a blank query is no query
+        ]
+    )
+    pairs = mine_query_pairs(logs)
+    assert pairs.to_dict("records") == [
+        {"item_id": "a", "related_item_id": "a", "score": 1.5, "support": 2, "query": "red lamp"}
+    ]
+    assert mine_query_pairs(logs, PairsConfig(min_support=3)).empty
+    assert mine_query_pairs(logs.drop(columns="query")).empty  # logs without a query column: none
+
+
+def test_query_pairs_split_at_the_cutoff_without_trained_pairs_in_test():
+    logs = _logs(
+        [("u1", "a", "click", 0, "lamp"), ("u2", "b", "click", 1, "mug"), ("u3", "a", "click", 10, "lamp")]
+        + [("u4", "c", "click", 11, "lamp"), ("u5", "b", "click", 12, "blue mug")]
+    )
+    train, test, counts = split_query_pairs(logs, T0 + pd.Timedelta(hours=5))
+    assert set(zip(train["query"], train["item_id"])) == {("lamp", "a"), ("mug", "b")}
+    assert set(zip(test["query"], test["item_id"])) == {("lamp", "c"), ("blue mug", "b")}  # (lamp, a) trained
+    assert counts | {"log_rows_with_query": 5} == {
+        "log_rows_with_query": 5, "train": 2, "test": 2, "test_dropped_seen": 1, "train_queries": 2, "test_queries": 2,
+    }  # fmt: skip
+
+
+def test_training_mix_follows_the_recipe_ratio():
+    items = pd.DataFrame({"item_id": [f"i{n}" for n in range(10)], "related_item_id": [f"j{n}" for n in range(10)]})
+    queries = pd.DataFrame({"item_id": ["a", "b"], "related_item_id": ["a", "b"], "query": ["lamp", "mug"]})
+    cfg = RunConfig()
+    assert cfg.pairs.query_ratio == 0.5 and cfg.model.family == "hotelmatch"
+    mixed, counts = training_mix(items, queries, cfg)
+    assert len(mixed) == 12 and mixed["query"].notna().sum() == 6  # half of the 12 slots: 2 pairs + 4 repeats
+    assert set(mixed["query"].dropna()) == {"lamp", "mug"} and counts["query_pairs_used"] == 6
+    quarter, _ = training_mix(items, queries, replace(cfg, pairs=replace(cfg.pairs, query_ratio=0.25)))
+    assert quarter["query"].notna().sum() == 3 and len(quarter) == 12
+    off, counts = training_mix(items, queries, replace(cfg, pairs=replace(cfg.pairs, query_ratio=0.0)))
+    assert off is items and counts["query_pairs_used"] == 0
+    only, _ = training_mix(items.iloc[:0], queries, cfg)  # search logs alone
+    assert only is queries
+    notellm2 = replace(cfg, model=replace(cfg.model, family="notellm2"))
+    assert training_mix(items, queries, notellm2)[0] is items  # item-to-item: no text queries
+    with pytest.raises(ValueError, match="query_ratio"):
+        PairsConfig(query_ratio=1.5)
+
+
+def test_evaluation_uses_real_queries_when_there_are_some():
+    catalog = pd.DataFrame({"item_id": ["a", "b", "c"], "title": ["red lamp", "blue mug", ""]})
+    item_test = pd.DataFrame({"item_id": ["a"], "related_item_id": ["b"], "score": [1.0], "support": [1]})
+    query_test = pd.DataFrame(
+        {"item_id": ["c", "b", "c"], "related_item_id": ["c", "b", "c"], "query": ["grey cup", "mug", "grey cup"]}
+    )
+    cfg = RunConfig().eval
+    ev = eval_set(item_test, query_test, catalog, cfg, symmetric=False, train_pairs=item_test)
+    assert ev.counts["queries_are"] == REAL and ev.query_texts == ["grey cup", "mug"]
+    assert ev.pool.tolist() == [0, 1, 2] and (ev.exclude == -1).all()  # a typed query leaves no item out
+    assert ev.query_of_pair.tolist() == [0, 1, 0] and ev.target.tolist() == [2, 1, 2]
+    assert ev.subsets["cold"].tolist() == [True, False, True]  # b is in a training pair
+    assert ev.description == "the catalogue (3 candidates per query)"
+    ranks = ev.ranks(lambda batch: np.tile([0.0, 1.0, 2.0], (len(batch), 1)))
+    assert ranks.tolist() == [0, 1, 0]
+    pop = pd.DataFrame({"item_id": ["a"], "users": [3]})
+    scored, unavailable = score_baselines(ev, ["popularity", "cooccurrence", "bm25"], catalog, item_test, pop)
+    assert set(scored) == {"popularity", "bm25"} and "typed search texts" in unavailable["cooccurrence"]
+    proxy = eval_set(item_test, query_test.iloc[:0], catalog, cfg, symmetric=False)
+    assert proxy.counts["queries_are"] == PROXY and proxy.query_texts == ["red lamp"]
