@@ -1,14 +1,22 @@
-"""Query -> item pairs from search events (issue 17 item 1): the pairs' weights (like co-occurrence, 1/N_u per
-user), the time split, the HotelMatch training mix, evaluation on held-out real queries (co-occurrence n/a there).
+"""Query -> item pairs from search events (issue 17 item 1) and catalogues without text (item 2).
+
+Units: the pairs' weights (like co-occurrence, 1/N_u per user), the time split, the HotelMatch training mix,
+evaluation on held-out real queries (co-occurrence n/a there). End to end: an image-only catalogue (PNG
+photos drawn here, no title or text) with caption search logs through `tandem run` as a user types it.
 """
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import TINY_VISION
 
 from tandem.core.config import PairsConfig, RunConfig
 from tandem.evaluation.baselines import score_baselines
@@ -95,3 +103,76 @@ def test_evaluation_uses_real_queries_when_there_are_some():
     assert set(scored) == {"popularity", "bm25"} and "typed search texts" in unavailable["cooccurrence"]
     proxy = eval_set(item_test, query_test.iloc[:0], catalog, cfg, symmetric=False)
     assert proxy.counts["queries_are"] == PROXY and proxy.query_texts == ["red lamp"]
+
+
+# ------------------------------------------------------------------------------ image-only, end to end
+COLOURS = {"red": (220, 30, 30), "green": (30, 180, 60), "blue": (40, 60, 220), "yellow": (230, 210, 40)}
+WORDS = {
+    "red": ["red", "crimson", "scarlet"], "green": ["green", "emerald", "lime"], "blue": ["blue", "navy", "azure"],
+    "yellow": ["yellow", "golden", "lemon"], "square": ["square", "box", "block"],
+    "stripes": ["stripes", "striped", "lines"], "dot": ["dot", "circle", "round"],
+}  # fmt: skip
+
+
+def image_only_dataset(out: Path, n_items: int = 36, n_users: int = 80, seed: int = 0) -> tuple[Path, Path]:
+    """A catalogue of item_id + one 16 px PNG each (a coloured square, stripes or dot; no title, no text) and a
+    search log: each user types a caption in words of their choice ("crimson box") and clicks a matching photo."""
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(seed)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    items = []
+    for i in range(n_items):
+        colour, shape = list(COLOURS)[i % 4], ("square", "stripes", "dot")[(i // 4) % 3]
+        image = Image.new("RGB", (16, 16), "white")
+        draw = ImageDraw.Draw(image)
+        if shape == "square":
+            draw.rectangle((3, 3, 12, 12), fill=COLOURS[colour])
+        elif shape == "dot":
+            draw.ellipse((4, 4, 11, 11), fill=COLOURS[colour])
+        else:
+            for y in range(0, 16, 4):
+                draw.rectangle((0, y, 15, y + 1), fill=COLOURS[colour])
+        image.save(out / "images" / f"{i}.png")
+        items.append({"item_id": f"p{i}", "images": f"images/{i}.png", "colour": colour, "shape": shape})
+    rows = []
+    for u in range(n_users):
+        for _ in range(3):
+            item = items[int(rng.integers(n_items))]
+            ts = pd.Timestamp("2024-03-01", tz="UTC") + pd.Timedelta(hours=float(rng.uniform(0, 480)))
+            query = f"{rng.choice(WORDS[item['colour']])} {rng.choice(WORDS[item['shape']])}"
+            rows.append((f"u{u}", item["item_id"], "click", ts.isoformat(), query))
+    pd.DataFrame(items)[["item_id", "images"]].to_csv(out / "catalog.csv", index=False)
+    pd.DataFrame(rows, columns=["user_id", "item_id", "event", "ts", "query"]).to_csv(out / "logs.csv", index=False)
+    return out / "logs.csv", out / "catalog.csv"
+
+
+def test_image_only_catalogue_with_search_logs_runs_end_to_end(tiny_encoder_dir, tmp_path):
+    """`tandem run --logs logs.csv --catalog catalog.csv --workdir work --config tiny.yaml --max-steps 5`."""
+    logs, catalog = image_only_dataset(tmp_path / "data")
+    assert list(pd.read_csv(catalog).columns) == ["item_id", "images"]
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(
+        json.dumps(
+            {
+                "model": {"item_encoder": tiny_encoder_dir, "query_layers": 1, **TINY_VISION},
+                "train": {"batch_size": 16, "lr_item": 1e-3, "lr_query": 1e-3},
+                "eval": {"batch_size": 64, "n_boot": 100, "latency_queries": 4},
+            }
+        )
+    )
+    argv = ["run", "--logs", logs, "--catalog", catalog, "--workdir", tmp_path / "work", "--config", recipe]
+    command = [str(Path(sys.executable).parent / "tandem"), *map(str, argv), "--max-steps", "5"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    lines = dict(line.split(": ", 1) for line in done.stdout.splitlines() if ": " in line and line[0] != " ")
+    report = json.loads(Path(lines["report.json"]).read_text())
+    queries = report["pairs"]["query_pairs"]
+    assert queries["log_rows_with_query"] == 240 and queries["train"] > 0 and queries["test"] > 0
+    assert report["training"]["mix"]["query_pairs_used"] > 0  # the query tower learned from typed captions
+    counts = report["eval"]["counts"]
+    assert counts["queries_are"] == REAL and counts["pairs_evaluated"] == queries["test"]
+    assert {"model", "untrained", "popularity"} <= set(report["metrics"])
+    markdown = Path(lines["report"]).read_text()
+    assert "| bm25 | n/a |" in markdown and "BM25 needs words" in markdown  # the reason, not a crash
+    assert "real search queries (held out)" in markdown and "query pairs (search text -> clicked item" in markdown

@@ -302,13 +302,15 @@ def load_catalog(path: str | Path, cfg: ContractConfig = ContractConfig()) -> Lo
     frame = _read_frame(path, _format(path, "catalogue"))
     if frame.empty:
         raise ContractError(f"catalogue file {path} has no rows; it needs at least one item.")
-    _require_columns(frame.columns, CATALOG_COLUMNS, path, "catalogue")
+    if not any(c in frame.columns for c in ("title", "content", "topics", "images")):  # else a title may be absent
+        _require_columns(frame.columns, CATALOG_COLUMNS, path, "catalogue")  # (an image-only catalogue)
+    _require_columns(frame.columns, ("item_id",), path, "catalogue")
     base, roots = path.parent.resolve(), image_roots(path, cfg)
     out = pd.DataFrame({"item_id": frame["item_id"].map(_as_text).str.replace(INT_LIKE, r"\1", regex=True)})
     for col in TEXT_COLUMNS:
         if col in frame.columns:
             out[col] = frame[col].map(_as_text)
-    out["content"] = out.get("content", "")
+    out["title"], out["content"] = out.get("title", ""), out.get("content", "")
     for col in LIST_COLUMNS:
         if col in frame.columns:
             out[col] = frame[col].map(_as_list)
