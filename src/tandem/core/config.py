@@ -110,6 +110,14 @@ class SplitConfig:
     test_fraction: OpenFraction = field(
         default=0.2, metadata={"help": "share of the log's time span (the latest part) used for test pairs"}
     )
+    test_days: NonNegFloat = field(
+        default=0.0,
+        metadata={
+            "help": "when above 0, the test window is the log's last test_days days instead of test_fraction of its "
+            "span: 1 for a daily run tests on its latest interval and trains on every earlier one, the clicks "
+            "the service logged there included (the loop closes in one run); 0 = test_fraction"
+        },
+    )
     valid_fraction: Fraction = field(default=0.1, metadata={"help": "share of training pairs held out for validation"})
     seed: NonNegative = 0
     drop_reverse: StrictBool = field(

@@ -68,6 +68,8 @@ def split_pairs(
         raise ValueError("no usable log rows left after loading; check the quarantine file for the reasons")
     t0, t1 = logs["ts"].min(), logs["ts"].max()
     cutoff = t0 + (t1 - t0) * (1 - split.test_fraction)
+    if split.test_days > 0:  # the latest days test, every earlier day (served clicks included) trains
+        cutoff = max(t0, t1 - pd.Timedelta(days=split.test_days))
     early, late = logs[logs["ts"] < cutoff], logs[logs["ts"] >= cutoff]
     train = mine_pairs(early, replace(pairs_cfg, top_t=pairs_cfg.train_top_t or pairs_cfg.top_t), contract)
     test = mine_pairs(late, pairs_cfg, contract)
