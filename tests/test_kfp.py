@@ -182,7 +182,7 @@ def test_local_pipeline_promotes_and_indexes_every_item(local_run):
     for name in ("model/model.safetensors", "vectors/items.npy", "features.json", "evaluate.json"):
         assert (workdir / "runs/kfp1" / name).is_file(), name
     later = stages.RunPaths.of(workdir, "next")
-    assert stages._champion_model(later, "tandem_kfp1") == later.workdir / "runs/kfp1/model"
+    assert stages._champion_model(later, "tandem_kfp1") == later.workdir / "collections/tandem_kfp1/model"  # frozen
 
 
 def test_local_pipeline_artifacts_carry_model_and_metrics(local_run):

@@ -73,21 +73,25 @@ def rollout_status(
 
 @rollout_app.command("start")
 def rollout_start(
-    challenger: str = option(..., "--challenger", help="run id whose collection becomes the challenger"),
+    challenger: str = option(
+        ..., "--challenger", help="a collection, or a run id: its newest complete collection becomes the challenger"
+    ),
     workdir: Path = WORKDIR,
     config: Path | None = CONFIG,
     milvus_uri: str | None = MILVUS,
 ) -> None:
     """Start a rollout by hand against the live champion (the pipeline starts one after a gate 'promote')."""
     from tandem.release import rollout
-    from tandem.release.index import ItemIndex, collection_name
+    from tandem.release.attempts import latest
+    from tandem.release.index import ItemIndex
 
     with _rollout_errors():
         cfg = build_config(config, milvus_uri=milvus_uri)
         with ItemIndex(cfg.index, workdir) as idx:
             if idx.live() is None:
                 raise ValueError(f"nothing is live in {idx.uri}: promote a first run before rolling one out")
-            rollout.start(workdir, idx.live(), collection_name(challenger), cfg, index=idx)
+            name = challenger if idx.client.has_collection(challenger) else latest(idx, challenger)
+            rollout.start(workdir, idx.live(), name, cfg, index=idx)
         _show_rollout(rollout.status(workdir, None, cfg))
 
 

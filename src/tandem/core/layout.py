@@ -3,6 +3,7 @@
     WORKDIR/
       runs/<run_id>/          one run's data, pairs, model, vectors, summaries and report
       milvus.db               Milvus Lite, shared by runs so that the `live` alias can move between them
+      collections/<name>/     what each collection was built from (model, vectors, catalogue), frozen
       milvus-server/          a local Milvus server's data, logs and pid file (`tandem milvus up`)
       feast/                  the Feast feature store (registry, online store, offline files)
       serving/events/         what the search service served and what was clicked (Parquet parts)
@@ -30,6 +31,16 @@ def run_dir(workdir: str | Path, run_id: str) -> Path:
 def milvus_db(workdir: str | Path) -> Path:
     """The Milvus Lite file (absolute: pymilvus takes it as a URI)."""
     return Path(workdir).resolve() / "milvus.db"
+
+
+def collections_dir(workdir: str | Path) -> Path:
+    return Path(workdir) / "collections"
+
+
+def collection_dir(workdir: str | Path, collection: str) -> Path:
+    """The frozen model, vectors and catalogue that collection `collection` was written from
+    (`tandem.release.attempts`): a rerun of its run cannot change them while it serves."""
+    return collections_dir(workdir) / collection
 
 
 def milvus_server_dir(workdir: str | Path) -> Path:

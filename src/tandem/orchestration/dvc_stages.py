@@ -38,7 +38,7 @@ from tandem.core import layout
 from tandem.core.atomic import is_done
 from tandem.core.setup import setup_process
 from tandem.pipeline import registry, stages
-from tandem.release.index import ItemIndex, collection_name
+from tandem.release.index import ItemIndex, built_by, collection_name
 
 COMMANDS = (*registry.STAGES, *registry.GROUPS)  # the per-stage commands, in the loop's order
 
@@ -78,7 +78,7 @@ class Release(stages.RunPaths):
     release: str = ""
 
     @property
-    def collection(self) -> str:
+    def base_collection(self) -> str:
         return collection_name(self.release)
 
 
@@ -118,7 +118,7 @@ def _prune_releases(run: Release, cfg) -> list[str]:
         kept = set(idx.run_collections())
     gone = []
     for folder in sorted(layout.runs_dir(run.workdir).glob(f"{run.run_id}-*")):
-        if folder.name != run.release and collection_name(folder.name) not in kept:
+        if folder.name != run.release and not any(built_by(c, folder.name) for c in kept):
             shutil.rmtree(folder)
             gone.append(folder.name)
     return gone

@@ -54,8 +54,13 @@ class RunPaths:
         return self.dir / name
 
     @property
-    def collection(self) -> str:
+    def base_collection(self) -> str:
         return collection_name(self.run_id)
+
+    @property
+    def collection(self) -> str:  # the index stage's attempt (tandem.release.attempts), else the base name
+        done = self / "index.json"
+        return json.loads(done.read_text())["collection"] if done.is_file() else self.base_collection
 
     def summary(self, stage: str) -> dict:
         path = self / f"{stage}.json"
@@ -253,8 +258,9 @@ def embed(run: RunPaths, cfg: RunConfig, progress: bool = True) -> dict:
 
 
 def index(run: RunPaths, cfg: RunConfig) -> dict:
-    """Write the item vectors and their filter fields to the run's Milvus collection (idempotent:
-    upsert), then apply retention (`IndexConfig.keep_collections`; aliased collections stay)."""
+    """Write the item vectors and their filter fields to a new collection of this attempt (never one that serves;
+    the same content again reuses its complete collection: tandem.release.attempts), then apply retention."""
+    from tandem.release.attempts import index_run
     from tandem.release.scalars import catalog_scalars
 
     catalog = items(run)
@@ -262,15 +268,9 @@ def index(run: RunPaths, cfg: RunConfig) -> dict:
     icfg = cfg.index
     if (run / "model" / "popularity.json").is_file() and icfg.metric == "COSINE":
         icfg = replace(icfg, metric="IP")  # cosine would renormalise the popularity coordinate away
-    with ItemIndex(icfg, run.workdir) as idx:
-        scalars = catalog_scalars(catalog, cfg.index.scalar_fields)
-        n = idx.write(run.collection, catalog["item_id"].tolist(), vectors, scalars)
-        dropped = idx.retain(cfg.index.keep_collections)
-        uri = idx.uri
-    return run.save(
-        "index",
-        {"uri": uri, "collection": run.collection, "vectors": n, "items": len(catalog), "retention_dropped": dropped},
-    )
+    scalars, ids = catalog_scalars(catalog, cfg.index.scalar_fields), catalog["item_id"].tolist()
+    done = index_run(run.workdir, run.dir, run.base_collection, icfg, ids, vectors, scalars, cfg.index.keep_collections)
+    return run.save("index", done | {"items": len(catalog)})
 
 
 def _champion_model(run: RunPaths, collection: str) -> Path:

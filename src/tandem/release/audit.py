@@ -17,12 +17,16 @@ import pandas as pd
 
 from tandem.core import layout
 from tandem.core.config import RunConfig
-from tandem.release.index import ItemIndex, collection_name
+from tandem.release.attempts import frozen
+from tandem.release.index import ItemIndex, built_by
 
 
 def _run_of(workdir: Path, collection: str) -> Path:
+    """What the collection was written from: its frozen folder (tandem.release.attempts), else its run's folder."""
+    if frozen(workdir, collection) is not None:
+        return layout.collection_dir(workdir, collection)
     for run_dir in sorted(layout.runs_dir(workdir).glob("*")):
-        if collection_name(run_dir.name) == collection:
+        if built_by(collection, run_dir.name):
             return run_dir
     raise ValueError(f"the live collection {collection} was not built by any run under {workdir}/runs")
 
@@ -53,7 +57,7 @@ def audit_live(
     result = {
         "checked_at": datetime.now(UTC).isoformat(),
         "live_collection": live,
-        "run_id": run_dir.name,
+        "run_id": (frozen(workdir, live) or {}).get("run_id", run_dir.name),
         "vectors": count,
         "items": len(catalog),
         f"self_recall@{k}": self_recall,
@@ -64,7 +68,8 @@ def audit_live(
     text = json.dumps(result, indent=2)
     layout.audit_dir(workdir).mkdir(exist_ok=True)
     (layout.audit_dir(workdir) / "live.json").write_text(text)
-    (run_dir / "audit.json").write_text(text)
+    run_folder = layout.run_dir(workdir, result["run_id"])
+    (run_folder if run_folder.is_dir() else run_dir).joinpath("audit.json").write_text(text)
     if problems:
-        raise ValueError(f"live index {live} (run {run_dir.name}) is unhealthy: {'; '.join(problems)}")
+        raise ValueError(f"live index {live} (run {result['run_id']}) is unhealthy: {'; '.join(problems)}")
     return result

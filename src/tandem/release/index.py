@@ -1,9 +1,10 @@
-"""Item vectors in Milvus: one collection per run, aliases for the champion (`live`) and the challenger.
+"""Item vectors in Milvus: one collection per indexing attempt of a run, aliases for the champion (`live`)
+and the challenger. Milvus Lite (a file in the workdir) by default; a server by `IndexConfig.milvus_uri`.
 
-Milvus Lite (a file in the workdir) by default; a server by `IndexConfig.milvus_uri`, same code.
-Promotion is one alias switch, so searches never see a half-built index. Each promotion and
-rollback is also recorded in a small collection (`META`) beside the runs' collections, so every
-client of the same Milvus sees the same history and can roll back to the previous champion.
+Promotion is one alias switch, so searches never see a half-built index; an alias moves only to a
+complete collection (`tandem.release.completeness`), and one an alias points at is never written again
+(`tandem.release.attempts`). Each promotion and rollback is also recorded in a small collection (`META`)
+beside the runs' collections, so every client of the same Milvus sees the same history and can roll back.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 
 from tandem.core import layout
 from tandem.core.config_release import IndexConfig
+from tandem.release import completeness
 from tandem.release.scalars import MAX_BYTES, clip, quote
 
 log = logging.getLogger(__name__)
@@ -32,11 +34,21 @@ def collection_name(run_id: str) -> str:
     return PREFIX + re.sub(r"[^0-9A-Za-z_]", "_", run_id)
 
 
+def built_by(collection: str, run_id: str) -> bool:
+    """Whether `collection` is an attempt of run `run_id`: its name, or its name + "__" + a content digest."""
+    base = collection_name(run_id)
+    return collection == base or (collection.startswith(base + "__") and collection[len(base) + 2 :].isalnum())
+
+
 def model_dir_of(workdir: str | Path, collection: str) -> Path:
-    """WORKDIR/runs/<run>/model of the run that built `collection` (the evaluator's champion, the service's arms)."""
+    """The model that `collection` was written with (the evaluator's champion, the service's arms): frozen in
+    WORKDIR/collections/<collection>/model, else (collections from before that) WORKDIR/runs/<run>/model."""
+    frozen = layout.collection_dir(workdir, collection) / "model"
+    if (frozen / "config.json").is_file():
+        return frozen
     runs = layout.runs_dir(workdir)
     for run_dir in sorted(runs.glob("*")):
-        if collection_name(run_dir.name) == collection and (run_dir / "model" / "config.json").is_file():
+        if built_by(collection, run_dir.name) and (run_dir / "model" / "config.json").is_file():
             return run_dir / "model"
     raise ValueError(
         f"collection {collection} has no run with a saved model under {runs}; use the workdir that trained it, "
@@ -63,7 +75,7 @@ class ItemIndex:
     def __init__(self, cfg: IndexConfig = IndexConfig(), workdir: str | Path = "."):
         from pymilvus import MilvusClient
 
-        self.cfg = cfg
+        self.cfg, self.workdir = cfg, Path(workdir)
         if cfg.milvus_uri:
             uri = cfg.milvus_uri
         else:
@@ -93,10 +105,13 @@ class ItemIndex:
         vectors: np.ndarray,
         scalars: dict[str, list] | None = None,
         batch: int = 2000,
+        model: str = "",
+        digest: str = "",
     ) -> int:
-        """Create collection `name` (or reuse it: re-indexing a run is idempotent, even while it is
-        live) and upsert one row per item; rows of items no longer given are deleted. `scalars`
-        holds a list per field of `IndexConfig.scalar_fields` (missing fields and values: "")."""
+        """Write collection `name` afresh (an earlier one of that name, which no alias may point at, is dropped):
+        one row per item, the vector index, then the completeness marker last (`model`: the model folder
+        relative to the workdir, `digest`: what was written). `scalars` holds a list per field of
+        `IndexConfig.scalar_fields` (missing fields and values: "")."""
         scalars = scalars or {}
         if len(item_ids) != len(vectors):
             raise ValueError(f"{len(item_ids)} item ids but {len(vectors)} vectors")
@@ -113,9 +128,15 @@ class ItemIndex:
         if too_long is not None:
             raise ValueError(f"item id {str(too_long)[:40]!r}... is longer than 512 bytes; shorten the catalogue's ids")
         if self.client.has_collection(name):
-            self._check_schema(name, vectors.shape[1])
-        else:
-            self._create(name, vectors.shape[1])
+            served = self.client.list_aliases(collection_name=name).get("aliases", [])
+            if served:
+                raise ValueError(
+                    f"collection {name} is served (alias {', '.join(served)}) and is never written in place; "
+                    "write a new collection (the index stage names a new attempt)"
+                )
+            self.client.drop_collection(name)  # an unserved earlier or unfinished write of that name
+            self._loaded.discard(name)
+        self._create(name, vectors.shape[1])
         columns = {f: [clip(v) for v in scalars.get(f, [""] * len(item_ids))] for f in self.cfg.scalar_fields}
         for start in range(0, len(item_ids), batch):
             end = start + batch
@@ -125,15 +146,12 @@ class ItemIndex:
             ]
             self.client.upsert(name, rows)
         self.client.flush(name)
-        if not self.client.list_indexes(name, field_name="vector"):  # new, or an earlier write stopped here
-            self._build_index(name)
-        if self.count(name) > len(set(item_ids)):
-            keep = {str(i) for i in item_ids}
-            stale = [r["item_id"] for r in self._all_ids(name) if r["item_id"] not in keep]
-            for start in range(0, len(stale), batch):
-                self.client.delete(name, ids=stale[start : start + batch])
-            self.client.flush(name)
-        return self.count(name)
+        self._build_index(name)
+        count, expected = completeness.strong_count(self, name), len({str(i) for i in item_ids})
+        if count != expected:
+            raise RuntimeError(f"collection {name} holds {count} rows after its write of {expected} items")
+        completeness.mark_complete(self, name, count, model, digest)  # last: the collection may now serve
+        return count
 
     def _index_params(self) -> dict:
         if self.cfg.index_type in ("HNSW", "HNSW_SQ"):
@@ -173,24 +191,6 @@ class ItemIndex:
         )
         self.client.create_index(name, params)
         self._load(name, force=True)
-
-    def _check_schema(self, name: str, dim: int) -> None:
-        fields = {f["name"]: f for f in self.client.describe_collection(name)["fields"]}
-        have = int(fields["vector"]["params"]["dim"])
-        if have != int(dim):
-            raise ValueError(f"collection {name} holds {have}-d vectors, got {dim}-d; index a new run instead")
-        missing = [f for f in self.cfg.scalar_fields if f not in fields]
-        if missing:
-            raise ValueError(f"collection {name} has no field(s) {missing}; index a new run (a new collection) instead")
-
-    def _all_ids(self, name: str) -> list[dict]:
-        self._load(name)
-        iterator = self.client.query_iterator(name, filter="", output_fields=["item_id"], batch_size=5000)
-        rows: list[dict] = []
-        while batch := iterator.next():
-            rows += batch
-        iterator.close()
-        return rows
 
     def _load(self, name: str, force: bool = False) -> str:
         """Load a collection (by name or alias) once per client: reopened collections start released."""
@@ -264,10 +264,10 @@ class ItemIndex:
         names = self.client.list_aliases().get("aliases", [])
         return {a: self.client.describe_alias(a)["collection_name"] for a in names}
 
-    def set_alias(self, alias: str, name: str) -> None:
-        """Point `alias` at collection `name` (created or moved atomically)."""
-        if not self.client.has_collection(name):
-            raise ValueError(f"no collection {name!r} in {self.uri}; index the run first")
+    def set_alias(self, alias: str, name: str, strict: bool = True) -> None:
+        """Point `alias` at collection `name` (created or moved atomically) if it is complete
+        (`completeness.problems`; `strict=False`: also an indexed one from before markers existed)."""
+        completeness.require_complete(self, name, strict)
         if alias in self.client.list_aliases().get("aliases", []):
             self.client.alter_alias(name, alias)
         else:
@@ -286,6 +286,7 @@ class ItemIndex:
     def promote(self, name: str) -> str | None:
         """Point the live alias at collection `name` (or at the collection of alias `name`) atomically
         and record it; returns the previous live collection."""
+        completeness.reconcile(self)  # a move whose record a crash cut off
         aliases = self.aliases()
         name, previous = aliases.get(name, name), aliases.get(self.cfg.alias)
         if previous == name:
@@ -297,13 +298,14 @@ class ItemIndex:
 
     def rollback(self) -> str:
         """Point the live alias back at the previous champion (still present) and return it."""
+        completeness.reconcile(self)
         target, live = self.rollback_target(), self.live()
         if target is None:
             raise ValueError(
                 f"no previous champion to roll back to from {live!r}: alias {self.cfg.alias!r} was never promoted "
                 "twice, or the earlier champions' collections were dropped"
             )
-        self.set_alias(self.cfg.alias, target)
+        self.set_alias(self.cfg.alias, target, strict=False)  # an earlier champion, maybe from before markers
         self._record("rollback", target, live)
         log.info("alias %s rolled back: %s -> %s", self.cfg.alias, live, target)
         return target
@@ -346,7 +348,7 @@ class ItemIndex:
         existing = set(self.client.list_collections())
         return next((c for c in reversed(stack) if c != live and c in existing), None)
 
-    def _record(self, action: str, collection: str, previous: str | None) -> None:
+    def _record(self, action: str, collection: str, previous: str | None, **extra) -> dict:
         from pymilvus import DataType, MilvusClient
 
         if not self.client.has_collection(META):
@@ -359,13 +361,14 @@ class ItemIndex:
             params.add_index(field_name="vector", index_type="FLAT", metric_type="L2")
             self.client.create_collection(META, schema=schema, index_params=params)
         at = datetime.now(UTC)
-        event = {"action": action, "collection": collection, "previous": previous, "at": at.isoformat()}
+        event = {"action": action, "collection": collection, "previous": previous, "at": at.isoformat()} | extra
         key = f"{self.cfg.alias}/{time.time_ns():020d}"  # sorts in time order
         self.client.insert(
             META, [{"key": key, "alias": self.cfg.alias, "event": json.dumps(event), "vector": [1.0, 0.0]}]
         )
         if self.uri.endswith(".db"):  # Lite persists on flush; a server logs the insert (a flush there takes ~3 s)
             self.client.flush(META)
+        return event
 
     def run_collections(self) -> list[str]:
         """The runs' collections, oldest first (by creation; collections from before that was recorded first)."""

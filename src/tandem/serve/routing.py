@@ -18,6 +18,7 @@ from pathlib import Path
 
 from tandem.core import layout
 from tandem.core.config import RunConfig
+from tandem.release.attempts import frozen
 from tandem.release.index import ItemIndex, model_dir_of
 
 log = logging.getLogger(__name__)
@@ -164,7 +165,7 @@ class Router:
                 from tandem.models import load_model
 
                 model_dir = model_dir_of(self.workdir, collection)
-                run_id = model_dir.parent.name
+                run_id = (frozen(self.workdir, collection) or {}).get("run_id", model_dir.parent.name)
                 model = load_model(model_dir)
                 family = getattr(getattr(model, "cfg", None), "family", type(model).__name__)
                 queries = query_encoder(model_dir, model, self.cfg.serve.query_encoder)
