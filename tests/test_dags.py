@@ -238,7 +238,8 @@ def guard_runs(tmp_path_factory):
 def _guarded(guard_runs, name: str) -> dict:
     run = guard_runs["result"].get("guard", {}).get(name)
     assert run, guard_runs["output"][-6000:]
-    assert run["state"].endswith("success") and set(run["tasks"]) == {"enforce"}, guard_runs["output"][-6000:]
+    assert run["state"].endswith("success") and set(run["tasks"]) == {"retain", "enforce"}, guard_runs["output"][-6000:]
+    assert run["tasks"]["retain"].endswith("success"), (run, guard_runs["output"][-6000:])  # retention, compaction
     assert run["tasks"]["enforce"].endswith("success"), (run, guard_runs["output"][-6000:])
     return run["returned"]
 

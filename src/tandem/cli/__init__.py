@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from tandem.cli import configs, deploy, kubeflow, loop, milvus, models, prompts, rollouts, serving
+from tandem.cli import configs, deploy, kubeflow, loop, milvus, models, prompts, retention, rollouts, serving
 from tandem.cli.common import build_config, setup_logging
 
 __all__ = ["app", "build_config", "main", "setup_logging"]
@@ -46,3 +46,4 @@ app.add_typer(milvus.milvus_app, name="milvus")
 prompts.register(app)
 configs.register(app)
 deploy.register(app)
+retention.register(app)

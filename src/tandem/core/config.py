@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 from pydantic import BeforeValidator, Field, StrictBool, TypeAdapter, ValidationError
 
 from tandem.core.config_contract import ContractConfig
-from tandem.core.config_release import GateConfig, IndexConfig, RolloutConfig, ServeConfig
+from tandem.core.config_release import GateConfig, IndexConfig, RetentionConfig, RolloutConfig, ServeConfig
 from tandem.core.config_schema import (
     Baseline,
     Connector,
@@ -335,6 +335,7 @@ class RunConfig:
     gate: GateConfig = GateConfig()
     rollout: RolloutConfig = RolloutConfig()
     serve: ServeConfig = ServeConfig()
+    retention: RetentionConfig = RetentionConfig()
 
 
 _RUN = TypeAdapter(RunConfig)

@@ -1,10 +1,11 @@
 """The release side of the configuration: the Milvus index, the promotion gate, the A/B rollout and the
-search service (sections `index`, `gate`, `rollout`, `serve` of a RunConfig; see `tandem.core.config`)."""
+search service, and retention (sections `index`, `gate`, `rollout`, `serve`, `retention` of a RunConfig;
+see `tandem.core.config`)."""
 
 from __future__ import annotations
 
 from dataclasses import field
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field, StrictBool
 
@@ -222,3 +223,22 @@ class ServeConfig:
     def __post_init__(self) -> None:
         if self.default_k > self.max_k:
             raise ValueError(f"serve.default_k ({self.default_k}) must not exceed serve.max_k ({self.max_k})")
+
+
+@section("retention")
+class RetentionConfig:
+    """What old state is removed (owner: tandem.release.retention, tandem.data.compaction; `tandem retain`)."""
+
+    keep_runs: Positive = field(
+        default=3,
+        metadata={
+            "help": "runs (newest trained first) that keep their checkpoints (training/checkpoints*, training/best); "
+            "older runs lose them; model folders are never removed, nor anything of a live, challenger or rollback run"
+        },
+    )
+    compact_after_hours: NonNegFloat = field(
+        default=2.0, metadata={"help": "served-event parts older than this are compacted into one file per bucket"}
+    )
+    compact_by: Literal["hour", "day"] = field(
+        default="hour", metadata={"help": "compaction bucket of the served-event parts: 'hour' or 'day'"}
+    )

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from tandem.core.config import ContractConfig
+from tandem.data.compaction import live_files
 from tandem.data.contract_checks import (
     ContractError,
     check_csv,
@@ -133,6 +134,7 @@ def log_files(path: str | Path | list) -> tuple[list[str], str]:
     for entry in path if isinstance(path, (list, tuple)) else [path]:
         if Path(entry).is_dir():  # e.g. date partitions, or the search service's serving/events/
             found = sorted(p for p in Path(entry).rglob("*") if p.suffix.lower() in FORMATS and p.is_file())
+            found = live_files(found)  # served events: parts a compacted file replaces are read once, from it
             if not found:
                 raise ContractError(f"logs folder {entry} holds no .csv or .parquet files")
             files += found

@@ -29,11 +29,28 @@ def _typed(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def read_events(workdir: str | Path) -> pd.DataFrame:
-    """Every served event written so far, oldest first (an empty frame with the columns when none)."""
+def event_files(workdir: str | Path) -> list[Path]:
+    """The Parquet files holding the served events: parts and compacted files, less the parts (and older
+    compacted files) that a compacted file replaces (`tandem.data.compaction`), so no row counts twice."""
+    from tandem.data.compaction import live_files
+
+    return live_files(sorted(p for p in events_dir(workdir).rglob("*.parquet") if not p.name.startswith(".")))
+
+
+def read_events(workdir: str | Path, attempts: int = 3) -> pd.DataFrame:
+    """Every served event written so far, oldest first (an empty frame with the columns when none).
+    A file that a compaction deleted between listing and reading makes it list the folder again."""
     import pyarrow.parquet as pq
 
-    files = sorted(str(p) for p in events_dir(workdir).rglob("*.parquet") if not p.name.startswith("."))
-    if not files:
-        return _typed(pd.DataFrame())
-    return _typed(pq.read_table(files).to_pandas()).sort_values("ts", kind="stable").reset_index(drop=True)
+    for attempt in range(attempts):
+        files = [str(p) for p in event_files(workdir)]
+        if not files:
+            return _typed(pd.DataFrame())
+        try:
+            table = pq.read_table(files)
+        except OSError:  # FileNotFoundError, or pyarrow's error for a file gone mid-read
+            if attempt == attempts - 1:
+                raise
+            continue
+        return _typed(table.to_pandas()).sort_values("ts", kind="stable").reset_index(drop=True)
+    raise AssertionError("unreachable")

@@ -57,6 +57,12 @@ consistent, and a retry or a rerun must not turn a done abort into a failure (al
 warning or on `action == "aborted"` in the XCom). The task fails (after retries) only when it
 cannot check: an unreadable state file or event log, or Milvus unreachable during an abort;
 that is the case to alert on, since then nobody guards the experiment.
+
+Before it, the `retain` task applies the retention policy (`tandem.release.retention.retain`, the recipe's
+`retention` section): served-event parts older than `retention.compact_after_hours` are compacted into
+one file per hour, so the guard reads a few files instead of one per ten seconds, and old runs'
+checkpoints are removed (never a live, challenger or rollback run's). `enforce` runs whatever `retain`
+did (trigger rule all_done): a failed clean-up never leaves the experiment unguarded.
 """
 
 
@@ -278,10 +284,20 @@ def tandem_rollout_guard():
         doc_md=GUARD_DOC,
     )
     def rollout_guard():
-        @task(retries=2, retry_delay=timedelta(minutes=5), execution_timeout=timedelta(minutes=20))
+        @task(retries=1, retry_delay=timedelta(minutes=2), execution_timeout=timedelta(minutes=10))
+        def retain() -> dict:
+            from tandem.orchestration import airflow_schedule as schedule
+            from tandem.release.retention import retain as apply_policy
+
+            settings = schedule.airflow_settings()
+            return apply_policy(settings.workdir, settings.run_config())
+
+        guarded = {"retries": 2, "retry_delay": timedelta(minutes=5), "execution_timeout": timedelta(minutes=20)}
+
+        @task(trigger_rule="all_done", **guarded)  # runs even when retain failed
         def enforce() -> dict:
             return _enforce()
 
-        enforce()
+        retain() >> enforce()
 
     return rollout_guard()

@@ -29,6 +29,7 @@ from pathlib import Path
 import pandas as pd
 
 from tandem.core.atomic import fsync_dir, write_atomic
+from tandem.data.compaction import part_written
 from tandem.data.events import _typed
 
 log = logging.getLogger(__name__)
@@ -136,7 +137,7 @@ class EventLog:
                     continue  # a live service owns it
                 tag = path.name[: -len(SPOOL_SUFFIX)]
                 rows = _read_spool(path)
-                if rows and not list(self.folder.glob(f"part-*-{tag}.parquet")):  # not written before the crash
+                if rows and not part_written(self.folder, tag):  # not written (nor compacted) before the crash
                     self._write_part(rows, tag)
                     total += len(rows)
                 path.unlink(missing_ok=True)
