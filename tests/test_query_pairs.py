@@ -89,7 +89,10 @@ def test_evaluation_uses_real_queries_when_there_are_some():
     query_test = pd.DataFrame(
         {"item_id": ["c", "b", "c"], "related_item_id": ["c", "b", "c"], "query": ["grey cup", "mug", "grey cup"]}
     )
-    cfg = RunConfig().eval
+    few = eval_set(item_test, query_test, catalog, RunConfig().eval, symmetric=False)  # 3 < min_query_pairs 10
+    assert few.counts["queries_are"].startswith("titles") and "3 < eval.min_query_pairs 10" in few.counts["queries_are"]
+    assert eval_set(item_test.iloc[:0], query_test, catalog, RunConfig().eval, False).counts["queries_are"] == REAL
+    cfg = replace(RunConfig().eval, min_query_pairs=3)
     ev = eval_set(item_test, query_test, catalog, cfg, symmetric=False, train_pairs=item_test)
     assert ev.counts["queries_are"] == REAL and ev.query_texts == ["grey cup", "mug"]
     assert ev.pool.tolist() == [0, 1, 2] and (ev.exclude == -1).all()  # a typed query leaves no item out

@@ -283,8 +283,9 @@ class EvalConfig:
     protocol: Protocol = field(
         default="auto",
         metadata={
-            "help": "'hotelmatch' (query = the query item's title through the query tower; pool = catalogue minus "
-            "the query item), 'notellm2' (item-to-item; pool = test items minus the query items) or 'auto' "
+            "help": "'hotelmatch' (query = a held-out real search query, or where the logs have too few, the query "
+            "item's title; pool = the catalogue, minus the query item for titles), 'notellm2' (item-to-item; pool "
+            "= test items minus the query items) or 'auto' "
             "(notellm2 for a symmetric model, else hotelmatch)"
         },
     )
@@ -298,6 +299,13 @@ class EvalConfig:
     batch_size: Positive = field(default=256, metadata={"help": "items / queries embedded per batch"})
     query_fraction: Annotated[Float, Field(gt=0, le=1)] = field(
         default=0.5, metadata={"help": "notellm2: share of the test pairs' left items drawn as query items"}
+    )
+    min_query_pairs: Positive = field(
+        default=10,
+        metadata={
+            "help": "hotelmatch: fewest held-out real query -> item pairs to evaluate on them; with fewer (a few "
+            "served searches), the query items' titles stand in, and the report says so"
+        },
     )
     seed: NonNegative = field(default=0, metadata={"help": "seed of the query-item draw and of the bootstrap"})
     short_tokens: Positive = field(

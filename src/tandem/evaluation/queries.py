@@ -7,8 +7,9 @@ has no item of its own to leave out). `query_item` is -1 for every query: scorer
 `EvalConfig.short_tokens` tokens, short_target / warm / cold as in `tandem.evaluation.evaluate`.
 
 `eval_set` picks the protocol's query set for the evaluate stage: real queries for the hotelmatch protocol
-when the run has test query pairs, else the test item pairs with the query item's title standing in for a
-query (counts["queries_are"] says which, and the report labels it).
+when the run has at least `eval.min_query_pairs` test query pairs (or no test item pairs), else the test
+item pairs with the query item's title standing in for a query (counts["queries_are"] says which and why;
+the report labels it).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from tandem.evaluation.evaluate import EvalSet, catalog_texts, resolve_protocol,
 from tandem.models.text import query_text
 
 REAL, PROXY = "real search queries (held out)", "titles of the query items (proxy: the logs have no test queries)"
+PROXY_FEW, ITEMS = "titles of the query items (proxy: too few held-out real queries", "query items (item-to-item)"
 
 
 def query_eval_set(
@@ -86,13 +88,14 @@ def eval_set(
     train_pairs: pd.DataFrame | None = None,
     query_train: pd.DataFrame | None = None,
 ) -> EvalSet:
-    """The evaluate stage's EvalSet: held-out real queries under the hotelmatch protocol when there are test
-    query pairs (warm / cold: items of the training item and query pairs), else the test item pairs (titles
-    as queries under hotelmatch; items under notellm2)."""
+    """The evaluate stage's EvalSet: held-out real queries under the hotelmatch protocol when there are enough
+    test query pairs (warm / cold: items of the training item and query pairs), else the test item pairs
+    (titles as queries under hotelmatch; items under notellm2)."""
     protocol = resolve_protocol(cfg.protocol, symmetric)
-    if protocol == "hotelmatch" and len(query_test):
+    if protocol == "hotelmatch" and len(query_test) and (len(query_test) >= cfg.min_query_pairs or test.empty):
         given = [p for p in (train_pairs, query_train) if p is not None]
         return query_eval_set(query_test, catalog, cfg, pd.concat(given, ignore_index=True) if given else None)
     ev = EvalSet.from_pairs(test, catalog, cfg, protocol, train_pairs=train_pairs)
-    ev.counts["queries_are"] = PROXY if protocol == "hotelmatch" else "query items (item-to-item)"
+    few = f"{PROXY_FEW}: {len(query_test)} < eval.min_query_pairs {cfg.min_query_pairs})"
+    ev.counts["queries_are"] = (few if len(query_test) else PROXY) if protocol == "hotelmatch" else ITEMS
     return ev
