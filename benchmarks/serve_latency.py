@@ -50,9 +50,10 @@ WORDS = (
 CATEGORIES, CITIES, COUNTRIES = 20, 50, 10
 
 
-def prepare(workdir: Path, n_items: int, seed: int = 0) -> tuple[int, float]:
-    """The model under runs/bench/model and its collection of n_items synthetic vectors (cached);
-    returns (dim, seconds spent writing vectors, 0 when cached)."""
+def prepare(workdir: Path, n_items: int, seed: int = 0, milvus_uri: str = "") -> tuple[int, float]:
+    """The model under runs/bench/model and its collection of n_items synthetic vectors (cached), in
+    WORKDIR's Milvus Lite or on the server at `milvus_uri`; returns (dim, seconds spent writing vectors,
+    0 when cached)."""
     from tandem.models import build_model, load_model
 
     model_dir = workdir / "runs" / RUN_ID / "model"
@@ -63,7 +64,7 @@ def prepare(workdir: Path, n_items: int, seed: int = 0) -> tuple[int, float]:
         build_model(ModelConfig()).save(model_dir)
     dim = load_model(model_dir).dim
     name = collection_name(RUN_ID)
-    with ItemIndex(IndexConfig(), workdir) as index:
+    with ItemIndex(IndexConfig(milvus_uri=milvus_uri), workdir) as index:
         if index.client.has_collection(name) and index.count(name) == n_items:
             spent = 0.0
         else:
@@ -185,11 +186,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def serve(workdir: Path, port: int, encoder: str, window_ms: float) -> subprocess.Popen:
+def serve(workdir: Path, port: int, encoder: str, window_ms: float, milvus_uri: str = "") -> subprocess.Popen:
+    """`tandem serve` over WORKDIR's Milvus Lite, or over the server at `milvus_uri`, once it answers /healthz."""
     command = [sys.executable, "-m", "tandem.cli", "serve", "--workdir", str(workdir), "--port", str(port)]
     command += ["--query-encoder", encoder, "--batch-window-ms", str(window_ms)]
-    env = os.environ | {"OMP_WAIT_POLICY": "PASSIVE"}  # idle torch / onnxruntime threads sleep: a shared CPU
-    log = workdir / f"serve-{encoder}-{window_ms:g}ms.log"  # a file, not a pipe: a full pipe would block it
+    command += ["--milvus-uri", milvus_uri] if milvus_uri else []
+    env = {k: v for k, v in os.environ.items() if k != "TANDEM_MILVUS_URI"}
+    env |= {"OMP_WAIT_POLICY": "PASSIVE"}  # idle torch / onnxruntime threads sleep: a shared CPU
+    backend = "server" if milvus_uri else "lite"
+    log = workdir / f"serve-{backend}-{encoder}-{window_ms:g}ms.log"  # a file, not a pipe: a full pipe would block it
     with log.open("w") as err:
         server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err, env=env)
     import httpx
