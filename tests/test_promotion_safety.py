@@ -171,6 +171,7 @@ def test_a_crash_between_the_alias_switch_and_the_history_record_recovers(tmp_pa
         recorded = [(e["action"], e["collection"]) for e in idx.history()]
         if killed_in == "promote":  # the alias moved, its record is missing
             assert idx.live() == "tandem_b" and recorded == [("promote", "tandem_a")]
+            assert idx.retain(1) == []  # keeps tandem_c (newest), tandem_b (live), tandem_a (rollback target)
             assert idx.rollback() == "tandem_a"  # reconciles first, then rolls back
             expected = [("promote", "tandem_a"), ("promote", "tandem_b"), ("rollback", "tandem_a")]
         else:
@@ -212,7 +213,8 @@ def test_an_alias_moves_only_to_a_complete_collection(tmp_path):
             idx.promote("tandem_cut")
         (tmp_path / "collections/tandem_cut/model").mkdir(parents=True)
         completeness.mark_complete(idx, "tandem_cut", 10, model="collections/tandem_cut/model")
-        with pytest.raises(ValueError, match="model folder .*tandem_cut/model is missing or has no _DONE"):
+        missing = r"model folder collections/tandem_cut/model \(under .*\) is missing or has no _DONE"
+        with pytest.raises(ValueError, match=missing):
             idx.promote("tandem_cut")
         mark_done(tmp_path / "collections/tandem_cut/model")
         assert idx.promote("tandem_cut") == "tandem_ok"

@@ -24,6 +24,7 @@ from tandem.evaluation.evaluate import exact_top_k
 from tandem.models import build_model, load_model
 from tandem.pipeline.run import run
 from tandem.release import rollout
+from tandem.release.index import model_dir_of
 from tandem.serve import EVENT_COLUMNS, create_app, events_dir, read_events
 from tandem.serve.batching import MicroBatcher
 from tandem.serve.events import EventLog, Served
@@ -399,7 +400,9 @@ def test_onnx_int8_query_encoder_serves_close_to_torch(workdir, cfg):
     torch_queries = load_model(workdir / "runs" / "first" / "model").embed_queries(texts, progress=False)
     onnx_cfg = replace(cfg, serve=replace(cfg.serve, query_encoder="onnx-int8"))
     with TestClient(create_app(workdir, onnx_cfg)) as client:  # exports the model's query tower on start-up
-        assert (workdir / "runs" / "first" / "model" / "onnx" / "query.int8.onnx").is_file()
+        served_model = model_dir_of(workdir, "tandem_first")  # the model frozen with the collection
+        assert served_model == workdir / "collections" / "tandem_first" / "model"
+        assert (served_model / "onnx" / "query.int8.onnx").is_file()
         encoder = client.app.state.router.arm("tandem_first").queries
         assert type(encoder).__name__ == "OnnxQueryEncoder" and encoder.precision == "int8"
         served = [client.get("/search", params={"q": t, "k": 5}).json()["items"] for t in texts]

@@ -2,10 +2,11 @@
 promotion whose history record a crash cut off.
 
 A finished `ItemIndex.write` sets the collection property `tandem.complete` last, after its rows are
-flushed, its vector index is built and its row count checked: {"rows", "model", "digest"}. A collection
-is complete when that marker is there, it holds exactly `rows` rows, its vector index exists and, when a
-model folder is named (relative to the workdir), that folder holds its `_DONE` marker. A writer killed at
-any moment leaves a collection without the marker, which no alias will point at (`problems`).
+flushed, its vector index is built and its row count checked: {"rows", "model", "digest", "workdir"}. A
+collection is complete when that marker is there, it holds exactly `rows` rows, its vector index exists
+and, when a model folder is named (relative to this client's workdir or to the writer's), that folder
+holds its `_DONE` marker. A writer killed at any moment leaves a collection without the marker, which no
+alias will point at (`problems`).
 
 `promote` and `rollback` move the alias first and record the move in the history second; `reconcile`
 (run before each of them) records a move whose record is missing, so a crash between the two loses
@@ -32,7 +33,9 @@ def marker(index, name: str) -> dict | None:
 
 
 def mark_complete(index, name: str, rows: int, model: str = "", digest: str = "") -> None:
-    value = json.dumps({"rows": int(rows), "model": model, "digest": digest}, sort_keys=True)
+    """`model`: the model folder relative to the writer's workdir (also recorded, absolute, as `workdir`)."""
+    mark = {"rows": int(rows), "model": model, "digest": digest, "workdir": str(Path(index.workdir).resolve())}
+    value = json.dumps(mark, sort_keys=True)
     index.client.alter_collection_properties(name, properties={COMPLETE: value})
 
 
@@ -65,11 +68,11 @@ def problems(index, name: str, strict: bool = True) -> list[str]:
     found = []
     if count != mark["rows"]:
         found.append(f"it holds {count} rows, its write marked {mark['rows']}")
-    model = mark.get("model")
-    if model and not is_done(Path(index.workdir) / model):
+    model, places = mark.get("model"), {Path(index.workdir), Path(mark.get("workdir") or index.workdir)}
+    if model and not any(is_done(place / model) for place in places):  # this client's workdir, or the writer's
         found.append(
-            f"its model folder {Path(index.workdir) / model} is missing or has no _DONE marker; "
-            "use the workdir that indexed it"
+            f"its model folder {model} (under {' or '.join(sorted(map(str, places)))}) is missing or has no "
+            "_DONE marker; use the workdir that indexed it"
         )
     return found
 
