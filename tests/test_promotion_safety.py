@@ -219,3 +219,23 @@ def test_an_alias_moves_only_to_a_complete_collection(tmp_path):
         mark_done(tmp_path / "collections/tandem_cut/model")
         assert idx.promote("tandem_cut") == "tandem_ok"
         assert idx.live() == "tandem_cut" and idx.aliases().get(icfg.challenger_alias) is None
+
+
+def test_an_attempt_is_named_by_what_shapes_the_collection_and_its_serving(tmp_path):
+    from dataclasses import replace
+
+    from tandem.release.attempts import content_digest
+
+    _train(tmp_path, RUN, seed=1)
+    run = tmp_path / "runs" / RUN
+    ids, cfg = [f"i{n}" for n in range(N)], IndexConfig()
+
+    def digest(cfg=cfg, ids=ids, scalars=None):
+        return content_digest(run / "model", run / "vectors" / "items.npy", ids, scalars or {}, cfg)
+
+    same = digest()
+    assert digest(replace(cfg, keep_collections=1, search_ef=8, alias="staging")) == same  # search and retention
+    assert digest(replace(cfg, index_type="FLAT")) != same and digest(ids=ids[::-1]) != same
+    assert digest(scalars={"title": ["x"] * N}) != same
+    (run / "model" / "config.json").write_text("{}")  # a retrained model, even with the same vectors
+    assert digest() != same

@@ -35,6 +35,8 @@ from tandem.release import completeness
 from tandem.release.index import ItemIndex, built_by, collection_name
 
 log = logging.getLogger(__name__)
+# the IndexConfig fields that shape a collection (search-time settings and retention do not)
+BUILD_SETTINGS = ("index_type", "metric", "hnsw_m", "hnsw_ef_construction", "ivf_nlist", "scalar_fields")
 
 
 def _hash_file(sha, path: Path) -> None:
@@ -50,7 +52,7 @@ def content_digest(model_dir: Path, vectors_path: Path, item_ids: list, scalars:
         sha.update(path.relative_to(model_dir).as_posix().encode() + b"\0")
         _hash_file(sha, path)
     _hash_file(sha, Path(vectors_path))
-    settings = {k: v for k, v in asdict(cfg).items() if k not in ("milvus_uri", "token", "alias", "challenger_alias")}
+    settings = {k: v for k, v in asdict(cfg).items() if k in BUILD_SETTINGS}
     rows = {"ids": [str(i) for i in item_ids], "scalars": scalars, "index": settings}
     sha.update(json.dumps(rows, sort_keys=True, default=str).encode())
     return sha.hexdigest()
