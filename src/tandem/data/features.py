@@ -1,5 +1,6 @@
 """Item (and user) features in a Feast feature store: built from a run's data, applied, materialised,
-and read back by training (offline store, point in time) and serving (online store).
+and read back by training (offline store, point in time); the online store holds the latest values for a
+service or a user's own code to read (tandem's service reads Milvus' scalar fields, not Feast).
 
 Where things live: the feature *definitions* are built here (`definitions`), so the library works
 when installed as a package; `features/` (of a checkout, or written by `tandem init`) is a thin Feast
