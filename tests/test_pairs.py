@@ -87,6 +87,50 @@ def test_split_has_no_leakage():
     assert any(b.startswith("j1") for _, b in test) and all(int(b[1:]) < 15 for _, b in train | valid if b[0] == "j")
 
 
+def _daily(days=20):
+    """Every day six users view i(d % 5), click i(d + 1 % 5), then j(d), an item new that day."""
+    rows = []
+    for day in range(days):
+        for u in range(6):
+            rows += [
+                (f"u{u}", f"i{day % 5}", "view", day * 24),
+                (f"u{u}", f"i{(day + 1) % 5}", "click", day * 24 + 1),
+                (f"u{u}", f"j{day}", "click", day * 24 + 2),
+            ]
+    return _logs(rows)
+
+
+def test_time_validation_follows_training_as_the_test_follows_both():
+    split = split_pairs(_daily(), PairsConfig(low=0.0), SplitConfig(test_fraction=0.25, valid_fraction=0.2))
+    assert split.valid_by == "time" and split.counts()["valid_by"] == "time"
+    assert split.train_logs.ts.min() < split.valid_cutoff < split.cutoff
+    assert (split.logs_before_validation().ts < split.valid_cutoff).all()
+    assert len(split.logs_before_validation()) < len(split.train_logs)
+    day = lambda item: int(item[1:])  # noqa: E731  (j-items are named by their day)
+    cut_day = (split.valid_cutoff - T0) / pd.Timedelta(days=1)
+    train_j = [b for b in split.train.related_item_id if b[0] == "j"]
+    valid_j = [b for b in split.valid.related_item_id if b[0] == "j"]
+    # training pairs come from before the validation window, validation pairs from inside it: its new items
+    # (cold for the model, like the test window's) are validation targets
+    assert train_j and valid_j and max(map(day, train_j)) < cut_day <= min(map(day, valid_j))
+    assert not set(zip(split.train.item_id, split.train.related_item_id)) & set(
+        zip(split.valid.item_id, split.valid.related_item_id)
+    )
+
+
+def test_random_validation_and_the_fallback_of_a_short_log():
+    logs = _daily()
+    rnd = split_pairs(logs, PairsConfig(low=0.0), SplitConfig(test_fraction=0.25, valid_fraction=0.2, valid_by="random"))
+    assert rnd.valid_by == "random" and rnd.valid_cutoff is None and len(rnd.valid) > 0
+    assert rnd.logs_before_validation() is rnd.train_logs
+    # by time, the same log trains on fewer pairs (the validation window is mined apart)
+    timed = split_pairs(logs, PairsConfig(low=0.0), SplitConfig(test_fraction=0.25, valid_fraction=0.2))
+    assert len(timed.train) < len(rnd.train) + len(rnd.valid)
+    # one day of training window: its latest share has no co-occurrence, so validation falls back to random
+    short = split_pairs(_daily(2), PairsConfig(low=0.0), SplitConfig(test_fraction=0.5, valid_fraction=0.01))
+    assert short.valid_by == "random" and short.counts()["valid_by"] == "random"
+
+
 def test_popularity_counts_distinct_users():
     pop = popularity(EXAMPLE)
     assert pop["B"] == 3 and pop["C"] == 2 and pop["D"] == 1 and "A" not in pop

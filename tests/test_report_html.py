@@ -49,7 +49,7 @@ def _report(run_dir) -> dict:
             "catalog": {"rows_in": 50, "rows_kept": 48, "rows_quarantined": 2, "images_dropped": 3},
             "quarantine_dir": str(run_dir / "quarantine"),
         },
-        "pairs": {"train": 128, "valid": 15, "test": 40, "cutoff": "2024-01-24T22:53:09+00:00"},
+        "pairs": {"train": 128, "valid": 15, "valid_by": "time", "test": 40, "cutoff": "2024-01-24T22:53:09+00:00"},
         "validation": {"success": True, "data_docs": str(docs), "suites": {"logs": True, "catalog": True}},
         "metrics": {"model": metrics, "champion": {m: v - 0.1 for m, v in metrics.items()}, EVIL: metrics},
         "ci": {"model": ci, "champion": ci},
@@ -157,7 +157,7 @@ def test_data_accounting_docs_link_and_timings(written):
     _, _, text, page = written
     words = " ".join(" ".join(page.text).split())
     assert "logs 1000 990 10" in words and "catalogue 50 48 2 3" in words
-    assert "128 15 40" in words
+    assert "128 15 time 40" in words
     (docs,) = [a["href"] for t, a in page.tags if t == "a"]
     assert docs == "validation/gx/data_docs/index.html"  # relative: the run folder can move
     assert "load 1.2 train 30.0 total 31.2" in words

@@ -107,9 +107,7 @@ class PairsConfig:
 class SplitConfig:
     """Time-based split: train window, validation share of its pairs, later test window."""
 
-    test_fraction: OpenFraction = field(
-        default=0.2, metadata={"help": "share of the log's time span (the latest part) used for test pairs"}
-    )
+    test_fraction: OpenFraction = field(default=0.2, metadata={"help": "latest share of the log's span for testing"})
     test_days: NonNegFloat = field(
         default=0.0,
         metadata={
@@ -118,7 +116,14 @@ class SplitConfig:
             "the service logged there included (the loop closes in one run); 0 = test_fraction"
         },
     )
-    valid_fraction: Fraction = field(default=0.1, metadata={"help": "share of training pairs held out for validation"})
+    valid_fraction: Fraction = field(default=0.1, metadata={"help": "validation share (of the span or the pairs)"})
+    valid_by: Literal["time", "random"] = field(
+        default="time",
+        metadata={
+            "help": "'time': validation pairs mined from the training window's latest valid_fraction, as the test "
+            "window follows training (new pairs, new items); 'random': valid_fraction of the training pairs"
+        },
+    )
     seed: NonNegative = 0
     drop_reverse: StrictBool = field(
         default=True, metadata={"help": "drop a test pair B->A whose reverse A->B is a training pair (counted)"}

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -33,17 +34,14 @@ def pair_counts(train: pd.DataFrame, valid: pd.DataFrame) -> dict:
 
 
 def attach_popularity(
-    model,
-    cfg: RunConfig,
-    workdir: Path,
-    as_of,
-    catalog: pd.DataFrame,
-    train: pd.DataFrame,
-    valid: pd.DataFrame,
-    run_id: str | None = None,
+    model, cfg: RunConfig, run, catalog: pd.DataFrame, train: pd.DataFrame, valid: pd.DataFrame
 ) -> dict | None:
     """Build the popularity term, choose its weight unless the recipe fixes it, attach it to `model`
-    (None when the weight is 0 or the term is off); returns its summary for train.json."""
+    (None when the weight is 0 or the term is off); returns its summary for train.json.
+
+    The weight is chosen with b as the validation pairs found it: 'popularity' counted on the logs before
+    the validation window (pairs/popularity_valid.parquet, written by mine), as the test's b is counted on
+    the logs before the test window; 'degree' comes from the training pairs, which precede both."""
     from tandem.data.features import read_items
     from tandem.training.popularity import choose_weight
 
@@ -52,14 +50,18 @@ def attach_popularity(
     if mcfg.popularity_feature == "off":
         return None
     feature = mcfg.popularity_feature
-    counts = read_items(workdir, catalog["item_id"], as_of=as_of, columns=[feature], run_id=run_id)[feature]
-    counts = counts.to_numpy()
+    feats = run.summary("features")  # its run_id: read the run's own snapshot (absent in older summaries)
+    counts = read_items(run.workdir, catalog["item_id"], as_of=feats["as_of"], columns=[feature],
+                        run_id=feats.get("run_id"))[feature].to_numpy()  # fmt: skip
     term = PopularityTerm(mcfg.popularity_weight, feature, item_biases(catalog["item_id"], counts))
     if not mcfg.popularity_weight:
         if valid.empty:
             return {"feature": feature, "weight": 0.0, "why": "no validation pairs to choose the weight on"}
+        before = _valid_counts(Path(run / "pairs"), catalog) if feature == "popularity" else None
+        trial = term if before is None else replace(term, bias=item_biases(catalog["item_id"], before))
         tolerance = mcfg.popularity_cold_tolerance
-        term = choose_weight(model, catalog, valid, train, term, cfg.eval, cold_tolerance=tolerance)
+        chosen = choose_weight(model, catalog, valid, train, trial, cfg.eval, cold_tolerance=tolerance)
+        term = replace(chosen, bias=term.bias)  # served: b of the whole training window
     model.popularity = term if term.weight else None
     return {
         "feature": feature,
@@ -69,3 +71,12 @@ def attach_popularity(
         "items_without": int(np.sum(counts <= 0)),
         "chosen": term.chosen or "recipe",
     }
+
+
+def _valid_counts(folder: Path, catalog: pd.DataFrame) -> np.ndarray | None:
+    """Distinct users per item on the logs before the validation window, catalogue order; None for older runs."""
+    path = folder / "popularity_valid.parquet"
+    if not path.is_file():
+        return None
+    users = pd.read_parquet(path).set_index("item_id")["users"]
+    return users.reindex(pd.Index(catalog["item_id"])).fillna(0).to_numpy()

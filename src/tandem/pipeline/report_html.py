@@ -139,7 +139,7 @@ def data_section(report: dict, run_dir: Path) -> list[str]:
         f'{esc(name)} <span class="{"ok" if ok else "fail"}">{"passed" if ok else "FAILED"}</span>'
         for name, ok in (valid.get("suites") or {}).items()
     )
-    keys = ("train", "valid", "test", "test_dropped_seen", "test_dropped_reverse", "cutoff")
+    keys = ("train", "valid", "valid_by", "test", "test_dropped_seen", "test_dropped_reverse", "cutoff")
     pair_rows = [[esc(pairs.get(k, "-")) for k in keys]]
     return [
         "<h2>Data</h2>",
@@ -150,6 +150,7 @@ def data_section(report: dict, run_dir: Path) -> list[str]:
             [
                 "train pairs",
                 "valid pairs",
+                "valid drawn by",
                 "test pairs",
                 "test dropped: trained",
                 "test dropped: reverse trained",

@@ -144,8 +144,9 @@ def mine(run: RunPaths, cfg: RunConfig) -> dict:
     split = split_pairs(logs, cfg.pairs, cfg.split, cfg.contract)
     for name in SPLITS:
         write_atomic(run / "pairs" / f"{name}.parquet", lambda f, n=name: getattr(split, n).to_parquet(f, index=False))
-    pop = popularity(split.train_logs, cfg.contract).rename("users").rename_axis("item_id").reset_index()
-    write_atomic(run / "pairs" / "popularity.parquet", lambda f: pop.to_parquet(f, index=False))
+    for name, part in (("popularity", split.train_logs), ("popularity_valid", split.logs_before_validation())):
+        pop = popularity(part, cfg.contract).rename("users").rename_axis("item_id").reset_index()
+        write_atomic(run / "pairs" / f"{name}.parquet", lambda f, p=pop: p.to_parquet(f, index=False))
     queries = write_query_pairs(run / "pairs", logs, split.cutoff, cfg)  # search text -> clicked item (§2)
     split.require_pairs(queries)
     return run.save("pairs", split.counts() | {"cutoff": split.cutoff.isoformat(), "query_pairs": queries})
@@ -238,9 +239,7 @@ def train(run: RunPaths, cfg: RunConfig, progress: bool = True) -> dict:
         progress=progress,
     )
     train_pairs, valid_pairs = pairs(run, "train"), pairs(run, "valid")
-    feats = run.summary("features")  # its run_id: read the run's own snapshot (absent in older summaries)
-    as_of, snapshot = feats["as_of"], feats.get("run_id")
-    term = attach_popularity(model, cfg, run.workdir, as_of, catalog, train_pairs, valid_pairs, run_id=snapshot)
+    term = attach_popularity(model, cfg, run, catalog, train_pairs, valid_pairs)
     model.save(run / "model")  # with its popularity term: what embed, evaluate and serving use
     counts = pair_counts(train_pairs, valid_pairs)
     return run.save("train", {"family": cfg.model.family, **stats, **counts, "mix": mix, "popularity": term})
