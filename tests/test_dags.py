@@ -103,6 +103,7 @@ def test_daily_dag_runs_the_loop_end_to_end(airflow_runs):
         "mine",
         "validate",
         "features",
+        "align",
         "train",
         "embed",
         "index",
@@ -368,3 +369,4 @@ def test_training_goes_to_kubeflow_when_a_host_is_configured(tmp_path, monkeypat
     assert args["logs"].endswith(f"runs/{RUN_ID}/data/logs.parquet") and "s3cret" not in json.dumps(args)
     assert summary["steps"] == 3 and summary["kubeflow"]["run_id"] == "kfp-1"
     assert schedule.run_stage(s, run, s.run_config(), "evaluate") == {"by": "kubeflow"}
+    assert "Kubeflow" in schedule.align(s, run, s.run_config())["deferred"]  # the pipeline aligns on a GPU

@@ -26,7 +26,7 @@ from tandem.release.index import ItemIndex
 
 ROOT = Path(__file__).resolve().parents[1]
 DVC = Path(sys.executable).parent / "dvc"
-ALL_STAGES = {"load", "mine", "validate", "features", "train", "embed", "publish"}
+ALL_STAGES = {"load", "mine", "validate", "features", "align", "train", "embed", "publish"}
 DOWNSTREAM_OF_TRAIN = {"train", "embed", "publish"}
 RUN = "work/dvc/runs/dvc"
 

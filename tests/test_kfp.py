@@ -22,11 +22,11 @@ from tandem.pipeline import stages
 from tandem.release.index import ItemIndex
 
 ROOT = Path(__file__).resolve().parents[1]
-GPU_TASKS = {"train", "embed"}
+GPU_TASKS = {"align", "train", "embed"}
 CACHED = {"mine", "validate", "train", "embed"}  # functions of their input artifacts
 RETRIED = {"load", "features", "index", "evaluate", "promote"}  # storage, Feast, Milvus
 pytestmark = pytest.mark.filterwarnings("ignore:Task .* have no effect in the current local runner")
-ALL_TASKS = {"load", "mine", "validate", "features", "train", "embed", "index", "evaluate", "gate", "promote"}
+ALL_TASKS = {"load", "mine", "validate", "features", "align", "train", "embed", "index", "evaluate", "gate", "promote"}
 ALL_TASKS |= {"report", "report-2"}  # the report after promote, and the report of a rejecting gate
 
 

@@ -27,7 +27,7 @@ def _ok(steps) -> None:
 
 def test_drift_names_what_is_wrong():
     assert registry.drift([*registry.BEFORE, *registry.STAGES, *registry.AFTER]) == ""
-    assert registry.drift(["load", "mine", "validate", "features", "train", "embed", "publish"]) == ""
+    assert registry.drift(["load", "mine", "validate", "features", "align", "train", "embed", "publish"]) == ""
     renamed = ["pairs" if s == "mine" else s for s in registry.STAGES]
     assert "unknown step 'pairs'" in registry.drift(renamed)
     swapped = ["load", "validate", "mine", *list(registry.STAGES)[3:]]

@@ -36,6 +36,7 @@ from tandem.core.config_schema import (
     section,
 )
 from tandem.core.config_train import TrainConfig
+from tandem.core.config_vision import VisionConfig
 
 
 @section("pairs")
@@ -290,6 +291,7 @@ class RunConfig:
     pairs: PairsConfig = PairsConfig()
     split: SplitConfig = SplitConfig()
     model: ModelConfig = ModelConfig()
+    vision: VisionConfig = VisionConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     index: IndexConfig = IndexConfig()

@@ -6,6 +6,7 @@
       collections/<name>/     what each collection was built from (model, vectors, catalogue), frozen
       milvus-server/          a local Milvus server's data, logs and pid file (`tandem milvus up`)
       feast/                  the Feast feature store (registry, online store, offline files)
+      vision/<digest>/        vision towers the align stage trained, one per catalogue content (a cache)
       serving/events/         what the search service served and what was clicked (Parquet parts)
       rollout/state.json      the A/B rollout's state, read by the service on every request
       audit/live.json         the latest audit of the live collection
@@ -50,6 +51,11 @@ def milvus_server_dir(workdir: str | Path) -> Path:
 
 def feast_dir(workdir: str | Path) -> Path:
     return Path(workdir).resolve() / "feast"
+
+
+def vision_dir(workdir: str | Path) -> Path:
+    """The align stage's cache: one aligned vision tower per digest of the catalogue's photos, texts and settings."""
+    return Path(workdir) / "vision"
 
 
 def events_dir(workdir: str | Path) -> Path:

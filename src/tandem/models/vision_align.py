@@ -56,25 +56,28 @@ def align_vision(
     seed: int = 0,
     text_encoder: str = "",
     progress: bool = True,
+    device: str = "cpu",
 ) -> dict:
-    """Train `build_vision(cfg)` on the catalogue's (first image, item text) pairs; save it to
-    `out_dir` (a `CLIPVisionModel` folder). Items without a readable image are skipped."""
+    """Train `build_vision(cfg)` on the catalogue's (first image, item text) pairs on `device`; save it to
+    `out_dir` (a `CLIPVisionModel` folder). Items without a readable image are skipped. The pixels are held
+    in RAM as float16 (half of float32's 600 kB per 224 px image)."""
     torch.manual_seed(seed)
     rows = catalog.to_dict("records")
     images, texts = [], []
     for r in tqdm(rows, desc="images", disable=not progress, unit="item"):
         pixels = load_images(as_list(r.get("images")), cfg.image_size, 1)
         if len(pixels):
-            images.append(pixels[0])
+            images.append(pixels[0].to(torch.float16))  # float16 as read: float32 copies of all would double the peak
             texts.append(item_text(r.get("title", ""), as_list(r.get("topics")), r.get("content", "")))
     if len(images) < 2:
         raise ValueError(f"align_vision needs at least 2 items with a readable image, got {len(images)}")
     pixels = torch.stack(images)
-    targets = text_targets(texts, text_encoder)
+    del images
+    targets = text_targets(texts, text_encoder).to(device)
 
-    vision = build_vision(cfg)
-    head = nn.Linear(vision.config.hidden_size, targets.shape[1])  # discarded after training
-    scale = LogitScale(math.exp(3.0))
+    vision = build_vision(cfg).to(device)
+    head = nn.Linear(vision.config.hidden_size, targets.shape[1]).to(device)  # discarded after training
+    scale = LogitScale(math.exp(3.0)).to(device)
     params = [*vision.parameters(), *head.parameters(), *scale.parameters()]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     steps = epochs * math.ceil(len(pixels) / batch_size)
@@ -88,9 +91,10 @@ def align_vision(
             if len(idx) < 2:
                 bar.update()
                 continue
-            image = F.normalize(head(vision(pixel_values=pixels[idx]).pooler_output), dim=-1)
-            logits = scale() * image @ targets[idx].T
-            labels = torch.arange(len(idx))
+            batch = pixels[idx].to(device, torch.float32)
+            image = F.normalize(head(vision(pixel_values=batch).pooler_output), dim=-1)
+            logits = scale() * image @ targets[idx.to(device)].T
+            labels = torch.arange(len(idx), device=device)
             loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -102,7 +106,7 @@ def align_vision(
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
     bar.close()
     out_dir = Path(out_dir)
-    vision.eval().save_pretrained(out_dir)
+    vision.eval().to("cpu").save_pretrained(out_dir)
     first, last = float(np.mean(losses[:10])), float(np.mean(losses[-10:]))
     log.info("vision tower aligned on %d images: loss %.3f -> %.3f, saved to %s", len(pixels), first, last, out_dir)
     return {"images": len(pixels), "steps": len(losses), "first_loss": first, "last_loss": last, "path": str(out_dir)}

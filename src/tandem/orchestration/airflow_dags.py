@@ -22,10 +22,13 @@ STOP_RULE_KEYS = ("verdict", "reason", "z", "p_value", "relative_drop", "min_imp
 DAILY_DOC = """tandem_daily: the loop once a day, for that day's data interval.
 
 ingest (the interval's log partitions, replaced on rerun) -> load -> mine -> validate (GX; a
-failing suite fails here and names the Data Docs page) -> features (Feast) -> train (Kubeflow
-when the `tandem_kfp` connection exists, else in-process) -> embed -> index (Milvus, upsert)
--> evaluate -> gate -> promote (moves the live alias) -> report. With Kubeflow, the train task
-submits the whole pipeline for this run id and the embed..gate tasks collect what it wrote.
+failing suite fails here and names the Data Docs page) -> features (Feast) -> align (a vision
+tower trained on the catalogue's photos when the recipe names none; cached by catalogue content,
+a no-op without images) -> train (Kubeflow when the `tandem_kfp` connection exists, else
+in-process) -> embed -> index (Milvus, upsert) -> evaluate -> gate -> promote (moves the live
+alias) -> report. With Kubeflow, the align task leaves the alignment to the pipeline's GPU
+component, the train task submits the whole pipeline for this run id and the embed..gate tasks
+collect what it wrote.
 
 The run id is `daily-YYYYMMDD`, the last day of the interval, so rerunning an interval rewrites
 the same run folder and the same Milvus collection. Paths, the Milvus URI and the KFP host come
@@ -137,6 +140,13 @@ def tandem_daily():
             _, cfg, run = _run(data_interval_end)
             return stages.features(run, cfg)
 
+        @task(execution_timeout=timedelta(hours=4))
+        def align(data_interval_end=None) -> dict:
+            from tandem.orchestration import airflow_schedule as schedule
+
+            settings, cfg, run = _run(data_interval_end)
+            return schedule.align(settings, run, cfg)
+
         @task(retries=1, retry_delay=timedelta(minutes=10), execution_timeout=timedelta(hours=12))
         def train(data_interval_end=None) -> dict:
             from tandem.orchestration import airflow_schedule as schedule
@@ -178,7 +188,7 @@ def tandem_daily():
             written = loop.write(run, schedule.public_config(cfg))
             return {"run_id": run.run_id, "decision": written["gate"]["decision"], **written["report_files"]}
 
-        steps = (ingest, load, mine, validate, features, train, embed, index, evaluate, gate, promote, report)
+        steps = (ingest, load, mine, validate, features, align, train, embed, index, evaluate, gate, promote, report)
         chain(*(step() for step in steps))
 
     return daily()

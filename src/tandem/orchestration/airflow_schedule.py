@@ -275,6 +275,16 @@ def kfp_arguments(settings: Settings, run: RunPaths, cfg: RunConfig) -> dict:
 DONE_BY_KFP = ("embed", "index", "evaluate", "gate")
 
 
+def align(settings: Settings, run: RunPaths, cfg: RunConfig) -> dict:
+    """The align stage in-process; with a KFP host, nothing here: the pipeline that the train task submits aligns
+    on a GPU (its align component) and writes align.json into the same run folder."""
+    from tandem.pipeline import registry
+
+    if settings.kfp_host:
+        return {"deferred": "the Kubeflow pipeline's align component (GPU) aligns the vision tower"}
+    return registry.run_stage("align", run, cfg, progress=False)
+
+
 def train(settings: Settings, run: RunPaths, cfg: RunConfig) -> dict:
     """Train in-process, or, when a KFP host is configured, submit the tandem pipeline for this run
     id and wait: the cluster trains on GPUs and carries on (embed, index, evaluate, gate) into the

@@ -7,8 +7,8 @@ and runs it in the project image (see `components/Dockerfile`), where it calls
 each holds: `kfp_steps.ARTIFACTS`); the shared state (Milvus and the champions' models) lives in the
 `workdir` volume. `tandem.orchestration.kubeflow` imports this module.
 
-    load -> mine -> validate -> features -> train (GPU) -> embed (GPU) -> index -> evaluate -> gate
-         -> [promote] -> report
+    load -> mine -> validate -> features -> align (GPU) -> train (GPU) -> embed (GPU) -> index -> evaluate
+         -> gate -> [promote] -> report
 
 The report task writes report.json / .md / .html into the run folder, as `tandem run` does, and hands
 report.html out as an HTML artifact, which the Kubeflow UI shows (the run's Visualizations).
@@ -57,6 +57,23 @@ def features(
     features.metadata.update({k: summary[k] for k in ("as_of", "items", "users")})
 
 
+def align(
+    config: str,
+    run_id: str,
+    workdir: str,
+    data: Input[Dataset],
+    pairs: Input[Dataset],
+    features: Input[Dataset],
+    vision: Output[Artifact],
+):
+    """Align a vision tower on the catalogue's photos when the recipe names none (a no-op without images); the
+    tower is cached in the workdir volume by catalogue content, the artifact holds align.json naming it."""
+    from tandem.orchestration.kfp_steps import step
+
+    summary = step("align", config, run_id, workdir, [data, pairs, features], {"vision": vision})
+    vision.metadata.update({k: summary[k] for k in ("skipped", "cached", "digest", "pairs_used") if k in summary})
+
+
 def train(
     config: str,
     run_id: str,
@@ -64,13 +81,14 @@ def train(
     data: Input[Dataset],
     pairs: Input[Dataset],
     features: Input[Dataset],
+    vision: Input[Artifact],
     model: Output[Model],
     metrics: Output[Metrics],
 ):
     """Train the recipe's seed model, HotelMatch-LLM or NoteLLM-2 (on the GPU when the pod has one)."""
     from tandem.orchestration.kfp_steps import numbers, step
 
-    summary = step("train", config, run_id, workdir, [data, pairs, features], {"model": model})
+    summary = step("train", config, run_id, workdir, [data, pairs, features, vision], {"model": model})
     model.metadata["framework"] = f"tandem.models.{summary['family']}"
     for name, value in numbers(summary).items():
         metrics.log_metric(name, value)
@@ -109,13 +127,15 @@ def evaluate(
     features: Input[Dataset],
     model: Input[Model],
     vectors: Input[Dataset],
+    vision: Input[Artifact],
     metrics: Output[Metrics],
     report: Output[Artifact],
 ):
-    """Recall@K / MRR of the model, the baselines and the live champion on the test pairs."""
+    """Recall@K / MRR of the model, the baselines (the untrained one on the aligned tower) and the live champion."""
     from tandem.orchestration.kfp_steps import numbers, step
 
-    summary = step("evaluate", config, run_id, workdir, [data, pairs, features, model, vectors], {"report": report})
+    inputs = [data, pairs, features, model, vectors, vision]
+    summary = step("evaluate", config, run_id, workdir, inputs, {"report": report})
     for name, value in numbers(summary["metrics"]).items():
         metrics.log_metric(name, value)
 
@@ -162,7 +182,8 @@ def report(config: str, run_id: str, workdir: str, decision: str, docs: Input[Ar
 
 
 # -------------------------------------------------------------------------------- pipeline
-STEPS = (load, mine, validate, features, train, embed, index, evaluate, gate, promote, report)  # the loop's order
+# the loop's order
+STEPS = (load, mine, validate, features, align, train, embed, index, evaluate, gate, promote, report)
 
 
 def components(image: str) -> dict:
@@ -195,7 +216,7 @@ def build(image: str, mount_path: str, milvus_secret: str):
 
     @dsl.pipeline(
         name="tandem",
-        description="behaviour logs -> pairs -> validate -> features -> train -> embed "
+        description="behaviour logs -> pairs -> validate -> features -> align -> train -> embed "
         "-> index -> evaluate -> gate -> promote: multimodal item-to-item search",
     )
     def tandem(
@@ -218,7 +239,13 @@ def build(image: str, mount_path: str, milvus_secret: str):
         featured = task("features", pvc, retry=True, workdir=workdir, data=data, pairs=pairs, **common)
         featured.after(checked)
         feats = featured.outputs["features"]
-        trained = task("train", pvc, cache=True, workdir=workdir, data=data, pairs=pairs, features=feats, **common)
+        # its own cache by catalogue content in the workdir volume: KFP's cache is not asked
+        aligned = task("align", pvc, workdir=workdir, data=data, pairs=pairs, features=feats, **common)
+        gpu(aligned, cpu="8", memory="32G")
+        vision = aligned.outputs["vision"]
+        trained = task(
+            "train", pvc, cache=True, workdir=workdir, data=data, pairs=pairs, features=feats, vision=vision, **common
+        )
         gpu(trained, cpu="8", memory="32G")
         model = trained.outputs["model"]
         embedded = task("embed", pvc, cache=True, workdir=workdir, data=data, features=feats, model=model, **common)
@@ -239,6 +266,7 @@ def build(image: str, mount_path: str, milvus_secret: str):
             features=feats,
             model=model,
             vectors=vectors,
+            vision=vision,
             **common,
         )
         evaluated.after(indexed).set_cpu_limit("4").set_memory_limit("16G")

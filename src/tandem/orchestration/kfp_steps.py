@@ -22,6 +22,7 @@ ARTIFACTS: dict[str, tuple[str, ...]] = {
     "pairs": ("pairs", "pairs.json"),
     "docs": ("validation", "validate.json"),
     "features": ("features.json",),
+    "vision": ("align.json",),  # the tower it names stays in the workdir volume (WORKDIR/vision/<digest>/)
     "model": ("model", "train.json"),
     "vectors": ("vectors", "embed.json"),
     "report": ("evaluate.json", "evaluate"),  # evaluate/: per-pair arrays for the gate

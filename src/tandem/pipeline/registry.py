@@ -13,12 +13,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from tandem.pipeline import stages
+from tandem.pipeline.align import align
 
 STAGES: dict[str, Callable[..., dict]] = {
     "load": stages.load,
     "mine": stages.mine,
     "validate": stages.validate,
     "features": stages.features,
+    "align": align,  # a vision tower trained on the catalogue's photos, when the recipe names none
     "train": stages.train,
     "embed": stages.embed,
     "index": stages.index,
@@ -26,7 +28,7 @@ STAGES: dict[str, Callable[..., dict]] = {
     "gate": stages.gate,
     "promote": stages.promote,
 }
-WITH_PROGRESS = frozenset({"train", "embed", "evaluate"})  # the stages that take `progress=`
+WITH_PROGRESS = frozenset({"align", "train", "embed", "evaluate"})  # the stages that take `progress=`
 
 # Groups: one orchestrator step that runs these stages, in this order. DVC's `publish` is one stage because
 # its persisted output, the Milvus database with the live alias, can belong to one DVC stage only; it also

@@ -137,6 +137,19 @@ def _query_pair_line(queries: dict | None, mix: dict | None) -> list[str]:
     ]
 
 
+def _vision_line(align: dict | None) -> list[str]:
+    """What the align stage did (tandem.pipeline.align): the tower train started from, or why none was aligned."""
+    if not align:
+        return []
+    if "skipped" in align:
+        return [f"- vision tower: not aligned ({align['skipped']})"]
+    how = "reused from the cache" if align["cached"] else f"aligned in {align['training'].get('seconds', '?')}s"
+    return [
+        f"- vision tower: {how} on {align['pairs_used']} (photo, text) pairs ({align['pairs_from_text']} item texts, "
+        f"{align['pairs_from_queries']} search queries): `{align['vision_encoder']}`"
+    ]
+
+
 def write_report(report: dict, run_dir: Path) -> dict[str, Path]:
     """Write report.md, report.html and recall.png next to report.json; returns their paths."""
     plot = plot_recall(report["metrics"], run_dir / "recall.png")
@@ -160,6 +173,7 @@ def write_report(report: dict, run_dir: Path) -> dict[str, Path]:
         f"{pairs.get('test_dropped_seen', '-')} the same pair, {pairs.get('test_dropped_reverse', '-')} its reverse)",
         *_query_pair_line(pairs.get("query_pairs"), report.get("training", {}).get("mix")),
         f"- validation: {'passed' if valid['success'] else 'FAILED'}; Data Docs `{valid['data_docs']}`",
+        *_vision_line(report.get("vision")),
         "",
         *metrics_section(report, run_dir, plot),
         "",

@@ -87,6 +87,7 @@ def write(run: stages.RunPaths, cfg: RunConfig, timings: dict[str, float] | None
         "data": {k: loaded[k] for k in ("logs", "catalog", "quarantine_dir")},
         "pairs": run.summary("pairs"),
         "validation": run.summary("validate"),
+        "vision": run.summary("align") if (run / "align.json").is_file() else None,  # runs before the stage: none
         "training": run.summary("train"),
         "metrics": ev["metrics"],
         "ci": ev["ci"],

@@ -5,7 +5,7 @@ Each stage reads what earlier stages wrote under `WORKDIR/runs/<run_id>/`, write
 outputs there (replacing them, so a rerun is idempotent) plus `<stage>.json` with its
 summary, and returns that summary. The Milvus database is shared by all runs of a workdir.
 
-    load -> pairs -> validate -> features -> train -> embed -> index -> evaluate -> gate -> promote
+    load -> pairs -> validate -> features -> align -> train -> embed -> index -> evaluate -> gate -> promote
 
 From `features` on, item rows come through the Feast store (`tandem.data.features`), not the raw files.
 """
@@ -29,6 +29,7 @@ from tandem.pairs.core import popularity
 from tandem.pairs.queries import read_query_pairs, training_mix, write_query_pairs
 from tandem.pairs.split import split_pairs
 from tandem.pipeline.model_term import attach_popularity, pair_counts
+from tandem.pipeline.vision_tower import with_vision
 from tandem.release.index import ItemIndex, collection_name, model_dir_of
 
 log = logging.getLogger(__name__)
@@ -215,7 +216,7 @@ def train(run: RunPaths, cfg: RunConfig, progress: bool = True) -> dict:
     from tandem.models import build_loss
     from tandem.training.trainer import fit
 
-    catalog = items(run)
+    catalog, cfg = items(run), with_vision(run, cfg)  # the align stage's vision tower, if it trained one
     out = run / "training"
     # the popularity term is attached after training: changing it alone resumes the finished training
     model_cfg = {k: v for k, v in asdict(cfg.model).items() if not k.startswith("popularity_")}
@@ -300,7 +301,7 @@ def evaluate(run: RunPaths, cfg: RunConfig, progress: bool = True) -> dict:
     latency = {"model": query_latency_ms(model, ev, catalog, ecfg.latency_queries)}
     pop = pd.read_parquet(run / "pairs" / "popularity.parquet")
     scored, unavailable = baselines.score_baselines(
-        ev, ecfg.baselines, catalog, train, pop, lambda: _new_model(cfg, catalog), progress
+        ev, ecfg.baselines, catalog, train, pop, lambda: _new_model(with_vision(run, cfg), catalog), progress
     )  # a baseline the data cannot support (BM25 without text) is n/a with its reason
     per_pair |= scored
     with ItemIndex(cfg.index, run.workdir) as idx:
