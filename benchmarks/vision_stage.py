@@ -71,7 +71,7 @@ def main() -> int:
     run = stages.RunPaths.of(args.workdir, "bench")
     (run / "pairs").mkdir(parents=True)  # no search logs: no query_train.parquet, every item has a text
     current = {"items": items}
-    stages.items = lambda r: current["items"]  # what the features stage would give back
+    stages.items = stages.catalog = lambda r: current["items"]  # what the load and features stages would give back
 
     rss_before = peak_mb()
     start = time.perf_counter()
@@ -108,7 +108,7 @@ def main() -> int:
         f"| first (aligns) | {cold:.1f} | {steps} steps, loss {training['first_loss']:.3f} -> "
         f"{training['last_loss']:.3f} |",
         f"| second, same catalogue | {cached:.2f} | cached: the tower found by the catalogue's digest |",
-        f"| catalogue without images | {noop:.3f} | no-op: \"{third['skipped']}\" |",
+        f'| catalogue without images | {noop:.3f} | no-op: "{third["skipped"]}" |',
         "",
         f"- Time per photo: {1000 * cold / pairs:.0f} ms per catalogue photo for the whole stage "
         f"({1000 * cold / seen:.1f} ms per photo per epoch, image decoding and text targets included).",

@@ -120,7 +120,8 @@ def test_catalogue_without_images_is_a_quick_no_op(tmp_path, tiny_encoder_dir, m
     run = stages.RunPaths.of(tmp_path / "work", "plain")
     run.dir.mkdir(parents=True)
     items = pd.DataFrame({"item_id": ["a", "b"], "title": ["x", "y"], "images": [[], []]})
-    monkeypatch.setattr(stages, "items", lambda r: items)  # what the features stage gives back
+    monkeypatch.setattr(stages, "catalog", lambda r: items)  # what the load stage wrote
+    monkeypatch.setattr(stages, "items", lambda r: pytest.fail("a catalogue without images needs no Feast read"))
     summary = registry.run_stage("align", run, cfg)
     assert summary["skipped"] == "no item has an image" and not (tmp_path / "work" / "vision").exists()
     assert with_vision(run, cfg) == cfg

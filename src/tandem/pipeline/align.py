@@ -155,10 +155,11 @@ def align(run: stages.RunPaths, cfg: RunConfig, progress: bool = True) -> dict:
     if cfg.model.vision_encoder:
         reason = f"the recipe names a vision encoder (model.vision_encoder: {cfg.model.vision_encoder})"
         return run.save("align", base | {"skipped": reason})
-    catalog = stages.items(run)
-    with_images = int(catalog["images"].map(lambda v: len(as_list(v)) > 0).sum()) if "images" in catalog else 0
+    loaded = stages.catalog(run)  # the loaded catalogue answers "any image?" without a Feast read: a fast no-op
+    with_images = int(loaded["images"].map(lambda v: len(as_list(v)) > 0).sum()) if "images" in loaded else 0
     if with_images == 0:
-        return run.save("align", base | {"skipped": "no item has an image", "items": len(catalog)})
+        return run.save("align", base | {"skipped": "no item has an image", "items": len(loaded)})
+    catalog = stages.items(run)
     if cfg.vision.align == "off":
         _refuse_random_frozen(cfg.model, with_images, "vision.align is off")
         reason = "vision.align is off: the model starts from a fresh, random vision tower"
