@@ -309,6 +309,8 @@ def main() -> None:
     parser.add_argument("--ablation", action="append", default=None, help="KEY=VALUE override that turns the "
                         "popularity-aware parts off (repeatable; default model.popularity_feature=off)")  # fmt: skip
     parser.add_argument("--no-ablation", action="store_true", help="skip the run without the popularity parts")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe override of every "
+                        "run, ablation included (repeatable): to measure a setting against the defaults")  # fmt: skip
     parser.add_argument("--max-steps", type=int, default=0, help="cap training steps (0 = the recipe's; --quick 30)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/tandem-quality"))
     parser.add_argument("--max-items", type=int, default=0, help="cap items per dataset (0 = 3000 / all; --quick 300)")
@@ -353,7 +355,7 @@ def main() -> None:
     for dataset, family, ablate in plan:
         if (ablate and not args.ablation) or (results.get((dataset, family)) or [None, None])[int(ablate)]:
             continue
-        cfg = recipe(family, args.ablation if ablate else [], max_steps)
+        cfg = recipe(family, [*args.set, *(args.ablation if ablate else [])], max_steps)
         where, run_id = args.workdir / dataset / family, f"{dataset}-{family}"
         if ablate:
             got = ablation_run(where, run_id, cfg, f"{run_id}-ablation", args.ablation)

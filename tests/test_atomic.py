@@ -62,7 +62,7 @@ def test_a_stage_killed_while_writing_its_summary_or_outputs_keeps_the_old_ones(
         from tandem.core.atomic import write_atomic
         run = RunPaths.of({str(tmp_path)!r}, "r1")
         write_atomic(run / "vectors" / "items.npy", lambda f: np.save(f, np.ones((1000, 64), "float32")))
-        """
+        """,
     )
     killed(KILL_AT_FSYNC + f"from tandem.pipeline.stages import RunPaths\nRunPaths.of({str(tmp_path)!r}, 'r1')"
            ".save('embed', {'items': 2})")  # fmt: skip
@@ -114,7 +114,7 @@ def test_a_model_save_killed_half_way_leaves_the_previous_model(tmp_path):
             os.kill(os.getpid(), signal.SIGKILL)
         st.save_model = half
         Toy(2.0).save({str(tmp_path / "model")!r})
-        """
+        """,
     )
     assert torch.equal(Toy.load(tmp_path / "model").lin.weight, torch.full((64, 64), 1.0))
     killed(TOY + KILL_AT_MARKER + f"Toy(3.0).save({str(tmp_path / 'new')!r})")  # the first save of a folder

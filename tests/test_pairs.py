@@ -120,7 +120,8 @@ def test_time_validation_follows_training_as_the_test_follows_both():
 
 def test_random_validation_and_the_fallback_of_a_short_log():
     logs = _daily()
-    rnd = split_pairs(logs, PairsConfig(low=0.0), SplitConfig(test_fraction=0.25, valid_fraction=0.2, valid_by="random"))
+    random_cfg = SplitConfig(test_fraction=0.25, valid_fraction=0.2, valid_by="random")
+    rnd = split_pairs(logs, PairsConfig(low=0.0), random_cfg)
     assert rnd.valid_by == "random" and rnd.valid_cutoff is None and len(rnd.valid) > 0
     assert rnd.logs_before_validation() is rnd.train_logs
     # by time, the same log trains on fewer pairs (the validation window is mined apart)

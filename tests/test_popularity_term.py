@@ -8,7 +8,7 @@ import pandas as pd
 
 from tandem.core.config import EvalConfig
 from tandem.evaluation.evaluate import EvalSet
-from tandem.models.popularity import PopularityTerm, item_biases
+from tandem.models.popularity import PopularityTerm, fit_content_bias, item_biases, predict_bias
 from tandem.training.popularity import choose_weight, ranks_with_term
 
 
@@ -124,3 +124,48 @@ def test_a_weight_that_buries_new_items_needs_a_cold_prior():
     assert any(r["as_new"] < plain for r in buried)  # the check can refuse: prior 0 and a big weight bury new items
     best = next(r for r in rows if r["weight"] == chosen.weight and r["cold_prior"] == chosen.cold_bias)
     assert best["as_new"] >= plain and best["all"] == max(r["all"] for r in rows if r["as_new"] >= plain)
+
+
+def test_content_prediction_fits_a_linear_b_and_gives_cold_items_theirs(tmp_path):
+    rng = np.random.default_rng(1)
+    vecs = rng.normal(size=(60, 6))
+    b = np.clip(0.4 + 0.1 * vecs[:, 0] - 0.05 * vecs[:, 1], 0, 1)
+    fitted = fit_content_bias(vecs[:50], b[:50], alpha=1e-6)
+    assert np.allclose(predict_bias(fitted, vecs[50:]), b[50:], atol=1e-3)  # a linear b is recovered
+    assert predict_bias(fitted | {"scale": 10.0}, vecs).max() == 1.0  # scaled, then clipped to [0, 1]
+    ids = [f"i{n}" for n in range(60)]
+    term = PopularityTerm(0.5, "popularity", dict(zip(ids[:50], b[:50].tolist())), 0.2, {}, fitted | {"scale": 1.0})
+    got = term.biases(ids, vecs)
+    assert np.allclose(got[:50], b[:50], atol=1e-6) and np.allclose(got[50:], b[50:], atol=1e-3)
+    assert np.allclose(term.biases(ids)[50:], 0.2)  # without vectors: the constant prior
+    extra = term.augment_items(vecs.astype(np.float32), ids)[:, -1]
+    assert np.allclose(extra, np.sqrt(0.5) * (1 + got), atol=1e-5)
+    term.save(tmp_path)
+    assert PopularityTerm.load(tmp_path) == term
+
+
+def test_cold_validation_pairs_guard_the_choice_and_the_grid_matches_the_served_vectors():
+    """With enough cold validation targets they, not the "as new" proxy, bound the choice; every grid row's
+    score (content-predicted cold b included) equals the evaluator's on the augmented vectors the index serves."""
+    model, catalog, valid, counts, ids = _world(seed=5)
+    valid = pd.concat([valid, pd.DataFrame({"item_id": ids[5:15], "related_item_id": ids[30:40]})], ignore_index=True)
+    train = pd.DataFrame({"item_id": ids[:15], "related_item_id": ids[15:30]})  # i30..i39 are cold
+    term = PopularityTerm(0.0, "popularity", item_biases(ids[:30], counts[:30]))
+    cfg = EvalConfig(ks=(1, 5), primary_metric="recall@5", n_boot=10)
+    chosen = choose_weight(model, catalog, valid, train, term, cfg, min_cold_pairs=5)
+    rows = chosen.chosen["grid"]
+    assert chosen.chosen["cold_checked"] and chosen.chosen["cold_pairs"] == 10
+    scale = chosen.content.get("scale")
+    best = [r for r in rows if r["weight"] == chosen.weight and r["content_scale"] == scale]
+    best = [r for r in best if scale or r["cold_prior"] == chosen.cold_bias]
+    assert len(best) == 1 and best[0]["cold"] >= rows[0]["cold"]  # the cold validation targets lose nothing
+    assert best[0]["all"] == max(r["all"] for r in rows if r["cold"] >= rows[0]["cold"])
+    content_rows = [r for r in rows if r["content_scale"] == 1.25 and r["weight"] == 0.5]
+    assert len(content_rows) == 1
+    ev = EvalSet.from_pairs(valid, catalog, cfg, "hotelmatch", False)
+    vecs = model.embed_items(catalog)
+    fitted = fit_content_bias(vecs[:30], np.array([term.bias[i] for i in ids[:30]]))
+    served = PopularityTerm(0.5, "popularity", term.bias, 0.0, {}, fitted | {"scale": 1.25})
+    queries, pool = ev.encode(model, catalog, vecs, progress=False)
+    ranks = ev.ranks(ev.vector_scorer(served.augment_queries(queries), served.augment_items(pool, np.array(ids))))
+    assert np.isclose((ranks < 5).mean(), content_rows[0]["all"])

@@ -72,8 +72,9 @@ def split_pairs(
     """Mine the earlier and the later part of the log separately (no view/click crosses the cutoff),
     hold out validation pairs (`split.valid_by`: the latest part of the training window, mined on its
     own like the test window, or a random share of the training pairs), and drop test pairs seen in
-    the training window, and (`split.drop_reverse`) those whose reverse was seen there: A->B in training makes B->A in test a pair
-    whose evidence the model has already seen (the pairs are co-occurrences, symmetric in practice)."""
+    the training window, and (`split.drop_reverse`) those whose reverse was seen there: A->B in training
+    makes B->A in test a pair whose evidence the model has already seen (co-occurrences are symmetric in
+    practice)."""
     if logs.empty:
         raise ValueError("no usable log rows left after loading; check the quarantine file for the reasons")
     t0, t1 = logs["ts"].min(), logs["ts"].max()

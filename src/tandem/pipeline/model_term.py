@@ -53,12 +53,16 @@ def attach_popularity(
     feats = run.summary("features")  # its run_id: read the run's own snapshot (absent in older summaries)
     counts = read_items(run.workdir, catalog["item_id"], as_of=feats["as_of"], columns=[feature],
                         run_id=feats.get("run_id"))[feature].to_numpy()  # fmt: skip
+    # warm = in a training pair (as the evaluation counts it): only those carry their own b; the cold get the
+    # chosen prior or content prediction, even where seen in the logs (a rarely seen item is not a known flop)
+    warm = catalog["item_id"].isin(pd.concat([train["item_id"], train["related_item_id"]])).to_numpy()
+    counts = np.where(warm, counts, 0)
     term = PopularityTerm(mcfg.popularity_weight, feature, item_biases(catalog["item_id"], counts))
     if not mcfg.popularity_weight:
         if valid.empty:
             return {"feature": feature, "weight": 0.0, "why": "no validation pairs to choose the weight on"}
         before = _valid_counts(Path(run / "pairs"), catalog) if feature == "popularity" else None
-        trial = term if before is None else replace(term, bias=item_biases(catalog["item_id"], before))
+        trial = term if before is None else replace(term, bias=item_biases(catalog["item_id"], before * warm))
         tolerance = mcfg.popularity_cold_tolerance
         chosen = choose_weight(model, catalog, valid, train, trial, cfg.eval, cold_tolerance=tolerance)
         term = replace(chosen, bias=term.bias)  # served: b of the whole training window
@@ -67,6 +71,7 @@ def attach_popularity(
         "feature": feature,
         "weight": term.weight,
         "cold_prior": term.cold_bias,
+        "cold_content_scale": term.content.get("scale"),  # set when cold items get their content prediction
         "items_with_bias": len(term.bias),
         "items_without": int(np.sum(counts <= 0)),
         "chosen": term.chosen or "recipe",

@@ -168,7 +168,8 @@ def write_report(report: dict, run_dir: Path) -> dict[str, Path]:
         f"- catalogue: {cat['rows_in']} rows in = {cat['rows_kept']} kept + {cat['rows_quarantined']} quarantined; "
         f"{cat['images_dropped']} unreadable images dropped",
         f"- quarantine: `{data['quarantine_dir']}`",
-        f"- pairs: {pairs['train']} train, {pairs['valid']} valid ({pairs.get('valid_by', 'random')}), {pairs['test']} test "
+        f"- pairs: {pairs['train']} train, {pairs['valid']} valid ({pairs.get('valid_by', 'random')}), "
+        f"{pairs['test']} test "
         f"(test window from {pairs['cutoff']}; test pairs dropped as already trained: "
         f"{pairs.get('test_dropped_seen', '-')} the same pair, {pairs.get('test_dropped_reverse', '-')} its reverse)",
         *_query_pair_line(pairs.get("query_pairs"), report.get("training", {}).get("mix")),

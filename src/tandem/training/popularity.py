@@ -1,16 +1,16 @@
-"""Choosing the popularity term's weight and cold prior on the validation pairs (the term:
+"""Choosing the popularity term's weight and cold treatment on the validation pairs (the term:
 tandem.models.popularity).
 
-Two numbers are chosen together: the weight w and the cold prior, the b given to an item without the
-feature (a new item). A large w ranks popular items first, which buys warm pairs with cold ones: a new
-item (b = prior) falls behind every popular item its cosine does not beat by w (b_i - prior). So each
-candidate (w, prior) is also scored with every validation target made new (its b replaced by the prior,
-everything else unchanged), and a candidate is allowed only if that "as new" score is at least the
-plain cosine's minus `cold_tolerance`: the term may not lower what a new item would have reached
-without it. Among the allowed candidates the best on the primary metric over all validation pairs wins
-(ties: the smaller w, then the smaller prior). A prior of 1 always passes (no item outranks a new one
-by the term), so the check never leaves the term off; it prices the crowding instead: with a high
-prior every new item in the pool rises for every query, which the all-pairs score sees.
+Two things are chosen together: the weight w and what a cold item (in no training pair) gets as b: a
+constant prior, or its content prediction (a ridge regression of the warm items' b on their vectors) times
+a scale. A large w ranks popular items first, which buys warm pairs with cold ones: a cold item falls
+behind every popular item its cosine does not beat. So every candidate is also scored on the validation
+pairs whose target is cold, and one that lowers their primary metric below the plain cosine's (minus
+`cold_tolerance`) is refused. Validation drawn by time (`split.valid_by`) has such pairs: its window brings
+new items as the test window does. Where it has fewer than `min_cold_pairs`, a proxy stands in: every
+validation target made new (its b replaced by what a cold item would get, everything else unchanged) must
+rank at least as well as under cosine alone. Among the allowed candidates the best on the primary metric
+over all validation pairs wins (ties: the smaller w, then the lower cold b).
 """
 
 from __future__ import annotations
@@ -23,11 +23,12 @@ import pandas as pd
 from tandem.core.config import EvalConfig
 from tandem.evaluation.evaluate import EvalSet, resolve_protocol
 from tandem.evaluation.metrics import per_pair_metrics
-from tandem.models.popularity import PopularityTerm
+from tandem.models.popularity import PopularityTerm, fit_content_bias, predict_bias
 
 log = logging.getLogger(__name__)
 WEIGHTS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8, 1.2, 2.0, 3.0, 5.0, 8.0)
 COLD_PRIORS = (0.0, 0.25, 0.5, 0.75, 1.0)
+CONTENT_SCALES = (1.0, 1.25, 1.5)  # the content prediction regresses to the mean: a scale lets new items reach up
 MAX_CELLS = 30_000_000  # validation pairs x pool scored at once (float32: 120 MB); beyond, queries are sampled
 
 
@@ -37,21 +38,23 @@ def ranks_with_term(
     """0-based rank of each validation pair's target under cosine + w q_factor (1 + b): with `prior`
     None the target keeps its own b, else its b is the prior (as if the target were new). Ties rank
     the target first (the term's candidates are compared on the same footing)."""
-    real, as_new = _term_ranks(cos, ev, q_factor, pool_b, weight, 0.0 if prior is None else prior)
+    new_b = np.full(len(pool_b), 0.0 if prior is None else prior, dtype=np.float32)
+    real, as_new = _term_ranks(cos, ev, q_factor, pool_b, weight, new_b)
     return real if prior is None else as_new
 
 
 def _term_ranks(
-    cos: np.ndarray, ev: EvalSet, q_factor: np.ndarray, pool_b: np.ndarray, weight: float, prior: float
+    cos: np.ndarray, ev: EvalSet, q_factor: np.ndarray, pool_b: np.ndarray, weight: float, new_b: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(ranks with the targets' own b, ranks with the targets made new), from one pair x pool score matrix."""
+    """(ranks with the targets' own b, ranks with each target's b replaced by `new_b`, its b as a new item),
+    from one pair x pool score matrix."""
     q, rows = ev.query_of_pair, np.arange(len(ev.query_of_pair))
     scores = cos[q] + weight * q_factor[q, None] * (1.0 + pool_b[None, :])
     own = ev.exclude[q]
     scores[np.flatnonzero(own >= 0), own[own >= 0]] = -np.inf
     hit = scores[rows, ev.target_pos]
     real = (scores > hit[:, None]).sum(1)
-    new_hit = cos[q, ev.target_pos] + weight * q_factor[q] * (1.0 + prior)
+    new_hit = cos[q, ev.target_pos] + weight * q_factor[q] * (1.0 + new_b[ev.target_pos])
     as_new = (scores > new_hit[:, None]).sum(1) - (hit > new_hit)  # the target's own column never counts
     return real, as_new
 
@@ -67,48 +70,56 @@ def choose_weight(
     cold_priors=COLD_PRIORS,
     cold_tolerance: float = 0.0,
     min_cold_pairs: int = 20,
+    content_scales=CONTENT_SCALES,
 ) -> PopularityTerm:
-    """`term` with the (weight, cold prior) chosen as the module says; real cold validation targets (in no
-    training pair), when there are `min_cold_pairs`, must also stay within `cold_tolerance` of weight 0."""
+    """`term` (b of the warm items) with the weight and cold treatment chosen as the module says."""
     primary = eval_cfg.primary_metric
     protocol = resolve_protocol(eval_cfg.protocol, model.symmetric)
     ev = EvalSet.from_pairs(valid, catalog, eval_cfg, protocol, False)
     ev = _subsample(ev, valid, catalog, eval_cfg, protocol)
-    queries, pool = ev.encode(model, catalog, progress=False)
+    item_vecs = model.embed_items(catalog, batch_size=eval_cfg.batch_size, progress=False)
+    queries, pool = ev.encode(model, catalog, item_vecs, progress=False)
     cos = (queries @ pool.T).astype(np.float32)
     ids = catalog["item_id"].astype(str).to_numpy()
     trained = set(train["item_id"].astype(str)) | set(train["related_item_id"].astype(str))
     cold = ~np.isin(ids[ev.target], list(trained))
     check_cold = int(cold.sum()) >= min_cold_pairs
+    warm = np.isin(ids, list(term.bias))
+    own_b = np.array([term.bias.get(i, 0.0) for i in ids], dtype=np.float32)
+    options = [({"cold_prior": p, "content_scale": None}, np.full(len(ids), p, np.float32)) for p in cold_priors]
+    fitted = fit_content_bias(item_vecs[warm], own_b[warm]) if warm.sum() >= 10 else None
+    for scale in content_scales if fitted else ():
+        predicted = predict_bias(fitted | {"scale": scale}, item_vecs)
+        options.append(({"cold_prior": None, "content_scale": scale}, predicted))
 
     def score(ranks: np.ndarray) -> np.ndarray:
         return per_pair_metrics(ranks, eval_cfg.ks, eval_cfg.mrr_k)[primary]
 
     rows = []
-    for prior in cold_priors:
-        trial = PopularityTerm(1.0, term.feature, term.bias, prior)
-        pool_b = trial.biases(ids[ev.pool])
-        q_factor = 1.0 + trial.biases(ids[ev.query_item]) if ev.item_queries(model) else np.ones(len(ev.query_item))
+    for index, (label, cold_b) in enumerate(options):
+        b = np.where(warm, own_b, cold_b)
+        q_factor = 1.0 + b[ev.query_item] if ev.item_queries(model) else np.ones(len(ev.query_item))
         for w in weights:
-            real, as_new = (score(r) for r in _term_ranks(cos, ev, q_factor, pool_b, w, prior))
-            rows.append({"weight": w, "cold_prior": prior, "all": float(real.mean()), "as_new": float(as_new.mean()),
-                         "cold": float(real[cold].mean()) if cold.any() else None})  # fmt: skip
-    plain = rows[0]  # weight 0: cosine alone, whatever the prior
-    allowed = [
-        r
-        for r in rows
-        if r["as_new"] >= plain["as_new"] - cold_tolerance
-        and (not check_cold or r["cold"] >= plain["cold"] - cold_tolerance)
-    ]
-    best = max(allowed, key=lambda r: (r["all"], -r["weight"], -r["cold_prior"]))
+            real, as_new = (score(r) for r in _term_ranks(cos, ev, q_factor, b[ev.pool], w, cold_b[ev.pool]))
+            cold_mean = float(real[cold].mean()) if cold.any() else None
+            rows.append({"weight": w, **label, "option": index, "all": float(real.mean()),
+                         "as_new": float(as_new.mean()), "cold": cold_mean})  # fmt: skip
+    plain = rows[0]  # weight 0: cosine alone, whatever the cold b
+    check, limit = ("cold", plain["cold"]) if check_cold else ("as_new", plain["as_new"])
+    allowed = [r for r in rows if r[check] >= limit - cold_tolerance]
+    level = [float(cold_b[~warm].mean()) if (~warm).any() else 0.0 for _, cold_b in options]
+    best = max(allowed, key=lambda r: (r["all"], -r["weight"], -level[r["option"]]))
+    label, cold_b = options[best["option"]]
+    content = fitted | {"scale": label["content_scale"]} if label["content_scale"] else {}
     log.info(
-        "popularity term: weight %.3g, cold prior %.2f chosen on %d validation pairs (%s %.4f vs %.4f without; "
-        "as new %.4f vs %.4f; %d cold pairs)",
-        best["weight"], best["cold_prior"], len(cold), primary, best["all"], plain["all"], best["as_new"],
-        plain["as_new"], int(cold.sum()),
+        "popularity term: weight %.3g, cold b %s chosen on %d validation pairs (%s %.4f vs %.4f without; "
+        "%s %.4f vs %.4f; %d cold pairs)",
+        best["weight"], f"prior {label['cold_prior']}" if not content else f"content x{label['content_scale']}",
+        len(cold), primary, best["all"], plain["all"], check, best[check], limit, int(cold.sum()),
     )  # fmt: skip
     chosen = {"metric": primary, "pairs": len(cold), "cold_pairs": int(cold.sum()), "cold_checked": check_cold}
-    return PopularityTerm(best["weight"], term.feature, term.bias, best["cold_prior"], chosen | {"grid": rows})
+    prior = label["cold_prior"] if label["cold_prior"] is not None else round(level[best["option"]], 6)
+    return PopularityTerm(best["weight"], term.feature, term.bias, prior, chosen | {"grid": rows}, content)
 
 
 def _subsample(ev: EvalSet, valid: pd.DataFrame, catalog: pd.DataFrame, cfg: EvalConfig, protocol: str) -> EvalSet:
