@@ -201,11 +201,11 @@ class ModelConfig:
     )
     # -- popularity term (both families; tandem.models.popularity)
     popularity_feature: Literal["off", "popularity", "degree"] = field(
-        default="degree",
+        default="popularity",
         metadata={
-            "help": "Feast feature b_item comes from: 'degree' (co-occurrence partners in the train pairs: 0 for "
-            "exactly the cold items), 'popularity' (users in the training window) or 'off'; item vectors get "
-            "a(1 + b_item) appended, text queries a, so inner-product search ranks cosine + w b_item (w = a^2)"
+            "help": "Feast feature a warm item's b comes from: 'popularity' (users in the training window), 'degree' "
+            "(co-occurrence partners in the train pairs) or 'off'; item vectors get a(1 + b_item) appended, text "
+            "queries a, so inner-product search ranks cosine + w b_item (w = a^2); cold items: see popularity.py"
         },
     )
     popularity_weight: NonNegFloat = field(
