@@ -32,7 +32,7 @@ model:
 train: {{epochs: 1, batch_size: 16, lr_item: 1.0e-3, lr_query: 1.0e-3}}
 eval: {{batch_size: 32}}
 """
-TASKS = {"ingest", "load", "mine", "validate", "features", "train", "embed", "index", "evaluate", "gate"}
+TASKS = {"ingest", "load", "mine", "validate", "features", "align", "train", "embed", "index", "evaluate", "gate"}
 TASKS |= {"promote", "report"}
 RUN_TIMEOUT_S = 480  # the scheduled run, from unpause to a final state
 

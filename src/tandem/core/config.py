@@ -121,7 +121,8 @@ class SplitConfig:
         default="time",
         metadata={
             "help": "'time': validation pairs mined from the training window's latest valid_fraction, as the test "
-            "window follows training (new pairs, new items); 'random': valid_fraction of the training pairs"
+            "window follows training (new pairs, new items; with test_days, random); 'random': valid_fraction of "
+            "the training pairs"
         },
     )
     seed: NonNegative = 0

@@ -86,7 +86,9 @@ def split_pairs(
     train = mine_pairs(early, train_cfg, contract)
     test, dropped = _unseen(mine_pairs(late, pairs_cfg, contract), train, split.drop_reverse)
     valid_by, valid_cutoff = "random", None
-    if split.valid_by == "time" and split.valid_fraction > 0 and not early.empty:
+    # a daily run (test_days) trains on every earlier interval, the served clicks of the latest included (the
+    # closed loop): a validation window would take exactly those, so it validates on a random share instead
+    if split.valid_by == "time" and split.valid_fraction > 0 and not early.empty and not split.test_days:
         # validation follows training in time as the test follows both: mined the same way, pairs seen earlier dropped
         t_valid = t0 + (early["ts"].max() - t0) * (1 - split.valid_fraction)
         before, after = early[early["ts"] < t_valid], early[early["ts"] >= t_valid]
