@@ -47,11 +47,11 @@ class PopularityTerm:
 
     def biases(self, item_ids, vectors: np.ndarray | None = None) -> np.ndarray:
         """b per item: its own when warm, else the content prediction (given `vectors`) or the cold prior."""
-        known = np.array([str(i) in self.bias for i in item_ids], dtype=bool)
-        out = np.array([self.bias.get(str(i), self.cold_bias) for i in item_ids], dtype=np.float32)
-        if self.content and vectors is not None and (~known).any():
-            out[~known] = predict_bias(self.content, np.asarray(vectors)[~known])
-        return out
+        own = np.array([self.bias.get(str(i), np.nan) for i in item_ids], dtype=np.float32)
+        cold = np.isnan(own)
+        if self.content and vectors is not None and cold.any():
+            own[cold] = predict_bias(self.content, np.asarray(vectors)[cold])
+        return np.where(np.isnan(own), np.float32(self.cold_bias), own)
 
     def augment_items(self, vectors: np.ndarray, item_ids) -> np.ndarray:
         """(n, d + 1): the item vectors with `a (1 + b_i)` appended."""

@@ -61,7 +61,7 @@ def attach_popularity(
     if not mcfg.popularity_weight:
         if valid.empty:
             return {"feature": feature, "weight": 0.0, "why": "no validation pairs to choose the weight on"}
-        before = _valid_counts(Path(run / "pairs"), catalog) if feature == "popularity" else None
+        before = _valid_counts(run / "pairs", catalog) if feature == "popularity" else None
         trial = term if before is None else replace(term, bias=item_biases(catalog["item_id"], before * warm))
         tolerance = mcfg.popularity_cold_tolerance
         chosen = choose_weight(model, catalog, valid, train, trial, cfg.eval, cold_tolerance=tolerance)
@@ -80,8 +80,7 @@ def attach_popularity(
 
 def _valid_counts(folder: Path, catalog: pd.DataFrame) -> np.ndarray | None:
     """Distinct users per item on the logs before the validation window, catalogue order; None for older runs."""
+    from tandem.evaluation.baselines import popularity_scores
+
     path = folder / "popularity_valid.parquet"
-    if not path.is_file():
-        return None
-    users = pd.read_parquet(path).set_index("item_id")["users"]
-    return users.reindex(pd.Index(catalog["item_id"])).fillna(0).to_numpy()
+    return popularity_scores(catalog["item_id"], pd.read_parquet(path)) if path.is_file() else None
