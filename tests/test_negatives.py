@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from tandem.core.config import ModelConfig, TrainConfig
 from tandem.models.losses import CandidateLogQ, HotelMatchLoss, NoteLLM2Loss, contrastive
 from tandem.training.data import PairDataset
-from tandem.training.negatives import UniformNegatives, set_logq
+from tandem.training.negatives import ExtraNegatives, set_logq
 
 
 def unit(n: int, d: int, seed: int) -> torch.Tensor:
@@ -102,7 +102,7 @@ class Prep:
 
 def test_uniform_negatives_are_seeded_by_the_batch():
     data = _data()
-    draw = UniformNegatives(Prep(), data, 3, seed=0)
+    draw = ExtraNegatives(Prep(), data, 3, seed=0)
     examples = [data[0], data[1]]
     a, b = draw(examples), draw(examples)
     assert a["keys"].tolist() == b["keys"].tolist() and len(set(a["keys"].tolist())) == 3

@@ -60,3 +60,17 @@ class TrainConfig:
             "help": "mixed negatives: this many catalogue items drawn uniformly per batch join the in-batch ones"
         },
     )
+    hard_negatives: NonNegative = field(
+        default=0,
+        metadata={
+            "help": "hard negatives: this many items per batch from the live champion's results for the batch's "
+            "queries, mined from its index before training (none while nothing is live)"
+        },
+    )
+    hard_negative_depth: Positive = field(
+        default=20,
+        metadata={
+            "help": "how many of the champion's results per query are kept as hard negatives (the query's own "
+            "item and its training positives are skipped)"
+        },
+    )

@@ -28,6 +28,7 @@ from tandem.data.contract import load_catalog, load_logs
 from tandem.pairs.core import popularity
 from tandem.pairs.queries import read_query_pairs, training_mix, write_query_pairs
 from tandem.pairs.split import split_pairs
+from tandem.pipeline import hard_negatives
 from tandem.pipeline.model_term import attach_popularity, pair_counts
 from tandem.pipeline.vision_tower import with_vision
 from tandem.release.index import ItemIndex, collection_name, model_dir_of
@@ -96,12 +97,7 @@ def items(run: RunPaths) -> pd.DataFrame:
     """
     from tandem.data.features import read_items
 
-    if not (run / "features.json").is_file():
-        raise ValueError(
-            f"no item features for run {run.run_id}: the features stage has not run for {run.dir}; "
-            "run it (tandem.pipeline.stages.features) after validate"
-        )
-    summary = run.summary("features")
+    summary = run.summary("features")  # names the missing stage when features has not run
     ids = pd.read_parquet(run / "data" / "catalog.parquet", columns=["item_id"])["item_id"]  # the order only
     own = summary.get("run_id")  # the run's own snapshot (older summaries: the latest at the as-of time)
     return read_items(run.workdir, ids, as_of=summary["as_of"], columns=summary["catalog_columns"], run_id=own)
@@ -227,23 +223,26 @@ def train(run: RunPaths, cfg: RunConfig, progress: bool = True) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / "recipe.json").write_text(recipe)  # same recipe = an interrupted run: the trainer resumes
     model = _new_model(cfg, catalog)
-    mixed, mix = training_mix(pairs(run, "train"), read_query_pairs(run / "pairs", "train"), cfg)
+    train_pairs, valid_pairs = pairs(run, "train"), pairs(run, "valid")
+    queries = read_query_pairs(run / "pairs", "train")
+    mixed, mix = training_mix(train_pairs, queries, cfg)
+    hard, mined = hard_negatives.mine(run, cfg, mixed, catalog, [train_pairs, queries], progress)  # champion's index
     stats = fit(
         model,
         build_loss(cfg.model, cfg.train),
         mixed,
         catalog,
         cfg.train,
-        valid_pairs=pairs(run, "valid"),
+        valid_pairs=valid_pairs,
         eval_cfg=cfg.eval,
         out_dir=out,
         progress=progress,
+        hard_negatives=hard,
     )
-    train_pairs, valid_pairs = pairs(run, "train"), pairs(run, "valid")
     term = attach_popularity(model, cfg, run, catalog, train_pairs, valid_pairs)
     model.save(run / "model")  # with its popularity term: what embed, evaluate and serving use
-    counts = pair_counts(train_pairs, valid_pairs)
-    return run.save("train", {"family": cfg.model.family, **stats, **counts, "mix": mix, "popularity": term})
+    counts = pair_counts(train_pairs, valid_pairs) | {"mix": mix, "hard_negatives": mined}
+    return run.save("train", {"family": cfg.model.family, **stats, **counts, "popularity": term})
 
 
 def embed(run: RunPaths, cfg: RunConfig, progress: bool = True) -> dict:

@@ -30,6 +30,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -52,7 +53,7 @@ from tandem.evaluation.metrics import retrieval_metrics
 from tandem.models.base import Encoder
 from tandem.training import checkpoints as ckpt
 from tandem.training.data import Collate, PairBatchSampler, PairDataset, validation_set
-from tandem.training.negatives import UniformNegatives, set_logq
+from tandem.training.negatives import ExtraNegatives, set_logq
 from tandem.training.optim import (
     TrainStep,
     fresh_accelerate_state,
@@ -72,7 +73,7 @@ def fit(*args, **kwargs) -> dict:
     """`Trainer(*args, **kwargs).fit()`: train `model` in place; returns training statistics.
 
     The arguments are the Trainer's: (model, loss, pairs, catalog, cfg, valid_pairs=None,
-    eval_cfg=EvalConfig(), out_dir=None, progress=True)."""
+    eval_cfg=EvalConfig(), out_dir=None, progress=True, hard_negatives=None)."""
     return Trainer(*args, **kwargs).fit()
 
 
@@ -91,21 +92,24 @@ class Trainer:
         eval_cfg: EvalConfig = EvalConfig(),
         out_dir: str | Path | None = None,
         progress: bool = True,
+        hard_negatives: Mapping[str, Sequence[int]] | None = None,
     ):
         """`model` ends in eval mode on the training device, with the best validated weights when
         `valid_pairs` are given. `loss(model(batch)) -> (total, {part: value})`. With `out_dir`, an
-        interrupted run is resumed from its latest checkpoint by training again with the same arguments."""
+        interrupted run is resumed from its latest checkpoint by training again with the same arguments.
+        `hard_negatives`: query text -> catalogue rows (tandem.training.negatives.ExtraNegatives)."""
         self.started = time.perf_counter()
         self.model, self.loss, self.cfg, self.eval_cfg, self.progress = model, loss, cfg, eval_cfg, progress
         self.out = Path(out_dir) if out_dir is not None else None
         self.data = PairDataset(pairs, catalog)
         if len(self.data) < 2:
             raise ValueError(f"training needs at least 2 pairs (in-batch negatives), got {len(self.data)}")
-        if cfg.uniform_negatives > len(self.data.rows):
+        if cfg.uniform_negatives + cfg.hard_negatives > len(self.data.rows):
             raise ValueError(
-                f"train.uniform_negatives ({cfg.uniform_negatives}) exceeds the catalogue's {len(self.data.rows)} "
-                "items; lower it"
+                f"train.uniform_negatives + train.hard_negatives ({cfg.uniform_negatives} + {cfg.hard_negatives}) "
+                f"exceed the catalogue's {len(self.data.rows)} items; lower them"
             )
+        self.hard_negatives = hard_negatives or {}
         self.logq = set_logq(loss, self.data, cfg)
         self.evaluator, self.valid_catalog = None, None
         if valid_pairs is not None:
@@ -152,8 +156,10 @@ class Trainer:
         optimizer = torch.optim.AdamW(optimizer_groups(self.model, self.loss, cfg))
         self.group_names = [g.get("name", f"group{i}") for i, g in enumerate(optimizer.param_groups)]
         self.sampler = PairBatchSampler(len(self.data), cfg.batch_size, cfg.seed)
-        n_neg = cfg.uniform_negatives
-        negatives = UniformNegatives(self.model, self.data, n_neg, cfg.seed) if n_neg else None
+        extra = ExtraNegatives(
+            self.model, self.data, cfg.uniform_negatives, cfg.seed, cfg.hard_negatives, self.hard_negatives
+        )
+        self.extra, negatives = extra, (extra if len(extra) else None)
         # its own generator: creating an iterator draws a seed from it, not from the global RNG
         # (which dropout uses), so starting an epoch mid-way on resume draws nothing extra
         loader = DataLoader(
@@ -247,7 +253,8 @@ class Trainer:
         self._restore_best()
         seconds = time.perf_counter() - self.started
         stats = statistics(self.state, self.accelerator, seconds, self.session_pairs, self.loss, self.resumed_from)
-        return stats | {"logq": self.logq, "uniform_negatives": self.cfg.uniform_negatives}
+        hard = {"hard_negatives_drawn": self.extra.drawn} if self.extra.hard else {}  # this session's batches
+        return stats | {"logq": self.logq, "uniform_negatives": self.cfg.uniform_negatives, **hard}
 
     def _epoch(self, epoch: int) -> None:
         """Train on the rest of `epoch`'s batches; returns early when training stops."""
