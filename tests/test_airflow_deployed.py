@@ -96,6 +96,7 @@ def scheduled_run(postgres, tmp_path_factory, tiny_encoder_dir):  # postgres fir
         "tandem_catalog": str(catalog),
         "tandem_config": str(tmp / "recipe.yaml"),
         "tandem_history_days": "31",
+        "tandem_test_days": "7",  # the synthetic month has too few events on its last day for a test window
     }
     (tmp / "variables.json").write_text(json.dumps(variables))
     milvus_db = tmp / "milvus" / "vectors.db"

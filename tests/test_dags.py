@@ -76,6 +76,7 @@ def airflow_runs(tmp_path_factory, tiny_encoder_dir):
         tandem_catalog=str(catalog),
         tandem_config=str(tmp / "recipe.yaml"),
         tandem_history_days="31",
+        tandem_test_days="7",  # the synthetic month has too few events on its last day for a test window
     )
     # The Milvus URI comes from a connection (here a Milvus Lite file; a server URL in production).
     env["AIRFLOW_CONN_TANDEM_MILVUS"] = json.dumps({"conn_type": "generic", "extra": {"uri": str(milvus_db)}})
@@ -301,6 +302,19 @@ def test_settings_come_from_variables_then_environment_then_defaults():
         schedule.resolve({k: v for k, v in VARS.items() if k != "tandem_catalog"}, env={})
     with pytest.raises(ValueError, match="whole number"):
         schedule.resolve(VARS | {"tandem_history_days": "a week"}, env={})
+
+
+def test_the_daily_run_tests_on_its_latest_day_unless_told_otherwise(tmp_path):
+    """tandem_test_days (1): the daily run's split.test_days, so yesterday's served clicks train today's model."""
+    s = schedule.resolve(VARS, env={})
+    assert s.test_days == 1.0 and s.run_config().split.test_days == 1.0
+    assert schedule.resolve(VARS | {"tandem_test_days": "0"}, env={}).run_config().split.test_days == 0.0
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("split:\n  test_days: 3\n")
+    assert schedule.resolve(VARS | {"tandem_config": str(recipe)}, env={}).run_config().split.test_days == 3.0
+    for bad in ("a day", "-1", "30"):  # 30: the whole look-back window would be test
+        with pytest.raises(ValueError, match="tandem_test_days"):
+            schedule.resolve(VARS | {"tandem_test_days": bad}, env={})
 
 
 def test_connections_give_milvus_uri_token_and_kfp_host_and_secrets_stay_out():

@@ -36,6 +36,8 @@ VARIABLES: dict[str, tuple[str, str | None]] = {
     "tandem_warehouse": ("TANDEM_WAREHOUSE", ""),  # empty = WORKDIR/warehouse
     "tandem_config": ("TANDEM_CONFIG", ""),  # YAML recipe; empty = RunConfig defaults
     "tandem_history_days": ("TANDEM_HISTORY_DAYS", "30"),
+    # the daily run tests on its latest days and trains on every earlier one: yesterday's served clicks train today
+    "tandem_test_days": ("TANDEM_TEST_DAYS", "1"),
     "tandem_kfp_experiment": ("TANDEM_KFP_EXPERIMENT", "tandem"),
 }
 MILVUS_CONN, KFP_CONN = "tandem_milvus", "tandem_kfp"
@@ -63,6 +65,7 @@ class Settings:
     warehouse: Path
     config: str
     history_days: int
+    test_days: float = 1.0
     milvus_uri: str = ""
     milvus_token: str = field(default="", repr=False)
     kfp_host: str = ""
@@ -73,6 +76,8 @@ class Settings:
         from tandem.core.config import RunConfig, load_config
 
         cfg = load_config(self.config) if self.config else RunConfig()
+        if self.test_days and not cfg.split.test_days:  # a recipe that sets split.test_days keeps its own
+            cfg = replace(cfg, split=replace(cfg.split, test_days=self.test_days))
         index = cfg.index
         if self.milvus_uri:
             index = replace(index, milvus_uri=self.milvus_uri)
@@ -147,6 +152,15 @@ def resolve(
         ) from e
     if history_days < 1:
         raise ValueError(f"tandem_history_days must be at least 1, got {history_days}")
+    try:
+        test_days = float(values["tandem_test_days"])
+    except ValueError:
+        test_days = -1.0
+    if not 0 <= test_days < history_days:
+        raise ValueError(
+            f"tandem_test_days must be a number of days from 0 (the recipe's split) to below tandem_history_days "
+            f"({history_days}), got {values['tandem_test_days']!r}"
+        )
     workdir = Path(values["tandem_workdir"]).expanduser()
     milvus, kfp = connections.get(MILVUS_CONN), connections.get(KFP_CONN)
     return Settings(
@@ -156,6 +170,7 @@ def resolve(
         warehouse=Path(values["tandem_warehouse"] or workdir / "warehouse").expanduser(),
         config=values["tandem_config"],
         history_days=history_days,
+        test_days=test_days,
         milvus_uri=milvus_uri(milvus) or env.get("TANDEM_MILVUS_URI", ""),
         milvus_token=milvus_token(milvus) or env.get("TANDEM_MILVUS_TOKEN", ""),
         kfp_host=kfp_host(kfp) or env.get("TANDEM_KFP_HOST", ""),
