@@ -21,7 +21,15 @@ from conftest import TINY_VISION
 from tandem.core.config import PairsConfig, RunConfig
 from tandem.evaluation.baselines import score_baselines
 from tandem.evaluation.queries import PROXY, REAL, eval_set
-from tandem.pairs.queries import mine_query_pairs, split_query_pairs, training_mix
+from tandem.pairs.queries import (
+    QUERY_PAIR_COLUMNS,
+    mine_query_pairs,
+    read_query_pairs,
+    split_query_pairs,
+    training_mix,
+    write_query_pairs,
+)
+from tandem.pairs.split import split_pairs
 
 T0 = pd.Timestamp("2024-05-01", tz="UTC")
 
@@ -55,12 +63,73 @@ def test_query_pairs_split_at_the_cutoff_without_trained_pairs_in_test():
         [("u1", "a", "click", 0, "lamp"), ("u2", "b", "click", 1, "mug"), ("u3", "a", "click", 10, "lamp")]
         + [("u4", "c", "click", 11, "lamp"), ("u5", "b", "click", 12, "blue mug")]
     )
-    train, test, counts = split_query_pairs(logs, T0 + pd.Timedelta(hours=5))
-    assert set(zip(train["query"], train["item_id"])) == {("lamp", "a"), ("mug", "b")}
+    train, valid, test, counts = split_query_pairs(logs, T0 + pd.Timedelta(hours=5))
+    assert set(zip(train["query"], train["item_id"])) == {("lamp", "a"), ("mug", "b")} and valid.empty
     assert set(zip(test["query"], test["item_id"])) == {("lamp", "c"), ("blue mug", "b")}  # (lamp, a) trained
     assert counts | {"log_rows_with_query": 5} == {
-        "log_rows_with_query": 5, "train": 2, "test": 2, "test_dropped_seen": 1, "train_queries": 2, "test_queries": 2,
+        "log_rows_with_query": 5, "train": 2, "valid": 0, "test": 2, "test_dropped_seen": 1, "valid_dropped_seen": 0,
+        "train_queries": 2, "valid_queries": 0, "test_queries": 2, "valid_by": "random",
     }  # fmt: skip
+
+
+def _search_days(days: int = 20) -> pd.DataFrame:
+    """Day d: a user views `a` and clicks j<d> after typing "lamp", another clicks `m` after typing "mug" (every
+    day the same pair), a third views `a` and clicks `b` (co-occurrence pairs in every part of the log)."""
+    rows = []
+    for d in range(days):
+        h = 24 * d
+        rows += [(f"u{d}", "a", "view", h, None), (f"u{d}", f"j{d}", "click", h + 1, "lamp")]
+        rows += [(f"v{d}", "m", "click", h + 2, "mug"), (f"w{d}", "a", "view", h + 3, None)]
+        rows += [(f"w{d}", "b", "click", h + 4, None)]
+    return _logs(rows)
+
+
+def test_query_pairs_are_split_by_time_like_the_item_pairs(tmp_path):
+    logs, cfg = _search_days(), RunConfig()
+    split = split_pairs(logs, cfg.pairs, replace(cfg.split, test_fraction=0.25, valid_fraction=0.2), cfg.contract)
+    assert split.valid_by == "time" and split.valid_cutoff is not None
+    counts = write_query_pairs(tmp_path, logs, split, cfg)
+    train, valid, test = (read_query_pairs(tmp_path, s) for s in ("train", "valid", "test"))
+    day = lambda frame: {int(i[1:]) for i in frame["item_id"] if i[0] == "j"}  # noqa: E731  (j<d>: clicked on day d)
+    valid_day, test_day = ((t - T0) / pd.Timedelta(days=1) for t in (split.valid_cutoff, split.cutoff))
+    # a search click of the validation window validates and does not train; one before it trains
+    assert day(valid) and valid_day <= min(day(valid)) and max(day(valid)) < test_day
+    assert day(train) and max(day(train)) < valid_day and not day(train) & day(valid)
+    assert day(test) and min(day(test)) >= test_day
+    # the daily (mug, m) was trained before the validation window: dropped from validation and test, counted
+    assert ("mug", "m") in set(zip(train["query"], train["item_id"])) and "mug" not in set(valid["query"])
+    assert counts["valid_dropped_seen"] == 1 and counts["test_dropped_seen"] == 1
+    assert counts["valid"] == len(valid) and counts["valid_by"] == "time" and counts["valid_queries"] == 1
+
+
+def test_query_pairs_hold_out_a_seeded_random_share(tmp_path):
+    logs, cfg = _search_days(), RunConfig()
+    split_cfg = replace(cfg.split, test_fraction=0.25, valid_fraction=0.4, valid_by="random", seed=3)
+    held = []
+    for seed in (3, 3, 4):
+        run_cfg = replace(cfg, split=replace(split_cfg, seed=seed))
+        split = split_pairs(logs, run_cfg.pairs, run_cfg.split, run_cfg.contract)
+        assert split.valid_by == "random" and split.valid_cutoff is None
+        folder = tmp_path / f"run{len(held)}"
+        folder.mkdir()
+        counts = write_query_pairs(folder, logs, split, run_cfg)
+        train, valid = (read_query_pairs(folder, s) for s in ("train", "valid"))
+        every = mine_query_pairs(split.train_logs, run_cfg.pairs, run_cfg.contract)  # the whole training window
+        assert len(train) + len(valid) == len(every) and 0 < len(valid) < len(every)
+        assert set(zip(train["query"], train["item_id"])) | set(zip(valid["query"], valid["item_id"])) == set(
+            zip(every["query"], every["item_id"])
+        )
+        assert counts["valid"] == len(valid) and counts["valid_by"] == "random" and counts["valid_dropped_seen"] == 0
+        held.append(set(valid["item_id"]))
+    assert held[0] == held[1] and held[0] != held[2]  # split.seed decides the share
+
+
+def test_runs_before_query_validation_read_an_empty_frame(tmp_path):
+    (tmp_path / "query_train.parquet").touch()  # an older run: train and test only
+    valid = read_query_pairs(tmp_path, "valid")
+    assert valid.empty and list(valid.columns) == QUERY_PAIR_COLUMNS
+    with pytest.raises(ValueError, match="'dev' is not one of train, valid, test"):
+        read_query_pairs(tmp_path, "dev")
 
 
 def test_training_mix_follows_the_recipe_ratio():
@@ -173,6 +242,10 @@ def test_image_only_catalogue_with_search_logs_runs_end_to_end(tiny_encoder_dir,
     queries = report["pairs"]["query_pairs"]
     assert queries["log_rows_with_query"] == 240 and queries["train"] > 0 and queries["test"] > 0
     assert report["training"]["mix"]["query_pairs_used"] > 0  # the query tower learned from typed captions
+    # the validation window's captions validate (not train), and training validated on them as the test evaluates
+    assert queries["valid_by"] == "time" and queries["valid"] >= 10
+    assert report["training"]["validated_on"] == "queries"
+    assert report["training"]["validation"]["pairs"] == queries["valid"]
     counts = report["eval"]["counts"]
     assert counts["queries_are"] == REAL and counts["pairs_evaluated"] == queries["test"]
     assert {"model", "untrained", "popularity"} <= set(report["metrics"])

@@ -7,10 +7,14 @@ exact fixed-point units; support = distinct users; `min_support`, [low, up] and 
 Query texts are compared lower-cased with whitespace collapsed.
 
 Rows: item_id = related_item_id = the clicked item (a query has no item of its own; item_id keys the pair
-for in-batch negatives), query, score, support. The split is the item pairs' time split (same cutoff):
-training pairs from the earlier part of the log, test pairs from the later part, minus test pairs whose
-(query, item) was trained (counted). Query pairs need no validation share (the trainer validates on the
-item pairs), so `query_train` holds them all.
+for in-batch negatives), query, score, support. They are split as the item pairs are (`tandem.pairs.split`),
+so a window's search clicks train, validate or test as its item pairs do: test pairs from the log at or
+after the test cutoff, minus those whose (query, item) the training window has (counted); with time
+validation (the Split's valid cutoff), `query_train` from the log before the valid cutoff and `query_valid`
+from [valid cutoff, test cutoff), minus the (query, item) pairs of `query_train` (counted); with random
+validation, a seeded (`split.seed`) random `split.valid_fraction` share of the training window's pairs.
+The trainer validates on `query_valid` when it has enough pairs (`tandem.training.data.choose_validation`),
+as the test protocol evaluates on `query_test`.
 
 `training_mix` mixes them with the item -> item pairs at `pairs.query_ratio` for the HotelMatch family.
 """
@@ -25,8 +29,10 @@ import pandas as pd
 from tandem.core.atomic import write_atomic
 from tandem.core.config import ContractConfig, PairsConfig, RunConfig
 from tandem.pairs.core import SCALE
+from tandem.pairs.split import Split
 
 QUERY_PAIR_COLUMNS = ["item_id", "related_item_id", "score", "support", "query"]
+QUERY_SPLITS = ("train", "valid", "test")
 
 
 def normalize_query(texts: pd.Series) -> pd.Series:
@@ -68,39 +74,68 @@ def mine_query_pairs(
 
 
 def split_query_pairs(
-    logs: pd.DataFrame, cutoff, cfg: PairsConfig = PairsConfig(), contract: ContractConfig = ContractConfig()
-) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, int]]:
-    """(train, test, counts) at the item pairs' cutoff: train from events before it, test from events at or
-    after it, without the (query, item) pairs that were trained."""
+    logs: pd.DataFrame,
+    cutoff,
+    cfg: PairsConfig = PairsConfig(),
+    contract: ContractConfig = ContractConfig(),
+    valid_cutoff=None,
+    valid_fraction: float = 0.0,
+    seed: int = 0,
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, int | str]]:
+    """(train, valid, test, counts), split like the item pairs: test from events at or after `cutoff`, without
+    the (query, item) pairs of the training window (events before it); with `valid_cutoff` (time validation)
+    train from events before it and valid from [valid_cutoff, cutoff) without the pairs of train, else valid
+    is a seeded random `valid_fraction` share of the training window's pairs."""
     early, late = logs[logs["ts"] < cutoff], logs[logs["ts"] >= cutoff]
-    train = mine_query_pairs(early, cfg, contract, top_t=cfg.train_top_t or cfg.top_t)
-    test = mine_query_pairs(late, cfg, contract)
-    seen = pd.MultiIndex.from_arrays([test["query"], test["item_id"]]).isin(
-        pd.MultiIndex.from_arrays([train["query"], train["item_id"]])
-    )
-    test = test[~seen].reset_index(drop=True)
+    top_t = cfg.train_top_t or cfg.top_t
+    train = mine_query_pairs(early, cfg, contract, top_t=top_t)
+    test, test_seen = _unseen(mine_query_pairs(late, cfg, contract), train)  # as the item test: the whole window
+    if valid_cutoff is not None:
+        train = mine_query_pairs(early[early["ts"] < valid_cutoff], cfg, contract, top_t=top_t)
+        valid, valid_seen = _unseen(mine_query_pairs(early[early["ts"] >= valid_cutoff], cfg, contract), train)
+    else:
+        held = np.random.default_rng(seed).random(len(train)) < valid_fraction
+        train, valid, valid_seen = train[~held].reset_index(drop=True), train[held].reset_index(drop=True), 0
     searches = logs["query"].notna().sum() if "query" in logs.columns else 0
     counts = {
         "log_rows_with_query": int(searches),
         "train": len(train),
+        "valid": len(valid),
         "test": len(test),
-        "test_dropped_seen": int(seen.sum()),
+        "test_dropped_seen": test_seen,
+        "valid_dropped_seen": valid_seen,
         "train_queries": int(train["query"].nunique()),
+        "valid_queries": int(valid["query"].nunique()),
         "test_queries": int(test["query"].nunique()),
+        "valid_by": "time" if valid_cutoff is not None else "random",
     }
-    return train, test, counts
+    return train, valid, test, counts
 
 
-def write_query_pairs(folder: Path, logs: pd.DataFrame, cutoff, cfg: RunConfig) -> dict[str, int]:
-    """Mine and split the query pairs into `folder`/query_train.parquet and query_test.parquet; their counts."""
-    train, test, counts = split_query_pairs(logs, cutoff, cfg.pairs, cfg.contract)
-    for name, frame in (("query_train", train), ("query_test", test)):
-        write_atomic(folder / f"{name}.parquet", lambda f, d=frame: d.to_parquet(f, index=False))
-    return counts
+def _unseen(later: pd.DataFrame, earlier: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """`later` without the (query, item) pairs that `earlier` has, and how many were dropped."""
+    seen = pd.MultiIndex.from_arrays([later["query"], later["item_id"]]).isin(
+        pd.MultiIndex.from_arrays([earlier["query"], earlier["item_id"]])
+    )
+    return later[~seen].reset_index(drop=True), int(seen.sum())
+
+
+def write_query_pairs(folder: Path, logs: pd.DataFrame, split: Split, cfg: RunConfig) -> dict[str, int | str]:
+    """Mine and split the query pairs as `split` split the item pairs (its cutoffs; random validation with
+    `cfg.split`'s fraction and seed) into `folder`/query_{train,valid,test}.parquet; their counts."""
+    frames = split_query_pairs(
+        logs, split.cutoff, cfg.pairs, cfg.contract, split.valid_cutoff, cfg.split.valid_fraction, cfg.split.seed
+    )
+    for name, frame in zip(QUERY_SPLITS, frames):
+        write_atomic(folder / f"query_{name}.parquet", lambda f, d=frame: d.to_parquet(f, index=False))
+    return frames[-1]
 
 
 def read_query_pairs(folder: Path, split: str) -> pd.DataFrame:
-    """query_train / query_test of a run's pairs folder; empty (with the columns) where a run predates them."""
+    """query_train / query_valid / query_test of a run's pairs folder; empty (with the columns) where a run
+    predates them (query_valid: runs before the query pairs had a validation split)."""
+    if split not in QUERY_SPLITS:
+        raise ValueError(f"query pair split {split!r} is not one of {', '.join(QUERY_SPLITS)}")
     path = Path(folder) / f"query_{split}.parquet"
     return pd.read_parquet(path) if path.is_file() else mine_query_pairs(pd.DataFrame())
 

@@ -144,7 +144,7 @@ def mine(run: RunPaths, cfg: RunConfig) -> dict:
     for name, part in (("popularity", split.train_logs), ("popularity_valid", split.logs_before_validation())):
         pop = popularity(part, cfg.contract).rename("users").rename_axis("item_id").reset_index()
         write_atomic(run / "pairs" / f"{name}.parquet", lambda f, p=pop: p.to_parquet(f, index=False))
-    queries = write_query_pairs(run / "pairs", logs, split.cutoff, cfg)  # search text -> clicked item (§2)
+    queries = write_query_pairs(run / "pairs", logs, split, cfg)  # search text -> clicked item (§2), split likewise
     split.require_pairs(queries)
     return run.save("pairs", split.counts() | {"cutoff": split.cutoff.isoformat(), "query_pairs": queries})
 
@@ -224,7 +224,7 @@ def train(run: RunPaths, cfg: RunConfig, progress: bool = True) -> dict:
     (out / "recipe.json").write_text(recipe)  # same recipe = an interrupted run: the trainer resumes
     model = _new_model(cfg, catalog)
     train_pairs, valid_pairs = pairs(run, "train"), pairs(run, "valid")
-    queries = read_query_pairs(run / "pairs", "train")
+    queries, query_valid = (read_query_pairs(run / "pairs", s) for s in ("train", "valid"))
     mixed, mix = training_mix(train_pairs, queries, cfg)
     hard, mined = hard_negatives.mine(run, cfg, mixed, catalog, [train_pairs, queries], progress)  # champion's index
     stats = fit(
@@ -238,6 +238,7 @@ def train(run: RunPaths, cfg: RunConfig, progress: bool = True) -> dict:
         out_dir=out,
         progress=progress,
         hard_negatives=hard,
+        query_valid=query_valid,  # validates on held-out real queries when there are enough
     )
     term = attach_popularity(model, cfg, run, catalog, train_pairs, valid_pairs)
     model.save(run / "model")  # with its popularity term: what embed, evaluate and serving use

@@ -1,5 +1,6 @@
 """What the trainer feeds the model: pairs resolved against the catalogue, seeded batches, collation,
-and the validation set (the catalogue rows of the validation pairs' items)."""
+and the validation set: held-out real queries when there are enough, else the validation item pairs
+(`choose_validation`), ranked among the validation items."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from tandem.core.config import EvalConfig
-from tandem.evaluation.evaluate import RetrievalEvaluator
+from tandem.evaluation.evaluate import RetrievalEvaluator, resolve_protocol
+from tandem.evaluation.queries import query_eval_set
 from tandem.models.base import PairExample, item_key
 from tandem.models.text import query_text
 
@@ -128,3 +130,39 @@ def validation_set(valid_pairs: pd.DataFrame, catalog: pd.DataFrame, eval_cfg: E
     ids = catalog["item_id"].to_numpy()
     resolved = pd.DataFrame({"item_id": ids[data.left], "related_item_id": ids[data.right]})
     return RetrievalEvaluator.from_pairs(resolved, pool, eval_cfg), pool
+
+
+def query_validation_set(query_valid: pd.DataFrame, catalog: pd.DataFrame, eval_cfg: EvalConfig, valid_pairs=None):
+    """(evaluator, pool) of held-out real queries, bound as the test binds them (`query_eval_set`: each distinct
+    text one query, its clicked items the targets); the pool is the catalogue rows of the validation items, the
+    clicked ones and both sides of `valid_pairs`: a ranking as cheap as the item pairs' and with their items."""
+    used = set(query_valid["related_item_id"].astype(str))
+    if valid_pairs is not None:
+        used |= set(valid_pairs["item_id"].astype(str)) | set(valid_pairs["related_item_id"].astype(str))
+    pool = catalog[catalog["item_id"].astype(str).isin(used)].reset_index(drop=True)
+    return RetrievalEvaluator(query_eval_set(query_valid, pool, eval_cfg)), pool
+
+
+def choose_validation(
+    valid_pairs: pd.DataFrame | None,
+    query_valid: pd.DataFrame | None,
+    catalog: pd.DataFrame,
+    eval_cfg: EvalConfig,
+    symmetric: bool,
+) -> tuple[RetrievalEvaluator | None, pd.DataFrame | None, dict]:
+    """(evaluator, pool, counts): the validation that picks the best weights, chosen as the evaluate stage chooses
+    the test's (`tandem.evaluation.queries.eval_set`), so that training keeps the weights that do best on what the
+    test measures: for a query-tower model under the hotelmatch protocol, the held-out real queries when there
+    are at least `eval.min_query_pairs` validation query pairs (or no validation item pairs), else the item pairs.
+    No validation (None, None, validated_on None) when neither is given."""
+    n_queries = 0 if query_valid is None else len(query_valid)
+    no_items = valid_pairs is None or valid_pairs.empty
+    hotelmatch = not symmetric and resolve_protocol(eval_cfg.protocol, symmetric) == "hotelmatch"
+    if hotelmatch and n_queries and (n_queries >= eval_cfg.min_query_pairs or no_items):
+        (evaluator, pool), on = query_validation_set(query_valid, catalog, eval_cfg, valid_pairs), "queries"
+    elif valid_pairs is not None:
+        (evaluator, pool), on = validation_set(valid_pairs, catalog, eval_cfg), "item pairs"
+    else:
+        return None, None, {"validated_on": None}
+    counts = {"pairs": len(evaluator.target), "queries": len(evaluator.query_texts), "pool": len(pool)}
+    return evaluator, pool, {"validated_on": on, "validation": counts}

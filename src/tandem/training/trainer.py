@@ -14,10 +14,12 @@ the loss module turns them into a number and gathers the in-batch negatives acro
 - Optimisation: AdamW over the model's parameter groups (`Encoder.param_groups`, one
   learning rate per part) plus a "loss" group (the logit scale, lr_new, no weight decay);
   linear warm-up then linear decay over the optimizer steps (after gradient accumulation).
-- Validation (optional): retrieval metrics on the validation pairs, ranked among the
-  validation items only (the pool is the catalogue rows of the items in `valid_pairs`);
-  the best state by `eval_cfg.primary_metric` is kept and restored at the end, `patience`
-  stops early.
+- Validation (optional): retrieval metrics on held-out real search queries (`query_valid`) when
+  the test would use them (a query-tower model, hotelmatch protocol, at least
+  `eval_cfg.min_query_pairs` pairs), else on the validation item pairs
+  (`tandem.training.data.choose_validation`; `validated_on` in the statistics), ranked among the
+  validation items only (the catalogue rows of the items in them); the best state by
+  `eval_cfg.primary_metric` is kept and restored at the end, `patience` stops early.
 - With `out_dir`: resumable checkpoints under `out_dir/checkpoints/step-N/` (accelerate
   state in safetensors + `trainer_state.json`); a new `fit` on the same folder resumes from
   the latest one and ends with the same weights as an uninterrupted run. TensorBoard logs
@@ -52,7 +54,7 @@ from tandem.core.config import EvalConfig, TrainConfig
 from tandem.evaluation.metrics import retrieval_metrics
 from tandem.models.base import Encoder
 from tandem.training import checkpoints as ckpt
-from tandem.training.data import Collate, PairBatchSampler, PairDataset, validation_set
+from tandem.training.data import Collate, PairBatchSampler, PairDataset, choose_validation
 from tandem.training.negatives import ExtraNegatives, set_logq
 from tandem.training.optim import (
     TrainStep,
@@ -73,7 +75,7 @@ def fit(*args, **kwargs) -> dict:
     """`Trainer(*args, **kwargs).fit()`: train `model` in place; returns training statistics.
 
     The arguments are the Trainer's: (model, loss, pairs, catalog, cfg, valid_pairs=None,
-    eval_cfg=EvalConfig(), out_dir=None, progress=True, hard_negatives=None)."""
+    eval_cfg=EvalConfig(), out_dir=None, progress=True, hard_negatives=None, query_valid=None)."""
     return Trainer(*args, **kwargs).fit()
 
 
@@ -93,11 +95,13 @@ class Trainer:
         out_dir: str | Path | None = None,
         progress: bool = True,
         hard_negatives: Mapping[str, Sequence[int]] | None = None,
+        query_valid: pd.DataFrame | None = None,
     ):
         """`model` ends in eval mode on the training device, with the best validated weights when
         `valid_pairs` are given. `loss(model(batch)) -> (total, {part: value})`. With `out_dir`, an
         interrupted run is resumed from its latest checkpoint by training again with the same arguments.
-        `hard_negatives`: query text -> catalogue rows (tandem.training.negatives.ExtraNegatives)."""
+        `hard_negatives`: query text -> catalogue rows (tandem.training.negatives.ExtraNegatives). `query_valid`:
+        held-out query -> item pairs (tandem.pairs.queries), validated on instead of `valid_pairs` when enough."""
         self.started = time.perf_counter()
         self.model, self.loss, self.cfg, self.eval_cfg, self.progress = model, loss, cfg, eval_cfg, progress
         self.out = Path(out_dir) if out_dir is not None else None
@@ -111,9 +115,10 @@ class Trainer:
             )
         self.hard_negatives = hard_negatives or {}
         self.logq = set_logq(loss, self.data, cfg)
-        self.evaluator, self.valid_catalog = None, None
-        if valid_pairs is not None:
-            self.evaluator, self.valid_catalog = validation_set(valid_pairs, catalog, eval_cfg)
+        symmetric = bool(getattr(model, "symmetric", False))
+        validation = choose_validation(valid_pairs, query_valid, catalog, eval_cfg, symmetric)
+        self.evaluator, self.valid_catalog, self.validation = validation
+        if self.evaluator is not None:
             names = sorted(retrieval_metrics(np.zeros(1, dtype=np.int64), eval_cfg.ks, eval_cfg.mrr_k))
             if eval_cfg.primary_metric not in names:  # checked before training, on every process
                 raise ValueError(f"eval.primary_metric {eval_cfg.primary_metric!r} is not one of {', '.join(names)}")
@@ -253,6 +258,7 @@ class Trainer:
         self._restore_best()
         seconds = time.perf_counter() - self.started
         stats = statistics(self.state, self.accelerator, seconds, self.session_pairs, self.loss, self.resumed_from)
+        stats |= self.validation  # which validation chose the best weights: real queries or item pairs
         hard = {"hard_negatives_drawn": self.extra.drawn} if self.extra.hard else {}  # this session's batches
         return stats | {"logq": self.logq, "uniform_negatives": self.cfg.uniform_negatives, **hard}
 
