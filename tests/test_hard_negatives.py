@@ -64,7 +64,10 @@ def two_runs(tiny_encoder_dir, tmp_path_factory):
     logs["query"] = np.where(searched, typed, None)
     logs.to_csv(logs_csv, index=False)
     cfg = RunConfig(
-        model=replace(ModelConfig(), item_encoder=tiny_encoder_dir, query_layers=1, **TINY_VISION),
+        # a fixed popularity weight: the champion carries the term, whose coordinate mining must leave out
+        model=replace(
+            ModelConfig(), item_encoder=tiny_encoder_dir, query_layers=1, popularity_weight=0.5, **TINY_VISION
+        ),
         train=replace(TrainConfig(), epochs=1, batch_size=16, lr_item=1e-3, lr_query=1e-3, hard_negatives=8),
         eval=replace(EvalConfig(), batch_size=32, n_boot=100),
     )
@@ -97,6 +100,7 @@ def test_the_next_run_mines_the_champions_index_and_trains_on_them(two_runs):
     title = catalog.set_index("item_id")["title"].map(query_text)  # an item query's text
     # the reference: the champion's own vectors (first run, same catalogue order), inner product, for item queries
     vectors = np.load(workdir / "runs" / "first" / "vectors" / "items.npy")
+    assert (workdir / "runs" / "first" / "model" / "popularity.json").is_file()  # its last coordinate is the term
     ids = catalog["item_id"].astype(str).tolist()
     checked = 0
     for item_id, group in train_pairs.groupby("item_id"):
@@ -105,7 +109,9 @@ def test_the_next_run_mines_the_champions_index_and_trains_on_them(two_runs):
             continue  # a title shared by two items mixes their rows
         skip = {item_id, *group["related_item_id"].astype(str)}
         assert not skip & set(mine)
-        scores = vectors @ vectors[ids.index(item_id)]
+        query = vectors[ids.index(item_id)].copy()
+        query[-1] = 0.0  # content alone: the query's popularity coordinate is zeroed
+        scores = vectors @ query
         order = [ids[i] for i in np.argsort(-scores, kind="stable") if ids[i] not in skip]
         assert mine == order[: len(mine)], item_id
         checked += 1
