@@ -93,6 +93,9 @@ def test_the_next_run_mines_the_champions_index_and_trains_on_them(two_runs):
     champion = first["index"]["live_collection"]
     assert mined["champion"] == champion and mined["queries"] > 0 and mined["per_batch"] == 8
     assert trained["hard_negatives_drawn"] > 0  # the trainer's batches took them
+    report = (folder / "report.md").read_text()
+    assert f"hard negatives from `{champion}`: {mined['queries']} of" in report
+    assert "no hard negatives (nothing is live yet)" in (workdir / "runs" / "first" / "report.md").read_text()
     table = pd.read_parquet(folder / "training" / FILE)
     assert (table["rank"] < 20).all() and set(table["champion"]) == {champion}
     train_pairs = pd.read_parquet(folder / "pairs" / "train.parquet")

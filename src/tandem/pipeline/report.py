@@ -130,11 +130,26 @@ def _query_pair_line(queries: dict | None, mix: dict | None) -> list[str]:
     if not queries:
         return []
     used = f"; trained on {mix['query_pairs_used']} of them (pairs.query_ratio {mix['query_ratio']})" if mix else ""
+    valid = f"{queries['valid']} valid ({queries.get('valid_queries', '?')} queries), " if "valid" in queries else ""
     return [
         f"- query pairs (search text -> clicked item, from {queries['log_rows_with_query']} log rows with a query): "
-        f"{queries['train']} train ({queries['train_queries']} queries), {queries['test']} test "
+        f"{queries['train']} train ({queries['train_queries']} queries), {valid}{queries['test']} test "
         f"({queries['test_queries']} queries; {queries['test_dropped_seen']} dropped as already trained){used}"
     ]
+
+
+def _training_line(training: dict) -> list[str]:
+    """What the trainer validated on and the hard negatives it drew from the live champion (train.hard_negatives)."""
+    parts = [f"validated on {training['validated_on']}"] if training.get("validated_on") else []
+    hard = training.get("hard_negatives") or {}
+    if hard.get("per_batch"):
+        parts.append(
+            f"hard negatives from `{hard['champion']}`: {hard.get('queries', 0)} of {hard.get('of_queries', '?')} "
+            f"queries with a list, {training.get('hard_negatives_drawn', 0)} drawn ({hard['per_batch']} per batch)"
+            if hard.get("champion")
+            else f"no hard negatives ({hard.get('why', 'none mined')})"
+        )
+    return [f"- training: {'; '.join(parts)}"] if parts else []
 
 
 def _vision_line(align: dict | None) -> list[str]:
@@ -175,6 +190,7 @@ def write_report(report: dict, run_dir: Path) -> dict[str, Path]:
         *_query_pair_line(pairs.get("query_pairs"), report.get("training", {}).get("mix")),
         f"- validation: {'passed' if valid['success'] else 'FAILED'}; Data Docs `{valid['data_docs']}`",
         *_vision_line(report.get("vision")),
+        *_training_line(report.get("training", {})),
         "",
         *metrics_section(report, run_dir, plot),
         "",
