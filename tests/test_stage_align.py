@@ -144,9 +144,15 @@ def test_text_free_items_pair_their_photo_with_search_queries(tmp_path):
             "score": [3.0, 2.0, 1.0, 1.0, 1.0],
         }
     )
-    rows, counts = training_rows(catalog, queries, VisionConfig(queries_per_item=2))
+    rows, counts = training_rows(catalog, queries, VisionConfig(queries_per_item=2, queries="textless"))
     assert rows[["item_id", "title"]].values.tolist() == [["t", "red shoe"], ["q", "red"], ["q", "crimson"]]
     assert counts["pairs_from_text"] == 1 and counts["pairs_from_queries"] == 2
+    # the default: an item with text also learns from what users typed before clicking its photo
+    rows, counts = training_rows(catalog, queries, VisionConfig(queries_per_item=2))
+    assert rows[["item_id", "title"]].values.tolist() == [
+        ["t", "red shoe"], ["q", "red"], ["q", "crimson"], ["t", "shoe"]
+    ]  # fmt: skip
+    assert counts["pairs_from_text"] == 1 and counts["pairs_from_queries"] == 3
     assert counts["items_with_images"] == 3 and counts["items_with_image_but_no_text_or_query"] == 1  # "n"
     capped, _ = training_rows(catalog, queries, VisionConfig(max_pairs=2))
     assert len(capped) == 2

@@ -35,7 +35,14 @@ class VisionConfig:
         default=16, metadata={"help": "fewer pairs than this: no alignment (the summary says why)"}
     )
     queries_per_item: Positive = field(
-        default=3, metadata={"help": "search queries (highest score first) paired with the photo of a text-free item"}
+        default=3, metadata={"help": "search queries (highest score first) paired with the photo of an item"}
+    )
+    queries: Literal["all", "textless"] = field(
+        default="all",
+        metadata={
+            "help": "whose photos are also paired with the search queries that led to a click on them: 'all' items "
+            "(users type what they saw, e.g. a colour the item's own text leaves out) or only 'textless' ones"
+        },
     )
     text_encoder: str = field(
         default="",

@@ -7,8 +7,10 @@ the stage runs `tandem.models.vision_align.align_vision` (CLIP-style InfoNCE of 
 text embedding of its text) on
 
 - (first readable photo, item text) of every item with both, and
-- (photo of the clicked item, typed query) for items without text: the training window's search clicks
-  (pairs/query_train.parquet, never the test window's), at most `vision.queries_per_item` per item,
+- (photo of the clicked item, typed query): the training window's search clicks (pairs/query_train.parquet,
+  never the test window's), at most `vision.queries_per_item` per item, for every item with a photo
+  (`vision.queries: all`: users type what they saw, e.g. the colour a product's text leaves out) or only for
+  items without text (`textless`),
 
 a seeded sample of `vision.max_pairs` of them. train and evaluate (its untrained baseline) then build the model
 on that tower (`tandem.pipeline.vision_tower.with_vision`); the trained model saves its own copy of the weights.
@@ -62,22 +64,23 @@ def _text(row) -> str:
 
 def training_rows(catalog: pd.DataFrame, queries: pd.DataFrame, vcfg: VisionConfig) -> tuple[pd.DataFrame, dict]:
     """(rows, counts): one row per (photo, text) pair, as `align_vision` reads a catalogue (item_id, title = the
-    text, images), from the items with images: their own text, or their search queries when they have none."""
+    text, images), from the items with images: their own text, and the search queries that led to them."""
     images = [_images(v) for v in catalog["images"]] if "images" in catalog else [[]] * len(catalog)
     with_image = catalog[[len(img) > 0 for img in images]]
     texts = [_text(r) for r in with_image.to_dict("records")]
     ids, paths = with_image["item_id"].astype(str).tolist(), [img for img in images if img]
     rows = [{"item_id": i, "title": t, "images": img} for i, t, img in zip(ids, texts, paths) if t]
     textless = {i: img for i, t, img in zip(ids, texts, paths) if not t}
+    photos = dict(zip(ids, paths)) if vcfg.queries == "all" else textless
     from_queries = 0
-    if textless and not queries.empty:
-        clicked = queries[queries["item_id"].astype(str).isin(textless)].sort_values(
+    if photos and not queries.empty:
+        clicked = queries[queries["item_id"].astype(str).isin(photos)].sort_values(
             ["item_id", "score", "query"], ascending=[True, False, True]
         )
         clicked = clicked.drop_duplicates(["item_id", "query"])
         clicked = clicked[clicked.groupby("item_id").cumcount() < vcfg.queries_per_item]
         pairs = zip(clicked["item_id"], clicked["query"])
-        rows += [{"item_id": i, "title": q, "images": textless[i]} for i, q in pairs]
+        rows += [{"item_id": i, "title": q, "images": photos[i]} for i, q in pairs]
         from_queries = len(clicked)
         textless = {i: v for i, v in textless.items() if i not in set(clicked["item_id"])}
     frame = pd.DataFrame(rows, columns=["item_id", "title", "images"]).assign(topics=[[]] * len(rows), content="")
