@@ -67,7 +67,7 @@ class RunPaths:
     def summary(self, stage: str) -> dict:
         path = self / f"{stage}.json"
         if not path.is_file():
-            raise ValueError(f"stage {stage!r} has not run for {self.dir} (no {path.name}); run it first")
+            raise ValueError(f"the {stage} stage has not run for {self.dir} (no {path.name}); run it first")
         return json.loads(path.read_text())
 
     def save(self, stage: str, summary: dict) -> dict:
