@@ -47,3 +47,16 @@ TINY_VISION = {"image_size": 32, "patch_size": 8, "vision_width": 32, "vision_la
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "heavy: starts real services (e.g. a deployed Airflow); minutes. -m 'not heavy'")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run many times faster on one torch thread than on two contended ones (OpenMP spin-waiting on a
+    shared 2-core machine); the module's thread count is restored afterwards. Modules opt in with
+    `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

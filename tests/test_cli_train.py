@@ -8,7 +8,6 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from conftest import TINY_VISION
 from typer.testing import CliRunner
 
@@ -18,13 +17,7 @@ from tandem.data.synth import make_dataset
 from tandem.models import load_model
 from tandem.pipeline.run import run
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models on a shared 2-core machine: one thread is much faster
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one torch thread (conftest)
 
 
 @pytest.fixture(scope="module")

@@ -35,13 +35,7 @@ PLACES = [("paris", "france"), ("rome", "italy"), ("oslo", "norway"), (None, Non
 FACILITIES = [["pool", "wifi"], ["wifi"], [], ["spa", "pool", "gym"]]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run ~40x faster on one thread than on two contended ones (OpenMP spinning)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one torch thread (conftest)
 
 
 @pytest.fixture(scope="module")

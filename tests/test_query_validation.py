@@ -18,12 +18,7 @@ from tandem.training.trainer import fit
 EVAL = EvalConfig(ks=(1, 5), mrr_k=5, primary_metric="recall@5", min_query_pairs=10)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one torch thread (conftest)
 
 
 def query_pairs(groups=range(6)) -> pd.DataFrame:
