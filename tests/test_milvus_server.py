@@ -52,3 +52,42 @@ def test_bad_ports_are_refused(tmp_path):
         milvus_server.start(tmp_path, port=70000)
     result = runner.invoke(app, ["milvus", "up", "--workdir", str(tmp_path), "--port", "0"])
     assert result.exit_code == 2 and not (tmp_path / "milvus-server").exists()
+
+
+def _sessions(info: milvus_server.ServerInfo) -> dict[str, int]:
+    """The server ids of the service sessions registered in the server's etcd, by key."""
+    import base64
+
+    prefix = milvus_server.SESSIONS.encode()
+    end = base64.b64encode(prefix[:-1] + b"0").decode()
+    found = milvus_server._etcd(
+        info.etcd_port, "/v3/kv/range", {"key": base64.b64encode(prefix).decode(), "range_end": end}
+    )
+    keys = {base64.b64decode(kv["key"]).decode(): base64.b64decode(kv["value"]) for kv in found.get("kvs", [])}
+    return {k[len(prefix) :]: json.loads(v)["ServerID"] for k, v in keys.items() if not k.endswith("/id")}
+
+
+def test_a_killed_servers_sessions_do_not_outlive_its_restart(tmp_path):
+    """After a kill -9 the next start removes the old process's sessions (they would otherwise stay registered,
+    their leases renewed by the restarted etcd, and a shifted port makes the new proxy dial a stale coordinator:
+    the CI failure "unknown service milvus.proto.query.QueryCoord", every try)."""
+    import signal
+
+    if milvus_server.missing_reason():
+        pytest.skip(milvus_server.missing_reason())
+    try:
+        first = milvus_server.start(tmp_path, port=milvus_server.free_port(), detach=False)
+        before = _sessions(first)
+        os.kill(first.pid, signal.SIGKILL)
+        os.waitpid(first.pid, 0)
+        second = milvus_server.start(tmp_path, detach=False)
+    except RuntimeError as e:
+        pytest.skip(f"the Milvus server did not start: {e}")
+    try:
+        assert second.pid != first.pid and len(set(before.values())) == 1
+        after = _sessions(second)
+        assert "querycoord" in after and "proxy-" + str(after["querycoord"]) in after
+        new = max(after.values())
+        assert set(after.values()) == {new} and new > max(before.values())  # the new process's sessions only
+    finally:
+        milvus_server.stop(tmp_path, timeout=2)

@@ -10,6 +10,7 @@ natively. Importing this module starts nothing and does not import `milvus`.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -26,9 +27,10 @@ STATE = "server.json"
 DEFAULT_PORT = 19530
 HEALTH_PORT = 9091  # the first port tried for the server's /healthz (its metrics port)
 # Starts tried while `timeout` lasts when the server exits during start-up: another process can take a port
-# between our check and the server's bind, and after a kill its old sessions hold etcd for up to 30 s
-# (common.session.ttl), during which a restart aborts ("CompareAndSwap error ... for key: querycoord").
+# between our check and the server's bind. (Sessions a killed server left in etcd are removed while it
+# starts: see `drop_stale_sessions`.)
 MAX_STARTS = 8
+SESSIONS = "by-dev/meta/session/"  # etcd.rootPath + metaSubPath + the session root of Milvus 2.3
 INSTALL_HINT = "the PyPI package `milvus` (the server binary) is not installed: pip install 'tandem[server]'"
 
 
@@ -41,6 +43,7 @@ class ServerInfo:
     health_port: int
     base_dir: str
     started_at: float
+    etcd_port: int = 0  # its embedded etcd's client port (0: a record written before it was kept)
 
     @property
     def uri(self) -> str:
@@ -141,6 +144,7 @@ def start(
     for attempt in range(1, MAX_STARTS + 1):
         proc, info = _launch(base_dir, port, detach, settings or {})
         while not (healthy(info) and answers(info.uri)):
+            drop_stale_sessions(info.etcd_port)
             exited = proc.poll() is not None
             if exited or time.monotonic() > deadline:
                 stop(base_dir)
@@ -150,7 +154,7 @@ def start(
                     break
                 why = f"exited with code {proc.returncode}" if exited else f"no answer in {timeout:.0f} s"
                 raise RuntimeError(f"Milvus server {why} (start {attempt}); log {logs}: {_tail(logs)}")
-            time.sleep(0.5)
+            time.sleep(0.2)
         else:
             return info
     raise AssertionError("unreachable")
@@ -194,9 +198,55 @@ def _launch(base_dir: Path, port: int | None, detach: bool, settings: dict) -> t
             stderr=err,
             start_new_session=detach,
         )
-    info = ServerInfo(proc.pid, int(config.get("proxy_port")), health_port, str(base_dir), time.time())
+    etcd_port = int(config.get("etcd_port"))
+    info = ServerInfo(proc.pid, int(config.get("proxy_port")), health_port, str(base_dir), time.time(), etcd_port)
     (base_dir / STATE).write_text(json.dumps(asdict(info), indent=1))
     return proc, info
+
+
+def drop_stale_sessions(etcd_port: int) -> int:
+    """Delete the service sessions an earlier server process left in this folder's embedded etcd; return how many.
+
+    A killed server's sessions outlive it: etcd renews their leases when it restarts, so they stay for
+    common.session.ttl after every start. Their addresses are ports that a restart may give to other
+    components (its ports shift when old ones linger), and the new proxy, dialling a stale "querycoord",
+    aborts ("unknown service milvus.proto.query.QueryCoord"), every try. A process allocates its server id
+    (the `id` key) before it registers, so a session written before the id's last change is stale; each
+    delete is conditional on the key being unchanged, so a session the new process just wrote stays.
+    Best effort: an etcd that does not answer yet is asked again on the next poll."""
+    if not etcd_port:
+        return 0
+    prefix = SESSIONS.encode()
+    try:
+        found = _etcd(etcd_port, "/v3/kv/range", {"key": _b64(prefix), "range_end": _b64(prefix[:-1] + b"0")})
+        kvs = {base64.b64decode(kv["key"]): int(kv["mod_revision"]) for kv in found.get("kvs", [])}
+        allocated = kvs.pop(prefix + b"id", None)
+        stale = [key for key, rev in kvs.items() if allocated is not None and rev < allocated]
+        for key in stale:
+            same = {"key": _b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(kvs[key])}
+            _etcd(
+                etcd_port, "/v3/kv/txn", {"compare": [same], "success": [{"request_delete_range": {"key": _b64(key)}}]}
+            )
+    except (OSError, ValueError, KeyError):
+        return 0
+    if stale:
+        log.info(
+            "removed %d stale Milvus sessions: %s", len(stale), ", ".join(k[len(prefix) :].decode() for k in stale)
+        )
+    return len(stale)
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
+
+
+def _etcd(port: int, path: str, body: dict) -> dict:
+    """One call to etcd's JSON gateway (part of the embedded etcd; no client library needed)."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=2) as resp:
+        return json.loads(resp.read())
 
 
 def _embedded_etcd_ports(base_dir: Path, client_port: int) -> None:
