@@ -59,6 +59,13 @@ class PairsConfig:
             "pairs keep top_t, so runs stay comparable); 0 = top_t"
         },
     )
+    query_top_t: NonNegative = field(
+        default=0,
+        metadata={
+            "help": "clicked items kept per search query, in every split (a query names a set of items: "
+            "top_t is NoteLLM-2's cut for item -> item pairs); 0 = train_top_t in training, top_t elsewhere"
+        },
+    )
     mode: PairMode = field(
         default="sequential",
         metadata={

@@ -3,7 +3,8 @@
 A log row with a non-empty `query` and a click event (`ContractConfig.click_events`) is one search click.
 Pairs are weighted like the co-occurrence pairs (`tandem.pairs.core`): s(q->B) = sum over the users u who
 typed q and clicked B of 1/N_u, N_u = the distinct items u clicked in the same part of the log, in the same
-exact fixed-point units; support = distinct users; `min_support`, [low, up] and top t per query as there.
+exact fixed-point units; support = distinct users; `min_support` and [low, up] as there; the top
+`pairs.query_top_t` items per query (a query names a set of items; 0 = the item pairs' top t).
 Query texts are compared lower-cased with whitespace collapsed.
 
 Rows: item_id = related_item_id = the clicked item (a query has no item of its own; item_id keys the pair
@@ -87,12 +88,13 @@ def split_query_pairs(
     train from events before it and valid from [valid_cutoff, cutoff) without the pairs of train, else valid
     is a seeded random `valid_fraction` share of the training window's pairs."""
     early, late = logs[logs["ts"] < cutoff], logs[logs["ts"] >= cutoff]
-    top_t = cfg.train_top_t or cfg.top_t
+    top_t, held_top_t = cfg.query_top_t or cfg.train_top_t or cfg.top_t, cfg.query_top_t or cfg.top_t
     train = mine_query_pairs(early, cfg, contract, top_t=top_t)
-    test, test_seen = _unseen(mine_query_pairs(late, cfg, contract), train)  # as the item test: the whole window
+    test, test_seen = _unseen(mine_query_pairs(late, cfg, contract, top_t=held_top_t), train)  # the whole window
     if valid_cutoff is not None:
         train = mine_query_pairs(early[early["ts"] < valid_cutoff], cfg, contract, top_t=top_t)
-        valid, valid_seen = _unseen(mine_query_pairs(early[early["ts"] >= valid_cutoff], cfg, contract), train)
+        valid = mine_query_pairs(early[early["ts"] >= valid_cutoff], cfg, contract, top_t=held_top_t)
+        valid, valid_seen = _unseen(valid, train)
     else:
         held = np.random.default_rng(seed).random(len(train)) < valid_fraction
         train, valid, valid_seen = train[~held].reset_index(drop=True), train[held].reset_index(drop=True), 0
