@@ -194,6 +194,43 @@ def test_evaluation_uses_real_queries_when_there_are_some():
     assert proxy.counts["queries_are"] == PROXY and proxy.query_texts == ["red lamp"]
 
 
+def test_a_querys_trained_clicks_are_left_out_of_its_ranking():
+    """Filtered ranking (eval.hide_trained_clicks): the test keeps the (query, item) pairs not trained, so a query's
+    trained clicks are neither its targets nor its misses: left out of its ranking, as a per-query reference does."""
+    ids = [f"i{n}" for n in range(12)]
+    catalog = pd.DataFrame({"item_id": ids, "title": ids})
+    query_test = pd.DataFrame({"query": ["q0", "q0", "q1", "q2"], "related_item_id": ["i1", "i2", "i3", "i4"]})
+    query_train = pd.DataFrame(
+        {
+            "query": ["q0", "q0", "q1", "q1", "other", "q2"],
+            "related_item_id": ["i5", "i6", "i3", "i7", "i8", "gone"],  # (q1, i3) is a test target: kept
+        }
+    )
+    query_test["item_id"], query_train["item_id"] = query_test["related_item_id"], query_train["related_item_id"]
+    cfg = replace(RunConfig().eval, min_query_pairs=1)
+    ev = eval_set(query_test.iloc[:0], query_test, catalog, cfg, False, query_train=query_train)
+    assert ev.hidden.tolist() == [[0, 5], [0, 6], [1, 7]] and ev.counts["hidden_trained_clicks"] == 3
+    assert "minus the query's trained clicks" in ev.description
+    rows, cols = ev.never_ranked(np.array([2, 0, 1, 0]))
+    assert sorted(zip(rows.tolist(), cols.tolist())) == [(1, 5), (1, 6), (2, 7), (3, 5), (3, 6)]
+    scores = np.random.default_rng(0).normal(size=(3, 12))
+    scores[0, 5] = scores[1, 7] = 9.0  # trained clicks above every target
+
+    def reference(hidden: dict[int, list[int]]) -> list[int]:
+        out = []
+        for q, t in zip(ev.query_of_pair, ev.target):
+            row = scores[q].copy()
+            row[hidden.get(int(q), [])] = -np.inf
+            out.append(int((row > row[t]).sum()))
+        return out
+
+    assert ev.ranks(lambda b: scores[b]).tolist() == reference({0: [5, 6], 1: [7]})
+    off = eval_set(query_test.iloc[:0], query_test, catalog, replace(cfg, hide_trained_clicks=False), False,
+                   query_train=query_train)  # fmt: skip
+    assert off.hidden is None and off.ranks(lambda b: scores[b]).tolist() == reference({})
+    assert reference({}) != reference({0: [5, 6], 1: [7]})
+
+
 # ------------------------------------------------------------------------------ image-only, end to end
 COLOURS = {"red": (220, 30, 30), "green": (30, 180, 60), "blue": (40, 60, 220), "yellow": (230, 210, 40)}
 WORDS = {

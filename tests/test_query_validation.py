@@ -64,6 +64,20 @@ def test_the_trainer_validates_on_real_queries_when_there_are_enough():
     assert best["metrics"] == pytest.approx({k: float(v) for k, v in again.items()})
 
 
+def test_validation_hides_a_querys_trained_clicks_as_the_test_does():
+    catalog, pairs, queries = make_catalog(), make_pairs(), query_pairs()
+    valid, held, trained = pairs.iloc[:24], queries.iloc[::2], queries.iloc[1::2]  # 2 clicks per query each
+    mix = pd.concat([pairs.assign(query=None), trained], ignore_index=True)  # as the trainer gets the training mix
+    evaluator, pool = choose_validation(valid, held, catalog, EVAL, False, mix)[:2]
+    ev, ids = evaluator.eval_set, pool["item_id"].to_numpy()
+    expected = {(q, i) for q, i in zip(trained["query"], trained["item_id"]) if i in set(ids)}
+    assert expected and {(ev.query_texts[q], ids[c]) for q, c in ev.hidden} == expected
+    assert (
+        choose_validation(valid, held, catalog, replace(EVAL, hide_trained_clicks=False), False, mix)[0].eval_set.hidden
+        is None
+    )
+
+
 def test_the_trainer_validates_on_item_pairs_with_too_few_queries():
     catalog, pairs = make_catalog(), make_pairs()
     valid, few = pairs.iloc[:24], query_pairs(groups=[3, 4])  # 8 < eval.min_query_pairs 10

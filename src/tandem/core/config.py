@@ -269,6 +269,13 @@ class EvalConfig:
             "served searches), the query items' titles stand in, and the report says so"
         },
     )
+    hide_trained_clicks: StrictBool = field(
+        default=True,
+        metadata={
+            "help": "real queries: a query's clicks from the training window are left out of its ranking (the "
+            "held-out pairs are the (query, item) pairs not trained, so those items are neither targets nor misses)"
+        },
+    )
     seed: NonNegative = field(default=0, metadata={"help": "seed of the query-item draw and of the bootstrap"})
     short_tokens: Positive = field(
         default=50, metadata={"help": "short_query / short_target: item text under this many MiniLM tokens"}

@@ -128,6 +128,7 @@ class EvalSet:
     target_pos: np.ndarray  # pair -> position of its target in the pool
     exclude: np.ndarray  # distinct query -> pool position of its own item (never ranked), or -1
     cfg: EvalConfig
+    hidden: np.ndarray | None = None  # (query, pool position) rows by query: a query's trained clicks, never ranked
     subsets: dict[str, np.ndarray] = field(default_factory=dict)  # name -> bool mask over pairs
     counts: dict = field(default_factory=dict)
 
@@ -225,7 +226,8 @@ class EvalSet:
     def description(self) -> str:
         unseen = " and the training items" if self.counts.get("pool_without_train") else ""
         if self.protocol == "hotelmatch" and (self.query_item < 0).all():  # typed queries: no item to leave out
-            return f"the catalogue{unseen} ({len(self.pool)} candidates per query)"
+            hidden = " minus the query's trained clicks" if self.hidden is not None else ""
+            return f"the catalogue{unseen}{hidden} ({len(self.pool)} candidates per query)"
         if self.protocol == "hotelmatch":
             return f"catalogue minus the query item{unseen} ({len(self.pool) - 1} candidates per query)"
         drawn = self.counts["query_items_drawn"]
@@ -246,8 +248,7 @@ class EvalSet:
             scores = np.array(scorer(batch), dtype=np.float64)  # a copy: the exclusion writes into it
             if scores.shape != (len(batch), n_pool):
                 raise ValueError(f"a scorer returned shape {scores.shape}, expected {(len(batch), n_pool)}")
-            own = self.exclude[batch]
-            scores[np.flatnonzero(own >= 0), own[own >= 0]] = -np.inf
+            scores[self.never_ranked(batch)] = -np.inf
             lo, hi = np.searchsorted(sorted_queries, [batch[0], batch[-1] + 1])
             pairs = order[lo:hi]
             rows = scores[self.query_of_pair[pairs] - start]
@@ -255,6 +256,18 @@ class EvalSet:
             hit = rows[np.arange(len(pairs)), tpos][:, None]
             ranks[pairs] = (rows > hit).sum(1) + ((rows == hit) & (columns < tpos[:, None])).sum(1)
         return ranks
+
+    def never_ranked(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(row, pool position) of the scores left out for rows of `queries`: each query's own item and its
+        `hidden` clicks."""
+        own = self.exclude[queries]
+        rows, cols = np.flatnonzero(own >= 0), own[own >= 0]
+        if self.hidden is None or not len(self.hidden):
+            return rows, cols
+        lo, hi = (np.searchsorted(self.hidden[:, 0], queries, side) for side in ("left", "right"))
+        n = hi - lo
+        at = np.repeat(lo - np.cumsum(n) + n, n) + np.arange(n.sum())  # each row's slice of `hidden`, flattened
+        return np.concatenate([rows, np.repeat(np.arange(len(queries)), n)]), np.concatenate([cols, self.hidden[at, 1]])
 
     def metric_names(self) -> list[str]:
         base = list(per_pair_metrics(np.zeros(0, dtype=np.int64), self.cfg.ks, self.cfg.mrr_k))

@@ -132,15 +132,21 @@ def validation_set(valid_pairs: pd.DataFrame, catalog: pd.DataFrame, eval_cfg: E
     return RetrievalEvaluator.from_pairs(resolved, pool, eval_cfg), pool
 
 
-def query_validation_set(query_valid: pd.DataFrame, catalog: pd.DataFrame, eval_cfg: EvalConfig, valid_pairs=None):
+def query_validation_set(
+    query_valid: pd.DataFrame, catalog: pd.DataFrame, eval_cfg: EvalConfig, valid_pairs=None, trained=None
+):
     """(evaluator, pool) of held-out real queries, bound as the test binds them (`query_eval_set`: each distinct
-    text one query, its clicked items the targets); the pool is the catalogue rows of the validation items, the
-    clicked ones and both sides of `valid_pairs`: a ranking as cheap as the item pairs' and with their items."""
+    text one query, its clicked items the targets, with `eval.hide_trained_clicks` its clicks among the `trained`
+    pairs left out); the pool is the catalogue rows of the validation items, the clicked ones and both sides of
+    `valid_pairs`: a ranking as cheap as the item pairs' and with their items."""
     used = set(query_valid["related_item_id"].astype(str))
     if valid_pairs is not None:
         used |= set(valid_pairs["item_id"].astype(str)) | set(valid_pairs["related_item_id"].astype(str))
     pool = catalog[catalog["item_id"].astype(str).isin(used)].reset_index(drop=True)
-    return RetrievalEvaluator(query_eval_set(query_valid, pool, eval_cfg)), pool
+    clicks = None
+    if eval_cfg.hide_trained_clicks and trained is not None and "query" in trained.columns:
+        clicks = trained[trained["query"].fillna("").astype(str) != ""]
+    return RetrievalEvaluator(query_eval_set(query_valid, pool, eval_cfg, trained_clicks=clicks)), pool
 
 
 def choose_validation(
@@ -149,17 +155,19 @@ def choose_validation(
     catalog: pd.DataFrame,
     eval_cfg: EvalConfig,
     symmetric: bool,
+    trained: pd.DataFrame | None = None,
 ) -> tuple[RetrievalEvaluator | None, pd.DataFrame | None, dict]:
     """(evaluator, pool, counts): the validation that picks the best weights, chosen as the evaluate stage chooses
     the test's (`tandem.evaluation.queries.eval_set`), so that training keeps the weights that do best on what the
     test measures: for a query-tower model under the hotelmatch protocol, the held-out real queries when there
     are at least `eval.min_query_pairs` validation query pairs (or no validation item pairs), else the item pairs.
-    No validation (None, None, validated_on None) when neither is given."""
+    `trained`: the training pairs (their query clicks are hidden as the test hides them). No validation (None,
+    None, validated_on None) when neither is given."""
     n_queries = 0 if query_valid is None else len(query_valid)
     no_items = valid_pairs is None or valid_pairs.empty
     hotelmatch = not symmetric and resolve_protocol(eval_cfg.protocol, symmetric) == "hotelmatch"
     if hotelmatch and n_queries and (n_queries >= eval_cfg.min_query_pairs or no_items):
-        (evaluator, pool), on = query_validation_set(query_valid, catalog, eval_cfg, valid_pairs), "queries"
+        (evaluator, pool), on = query_validation_set(query_valid, catalog, eval_cfg, valid_pairs, trained), "queries"
     elif valid_pairs is not None:
         (evaluator, pool), on = validation_set(valid_pairs, catalog, eval_cfg), "item pairs"
     else:

@@ -50,8 +50,7 @@ def _term_ranks(
     from one pair x pool score matrix."""
     q, rows = ev.query_of_pair, np.arange(len(ev.query_of_pair))
     scores = cos[q] + weight * q_factor[q, None] * (1.0 + pool_b[None, :])
-    own = ev.exclude[q]
-    scores[np.flatnonzero(own >= 0), own[own >= 0]] = -np.inf
+    scores[ev.never_ranked(q)] = -np.inf
     hit = scores[rows, ev.target_pos]
     real = (scores > hit[:, None]).sum(1)
     new_hit = cos[q, ev.target_pos] + weight * q_factor[q] * (1.0 + new_b[ev.target_pos])

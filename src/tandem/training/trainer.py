@@ -116,7 +116,7 @@ class Trainer:
         self.hard_negatives = hard_negatives or {}
         self.logq = set_logq(loss, self.data, cfg)
         symmetric = bool(getattr(model, "symmetric", False))
-        validation = choose_validation(valid_pairs, query_valid, catalog, eval_cfg, symmetric)
+        validation = choose_validation(valid_pairs, query_valid, catalog, eval_cfg, symmetric, pairs)
         self.evaluator, self.valid_catalog, self.validation = validation
         if self.evaluator is not None:
             names = sorted(retrieval_metrics(np.zeros(1, dtype=np.int64), eval_cfg.ks, eval_cfg.mrr_k))
