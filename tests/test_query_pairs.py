@@ -73,20 +73,21 @@ def test_query_pairs_split_at_the_cutoff_without_trained_pairs_in_test():
 
 
 def test_query_top_t_keeps_more_clicked_items_per_query_in_every_split():
-    """A query names a set of items: `pairs.query_top_t` replaces the item pairs' top t (3) for query pairs, in
-    training and in the held-out splits; 0 keeps train_top_t in training and top_t elsewhere."""
+    """A query names a set of items: `pairs.query_top_t` (default 50) replaces the item pairs' top t (3) for query
+    pairs, in training and in the held-out splits; 0 keeps train_top_t in training and top_t elsewhere."""
     early = [(f"u{n}", f"i{n}", "click", n, "lamp") for n in range(6)]
     late = [(f"v{n}", f"k{n}", "click", 100 + n, "lamp") for n in range(5)]
     logs, cutoff = _logs(early + late), T0 + pd.Timedelta(hours=50)
     sizes = {}
     for name, cfg in {
-        "default": PairsConfig(),
-        "train_top_t": PairsConfig(train_top_t=4),
+        "item pairs' cut": PairsConfig(query_top_t=0),
+        "train_top_t": PairsConfig(train_top_t=4, query_top_t=0),
         "query_top_t": PairsConfig(train_top_t=4, query_top_t=5),
+        "default": PairsConfig(),  # 50
     }.items():
         train, _, test, _ = split_query_pairs(logs, cutoff, cfg)
         sizes[name] = (len(train), len(test))
-    assert sizes == {"default": (3, 3), "train_top_t": (4, 3), "query_top_t": (5, 5)}
+    assert sizes == {"item pairs' cut": (3, 3), "train_top_t": (4, 3), "query_top_t": (5, 5), "default": (6, 5)}
 
 
 def _search_days(days: int = 20) -> pd.DataFrame:

@@ -60,10 +60,10 @@ class PairsConfig:
         },
     )
     query_top_t: NonNegative = field(
-        default=0,
+        default=50,
         metadata={
-            "help": "clicked items kept per search query, in every split (a query names a set of items: "
-            "top_t is NoteLLM-2's cut for item -> item pairs); 0 = train_top_t in training, top_t elsewhere"
+            "help": "clicked items kept per search query, in every split (a query names a set of items; "
+            "benchmarks/results/fashion_pipeline.md: 50 vs 3); 0 = train_top_t in training, top_t elsewhere"
         },
     )
     mode: PairMode = field(

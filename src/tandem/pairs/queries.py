@@ -61,7 +61,7 @@ def mine_query_pairs(
     grouped["score"] = grouped["units"].astype("float64") / float(SCALE)
     keep = (grouped["support"] >= cfg.min_support) & (grouped["score"] >= cfg.low) & (grouped["score"] <= cfg.up)
     grouped = grouped[keep].sort_values(["query", "score", "item_id"], ascending=[True, False, True])
-    grouped = grouped[grouped.groupby("query").cumcount() < (top_t or cfg.top_t)]
+    grouped = grouped[grouped.groupby("query").cumcount() < (top_t or cfg.query_top_t or cfg.top_t)]
     out = pd.DataFrame(
         {
             "item_id": grouped["item_id"].astype(str),
@@ -88,13 +88,12 @@ def split_query_pairs(
     train from events before it and valid from [valid_cutoff, cutoff) without the pairs of train, else valid
     is a seeded random `valid_fraction` share of the training window's pairs."""
     early, late = logs[logs["ts"] < cutoff], logs[logs["ts"] >= cutoff]
-    top_t, held_top_t = cfg.query_top_t or cfg.train_top_t or cfg.top_t, cfg.query_top_t or cfg.top_t
+    top_t = cfg.query_top_t or cfg.train_top_t or cfg.top_t  # training; the held-out splits: the query pairs' cut
     train = mine_query_pairs(early, cfg, contract, top_t=top_t)
-    test, test_seen = _unseen(mine_query_pairs(late, cfg, contract, top_t=held_top_t), train)  # the whole window
+    test, test_seen = _unseen(mine_query_pairs(late, cfg, contract), train)  # as the item test: the whole window
     if valid_cutoff is not None:
         train = mine_query_pairs(early[early["ts"] < valid_cutoff], cfg, contract, top_t=top_t)
-        valid = mine_query_pairs(early[early["ts"] >= valid_cutoff], cfg, contract, top_t=held_top_t)
-        valid, valid_seen = _unseen(valid, train)
+        valid, valid_seen = _unseen(mine_query_pairs(early[early["ts"] >= valid_cutoff], cfg, contract), train)
     else:
         held = np.random.default_rng(seed).random(len(train)) < valid_fraction
         train, valid, valid_seen = train[~held].reset_index(drop=True), train[held].reset_index(drop=True), 0
