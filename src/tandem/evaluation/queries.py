@@ -32,8 +32,9 @@ def query_eval_set(
     train_pairs: pd.DataFrame | None = None,
     trained_clicks: pd.DataFrame | None = None,
 ) -> EvalSet:
-    """EvalSet of the hotelmatch protocol whose queries are the distinct query texts of `query_pairs`; the items a
-    query has in `trained_clicks` (training query pairs) are left out of its ranking (`EvalSet.hidden`)."""
+    """EvalSet of the hotelmatch protocol whose queries are the distinct query texts of `query_pairs`; with
+    `eval.hide_trained_clicks`, the items a query has in `trained_clicks` (training pairs with a query) are left
+    out of its ranking (`EvalSet.hidden`)."""
     pos = pd.Series(np.arange(len(catalog)), index=catalog["item_id"].astype(str).to_numpy())
     ids = query_pairs["related_item_id"].astype(str)
     known = ids.isin(pos.index).to_numpy()
@@ -53,7 +54,7 @@ def query_eval_set(
         target_pos=target,  # the pool is the catalogue in order
         exclude=np.full(len(texts), -1, dtype=np.int64),
         cfg=cfg,
-        hidden=None if trained_clicks is None else _hidden(trained_clicks, texts, pos, query_of_pair, target),
+        hidden=_hidden(trained_clicks, texts, pos, query_of_pair, target) if cfg.hide_trained_clicks else None,
     )
     dropped = {"clicked item not in the catalogue": int((~known).sum())}
     out.counts.update(
@@ -83,11 +84,14 @@ def query_eval_set(
     return out
 
 
-def _hidden(clicks: pd.DataFrame, texts: np.ndarray, pos: pd.Series, query_of_pair, target) -> np.ndarray:
+def _hidden(clicks: pd.DataFrame | None, texts: np.ndarray, pos: pd.Series, query_of_pair, target):
     """(query, pool position) rows, sorted, of the clicks whose query is one of `texts` (sorted) and whose item is
-    in the catalogue (= the pool), less any that is a target of the same query."""
-    query, item = clicks["query"].astype(str).to_numpy(), clicks["related_item_id"].astype(str)
-    keep = np.isin(query, texts) & item.isin(pos.index).to_numpy()
+    in the catalogue (= the pool), less any that is a target of the same query; None without clicks (rows without
+    a query, e.g. the item pairs of a training mix, are no clicks)."""
+    if clicks is None or "query" not in clicks.columns:
+        return None
+    query, item = clicks["query"].fillna("").astype(str).to_numpy(), clicks["related_item_id"].astype(str)
+    keep = (query != "") & np.isin(query, texts) & item.isin(pos.index).to_numpy()
     n = len(pos)
     key = np.unique(np.searchsorted(texts, query[keep]).astype(np.int64) * n + pos.loc[item[keep]].to_numpy())
     key = key[~np.isin(key, query_of_pair.astype(np.int64) * n + target)]
@@ -109,8 +113,9 @@ def eval_set(
     protocol = resolve_protocol(cfg.protocol, symmetric)
     if protocol == "hotelmatch" and len(query_test) and (len(query_test) >= cfg.min_query_pairs or test.empty):
         given = [p for p in (train_pairs, query_train) if p is not None]
-        trained = query_train if cfg.hide_trained_clicks else None
-        return query_eval_set(query_test, catalog, cfg, pd.concat(given, ignore_index=True) if given else None, trained)
+        return query_eval_set(
+            query_test, catalog, cfg, pd.concat(given, ignore_index=True) if given else None, query_train
+        )
     ev = EvalSet.from_pairs(test, catalog, cfg, protocol, train_pairs=train_pairs)
     few = f"{PROXY_FEW}: {len(query_test)} < eval.min_query_pairs {cfg.min_query_pairs})"
     ev.counts["queries_are"] = (few if len(query_test) else PROXY) if protocol == "hotelmatch" else ITEMS

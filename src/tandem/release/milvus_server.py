@@ -221,7 +221,9 @@ def drop_stale_sessions(etcd_port: int) -> int:
         found = _etcd(etcd_port, "/v3/kv/range", {"key": _b64(prefix), "range_end": _b64(prefix[:-1] + b"0")})
         kvs = {base64.b64decode(kv["key"]): int(kv["mod_revision"]) for kv in found.get("kvs", [])}
         allocated = kvs.pop(prefix + b"id", None)
-        stale = [key for key, rev in kvs.items() if allocated is not None and rev < allocated]
+        if allocated is None:  # no server id allocated yet: nothing registered, stale or new
+            return 0
+        stale = [key for key, rev in kvs.items() if rev < allocated]
         for key in stale:
             same = {"key": _b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(kvs[key])}
             _etcd(

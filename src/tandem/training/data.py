@@ -143,10 +143,7 @@ def query_validation_set(
     if valid_pairs is not None:
         used |= set(valid_pairs["item_id"].astype(str)) | set(valid_pairs["related_item_id"].astype(str))
     pool = catalog[catalog["item_id"].astype(str).isin(used)].reset_index(drop=True)
-    clicks = None
-    if eval_cfg.hide_trained_clicks and trained is not None and "query" in trained.columns:
-        clicks = trained[trained["query"].fillna("").astype(str) != ""]
-    return RetrievalEvaluator(query_eval_set(query_valid, pool, eval_cfg, trained_clicks=clicks)), pool
+    return RetrievalEvaluator(query_eval_set(query_valid, pool, eval_cfg, trained_clicks=trained)), pool
 
 
 def choose_validation(
