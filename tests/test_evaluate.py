@@ -12,13 +12,11 @@ from tandem.evaluation.evaluate import (
     EvalSet,
     RetrievalEvaluator,
     exact_top_k,
-    load_per_pair,
     query_latency_ms,
     resolve_protocol,
-    save_per_pair,
-    summarize,
 )
 from tandem.evaluation.metrics import retrieval_metrics, target_ranks
+from tandem.evaluation.results import load_per_pair, save_per_pair, summarize
 
 CFG = EvalConfig(ks=(1, 2, 5), mrr_k=3, n_boot=200)
 

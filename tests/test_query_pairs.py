@@ -210,7 +210,7 @@ def test_a_querys_trained_clicks_are_left_out_of_its_ranking():
     query_test["item_id"], query_train["item_id"] = query_test["related_item_id"], query_train["related_item_id"]
     cfg = replace(RunConfig().eval, min_query_pairs=1)
     ev = eval_set(query_test.iloc[:0], query_test, catalog, cfg, False, query_train=query_train)
-    assert ev.hidden.tolist() == [[0, 5], [0, 6], [1, 7]] and ev.counts["hidden_trained_clicks"] == 3
+    assert ev.hidden.tolist() == [[0, 5], [0, 6], [1, 7]] and ev.counts["hidden_trained"] == 3
     assert "minus the query's trained clicks" in ev.description
     rows, cols = ev.never_ranked(np.array([2, 0, 1, 0]))
     assert sorted(zip(rows.tolist(), cols.tolist())) == [(1, 5), (1, 6), (2, 7), (3, 5), (3, 6)]

@@ -12,7 +12,7 @@ from tandem.core.config import EvalConfig, ModelConfig, RunConfig, TrainConfig
 from tandem.core.config_release import GateConfig
 from tandem.data.contract import load_catalog
 from tandem.data.synth import make_dataset
-from tandem.evaluation.evaluate import load_per_pair
+from tandem.evaluation.results import load_per_pair
 from tandem.pipeline.run import run
 from tandem.release import rollout
 from tandem.release.index import ItemIndex

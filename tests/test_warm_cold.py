@@ -13,8 +13,9 @@ from tandem.core.config import EvalConfig
 from tandem.core.config_release import GateConfig
 from tandem.evaluation.baselines import NotApplicable, bm25_scorer, score_baselines
 from tandem.evaluation.compare import comparison
-from tandem.evaluation.evaluate import EvalSet, summarize
+from tandem.evaluation.evaluate import EvalSet
 from tandem.evaluation.gate import baseline_check, decide, markdown
+from tandem.evaluation.results import summarize
 
 CFG = EvalConfig(ks=(1, 2, 5), mrr_k=3, n_boot=200)
 
@@ -123,3 +124,46 @@ def test_comparison_puts_model_beside_baselines_all_warm_cold():
     assert table.rows[-1][1] == "n/a: no text" and table.strongest == "popularity"
     mean, interval = table.rows[0][1][0]
     assert mean == metrics["model"]["recall@2"] and interval == ci["model"]["recall@2"]
+
+
+def _reference_ranks(ev: EvalSet, scores: np.ndarray, partners: dict[int, set[int]]) -> list[int]:
+    """Per pair, by hand: candidates (not the query item, not a training partner of it unless a target of the
+    same query) scoring above the target, or tied at a lower pool position."""
+    targets = {(q, t) for q, t in zip(ev.query_of_pair.tolist(), ev.target_pos.tolist())}
+    out = []
+    for q, t in zip(ev.query_of_pair.tolist(), ev.target_pos.tolist()):
+        item = ev.query_item[q]
+        left_out = {
+            j for j, row in enumerate(ev.pool) if row == item or (row in partners[item] and (q, j) not in targets)
+        }
+        s = scores[q]
+        out.append(
+            sum(1 for j in range(len(ev.pool)) if j not in left_out and (s[j] > s[t] or (s[j] == s[t] and j < t)))
+        )
+    return out
+
+
+@pytest.mark.parametrize("protocol", ["hotelmatch", "notellm2"])
+def test_an_items_training_partners_are_left_out_of_its_ranking(protocol):
+    """eval.hide_trained_clicks for item queries: a query item's partners in the training pairs (either direction:
+    the test drops a pair whose reverse trained) are neither targets nor misses, for every ranker alike."""
+    cfg = replace(CFG, query_fraction=1.0, ks=(1, 2, 3))
+    test = pairs_of("i0>i3", "i0>i4", "i1>i5", "i6>i2", "i6>i7", "i0>i2")
+    train = pairs_of("i0>i1", "i2>i0", "i1>i7", "i5>i6", "i0>i3")  # i0>i3 trained and also a test target here
+    ev = EvalSet.from_pairs(test, catalogue(), cfg, protocol, train_pairs=train)
+    partners = {row: set() for row in range(8)}
+    for a, b in zip(train["item_id"], train["related_item_id"]):
+        partners[int(a[1:])].add(int(b[1:]))
+        partners[int(b[1:])].add(int(a[1:]))
+    scores = np.random.default_rng(3).random((len(ev.query_item), len(ev.pool)))
+    scores[:, ::3] = 0.5  # ties
+    scores[ev.hidden[:, 0], ev.hidden[:, 1]] = 2.0  # the partners top every ranking unless left out
+    ranks = ev.ranks(lambda batch: scores[batch])
+    assert ranks.tolist() == _reference_ranks(ev, scores, partners)
+    assert len(ev.hidden) and ev.counts["hidden_trained"] == len(ev.hidden) and "training partners" in ev.description
+    plain = EvalSet.from_pairs(test, catalogue(), replace(cfg, hide_trained_clicks=False), protocol, train_pairs=train)
+    assert plain.hidden is None and (plain.ranks(lambda batch: scores[batch]) >= ranks).all()
+    assert (plain.ranks(lambda batch: scores[batch]) > ranks).any()  # the switch changes something here
+    # the query pairs of a training mix (a query text) are no item partners
+    mix = pd.concat([train, pairs_of("i0>i5").assign(query="red dress")], ignore_index=True)
+    assert EvalSet.from_pairs(test, catalogue(), cfg, protocol, train_pairs=mix).hidden.tolist() == ev.hidden.tolist()

@@ -272,8 +272,9 @@ class EvalConfig:
     hide_trained_clicks: StrictBool = field(
         default=True,
         metadata={
-            "help": "real queries: a query's clicks from the training window are left out of its ranking (the "
-            "held-out pairs are the (query, item) pairs not trained, so those items are neither targets nor misses)"
+            "help": "a query's training pairs are left out of its ranking: a typed query's clicks from the training "
+            "window, an item's co-occurrence partners in the training pairs (either direction). The held-out pairs are "
+            "the pairs not trained, so those items are neither targets nor misses (the filtered setting)"
         },
     )
     seed: NonNegative = field(default=0, metadata={"help": "seed of the query-item draw and of the bootstrap"})

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from tandem.core.config import EvalConfig
-from tandem.evaluation.metrics import bootstrap_cis, mean_metrics, per_pair_metrics, retrieval_metrics, with_subsets
+from tandem.evaluation.metrics import per_pair_metrics, retrieval_metrics, with_subsets
 from tandem.models.text import item_text, query_text
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,32 @@ def _rows_of(pos: pd.Series, train_pairs: pd.DataFrame) -> np.ndarray:
     """Catalogue rows of every item in a training pair (either side), ascending."""
     ids = pd.unique(np.concatenate([train_pairs["item_id"].to_numpy(), train_pairs["related_item_id"].to_numpy()]))
     return np.unique(pos.reindex(ids).dropna().to_numpy(dtype=np.int64))
+
+
+def hidden_rows(query: np.ndarray, pool_pos: np.ndarray, n_pool: int, query_of_pair, target_pos) -> np.ndarray:
+    """`EvalSet.hidden`: the (query, pool position) rows of trained pairs, distinct and sorted, less any that is a
+    target of the same query (a pair held out for the test is never hidden)."""
+    key = np.unique(np.asarray(query, dtype=np.int64) * n_pool + pool_pos)
+    key = key[~np.isin(key, np.asarray(query_of_pair, dtype=np.int64) * n_pool + target_pos)]
+    return np.column_stack([key // n_pool, key % n_pool]).astype(np.int64)
+
+
+def trained_partners(train_pairs, pos: pd.Series, queries, pool, query_of_pair, target_pos) -> np.ndarray:
+    """Hidden rows of item queries: each query item's partners in the training item pairs, either direction (the
+    test drops a pair that trained and one whose reverse trained), that are in the pool. Rows with a query text
+    (the query pairs of a training mix) are no item pairs."""
+    if "query" in train_pairs.columns:
+        train_pairs = train_pairs[train_pairs["query"].fillna("").astype(str) == ""]
+    a = pos.reindex(train_pairs["item_id"].to_numpy()).to_numpy()
+    b = pos.reindex(train_pairs["related_item_id"].to_numpy()).to_numpy()
+    left, right = np.concatenate([a, b]), np.concatenate([b, a])
+    at = np.searchsorted(queries, left)
+    known = ~np.isnan(left) & ~np.isnan(right)  # an item outside the catalogue (or a validation pool) is no row
+    left, right, at = left[known].astype(np.int64), right[known].astype(np.int64), at[known]
+    where = np.searchsorted(pool, right)
+    keep = (at < len(queries)) & (queries[np.minimum(at, len(queries) - 1)] == left)
+    keep &= (where < len(pool)) & (pool[np.minimum(where, len(pool) - 1)] == right)
+    return hidden_rows(at[keep], where[keep], len(pool), query_of_pair, target_pos)
 
 
 def token_counts(texts: list[str]) -> tuple[np.ndarray, str]:
@@ -182,16 +208,19 @@ class EvalSet:
         in_pool = np.searchsorted(pool, queries)
         own = (in_pool < len(pool)) & (pool[np.minimum(in_pool, len(pool) - 1)] == queries)
         titles = catalog["title"].to_numpy()[queries]
+        query_of_pair, target_pos = np.searchsorted(queries, left[keep]), np.searchsorted(pool, target)
+        hide = cfg.hide_trained_clicks and train_pairs is not None
         out = cls(
             protocol=protocol,
             query_item=queries,
             query_texts=[query_text(t) for t in titles],
-            query_of_pair=np.searchsorted(queries, left[keep]),
+            query_of_pair=query_of_pair,
             target=target,
             pool=pool,
-            target_pos=np.searchsorted(pool, target),
+            target_pos=target_pos,
             exclude=np.where(own, in_pool, -1),
             cfg=cfg,
+            hidden=trained_partners(train_pairs, pos, queries, pool, query_of_pair, target_pos) if hide else None,
         )
         candidates = len(pool) - 1 if protocol == "hotelmatch" else len(pool)
         out.counts.update(
@@ -204,6 +233,7 @@ class EvalSet:
             pool_size=len(pool),
             pool_without_train=bool(cfg.pool_without_train and trained is not None),
             ks_above_pool=[k for k in cfg.ks if k >= candidates],  # recall@K is 1 there: flagged in the summary
+            hidden_trained=0 if out.hidden is None else len(out.hidden),
         )
         if subsets:
             out._add_short_subsets(catalog)
@@ -228,10 +258,11 @@ class EvalSet:
         if self.protocol == "hotelmatch" and (self.query_item < 0).all():  # typed queries: no item to leave out
             hidden = " minus the query's trained clicks" if self.hidden is not None else ""
             return f"the catalogue{unseen}{hidden} ({len(self.pool)} candidates per query)"
+        hidden = ", each query's training partners left out" if self.hidden is not None else ""
         if self.protocol == "hotelmatch":
-            return f"catalogue minus the query item{unseen} ({len(self.pool) - 1} candidates per query)"
+            return f"catalogue minus the query item{unseen} ({len(self.pool) - 1} candidates per query){hidden}"
         drawn = self.counts["query_items_drawn"]
-        return f"test items minus the {drawn} query items{unseen} ({len(self.pool)} candidates)"
+        return f"test items minus the {drawn} query items{unseen} ({len(self.pool)} candidates){hidden}"
 
     # ------------------------------------------------------------------------ ranking
     def ranks(self, scorer: Scorer) -> np.ndarray:
@@ -318,8 +349,8 @@ class RetrievalEvaluator:
         self.eval_set = eval_set
 
     @classmethod
-    def from_pairs(cls, pairs: pd.DataFrame, catalog: pd.DataFrame, cfg: EvalConfig = EvalConfig()):
-        return cls(EvalSet.from_pairs(pairs, catalog, cfg, "hotelmatch", subsets=False))
+    def from_pairs(cls, pairs: pd.DataFrame, catalog: pd.DataFrame, cfg: EvalConfig = EvalConfig(), train_pairs=None):
+        return cls(EvalSet.from_pairs(pairs, catalog, cfg, "hotelmatch", subsets=False, train_pairs=train_pairs))
 
     query_texts = property(lambda self: self.eval_set.query_texts)
     query_item = property(lambda self: self.eval_set.query_item)
@@ -340,47 +371,6 @@ class RetrievalEvaluator:
             query_vecs = model.embed_queries(ev.query_texts, batch_size=ev.cfg.batch_size, progress=progress)
         ranks = ev.ranks(ev.vector_scorer(query_vecs, item_vecs[ev.pool]))
         return retrieval_metrics(ranks, ev.cfg.ks, ev.cfg.mrr_k), item_vecs
-
-
-# ---------------------------------------------------------------------------- results
-def summarize(
-    per_pair: dict[str, dict[str, np.ndarray]], cfg: EvalConfig
-) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, list[float]]]]:
-    """(metrics {model: {metric: mean}}, ci {model: {metric: [lo, hi]}}); every model's
-    intervals come from the same bootstrap resamples of the pairs."""
-    metrics = {name: mean_metrics(values) for name, values in per_pair.items()}
-    flat = {f"{name}|{metric}": v for name, values in per_pair.items() for metric, v in values.items()}
-    bounds = bootstrap_cis(flat, cfg.n_boot, cfg.level, cfg.seed)
-    ci: dict[str, dict[str, list[float]]] = {name: {} for name in per_pair}
-    for key, (lo, hi) in bounds.items():
-        name, metric = key.split("|", 1)
-        ci[name][metric] = [lo, hi]
-    return metrics, ci
-
-
-def save_per_pair(path: str | Path, per_pair: dict[str, dict[str, np.ndarray]]) -> Path:
-    """One float array per f"{model}|{metric}" in a compressed .npz (NaN outside a subset)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    arrays = {
-        f"{name}|{metric}": np.asarray(v, dtype=np.float64) for name, d in per_pair.items() for metric, v in d.items()
-    }
-    with path.open("wb") as f:  # a file object: numpy would add .npz to a name without it
-        np.savez_compressed(f, **arrays)
-    return path
-
-
-def load_per_pair(path: str | Path) -> dict[str, dict[str, np.ndarray]]:
-    """{model: {metric: per-pair array}} from `save_per_pair`'s file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"no per-pair metrics at {path}; run the evaluate stage first")
-    out: dict[str, dict[str, np.ndarray]] = {}
-    with np.load(path) as data:
-        for key in data.files:
-            name, metric = key.split("|", 1)
-            out.setdefault(name, {})[metric] = data[key]
-    return out
 
 
 def query_latency_ms(model, ev: EvalSet, catalog: pd.DataFrame, n: int) -> float:

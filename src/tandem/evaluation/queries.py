@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from tandem.core.config import EvalConfig
-from tandem.evaluation.evaluate import EvalSet, catalog_texts, resolve_protocol, token_counts
+from tandem.evaluation.evaluate import EvalSet, catalog_texts, hidden_rows, resolve_protocol, token_counts
 from tandem.models.text import query_text
 
 REAL, PROXY = "real search queries (held out)", "titles of the query items (proxy: the logs have no test queries)"
@@ -68,7 +68,7 @@ def query_eval_set(
         pool_without_train=False,
         ks_above_pool=[k for k in cfg.ks if k >= len(pool)],
         queries_are=REAL,
-        hidden_trained_clicks=0 if out.hidden is None else len(out.hidden),
+        hidden_trained=0 if out.hidden is None else len(out.hidden),
     )
     n_query, unit = token_counts(out.query_texts)
     rows = np.unique(target)
@@ -92,10 +92,9 @@ def _hidden(clicks: pd.DataFrame | None, texts: np.ndarray, pos: pd.Series, quer
         return None
     query, item = clicks["query"].fillna("").astype(str).to_numpy(), clicks["related_item_id"].astype(str)
     keep = (query != "") & np.isin(query, texts) & item.isin(pos.index).to_numpy()
-    n = len(pos)
-    key = np.unique(np.searchsorted(texts, query[keep]).astype(np.int64) * n + pos.loc[item[keep]].to_numpy())
-    key = key[~np.isin(key, query_of_pair.astype(np.int64) * n + target)]
-    return np.column_stack([key // n, key % n]).astype(np.int64)
+    return hidden_rows(
+        np.searchsorted(texts, query[keep]), pos.loc[item[keep]].to_numpy(), len(pos), query_of_pair, target
+    )
 
 
 def eval_set(

@@ -284,8 +284,9 @@ def evaluate(run: RunPaths, cfg: RunConfig, progress: bool = True) -> dict:
     import torch
 
     from tandem.evaluation import baselines
-    from tandem.evaluation.evaluate import query_latency_ms, save_per_pair, summarize
+    from tandem.evaluation.evaluate import query_latency_ms
     from tandem.evaluation.queries import eval_set
+    from tandem.evaluation.results import save_per_pair, summarize
     from tandem.models import load_model
 
     ecfg = cfg.eval
@@ -345,7 +346,7 @@ def gate(run: RunPaths, cfg: RunConfig) -> dict:
     champion = ev.get("champion_collection")
     per_pair = run / "evaluate" / "per_pair.npz"
     if per_pair.is_file():
-        from tandem.evaluation.evaluate import load_per_pair
+        from tandem.evaluation.results import load_per_pair
 
         values = load_per_pair(per_pair)
     elif champion is None:  # a first run is promoted on its means alone

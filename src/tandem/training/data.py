@@ -122,14 +122,15 @@ class Collate:
         return len(examples), batch
 
 
-def validation_set(valid_pairs: pd.DataFrame, catalog: pd.DataFrame, eval_cfg: EvalConfig):
-    """(evaluator, pool): the pool is the catalogue rows of the items in the validation pairs."""
+def validation_set(valid_pairs: pd.DataFrame, catalog: pd.DataFrame, eval_cfg: EvalConfig, trained=None):
+    """(evaluator, pool): the pool is the catalogue rows of the items in the validation pairs; with
+    `eval.hide_trained_clicks` a query item's partners in the `trained` pairs are left out of its ranking."""
     data = PairDataset(valid_pairs, catalog, "validation pairs")
     used = np.unique(np.concatenate([data.left, data.right]))
     pool = catalog.iloc[used].reset_index(drop=True)
     ids = catalog["item_id"].to_numpy()
     resolved = pd.DataFrame({"item_id": ids[data.left], "related_item_id": ids[data.right]})
-    return RetrievalEvaluator.from_pairs(resolved, pool, eval_cfg), pool
+    return RetrievalEvaluator.from_pairs(resolved, pool, eval_cfg, trained), pool
 
 
 def query_validation_set(
@@ -158,15 +159,15 @@ def choose_validation(
     the test's (`tandem.evaluation.queries.eval_set`), so that training keeps the weights that do best on what the
     test measures: for a query-tower model under the hotelmatch protocol, the held-out real queries when there
     are at least `eval.min_query_pairs` validation query pairs (or no validation item pairs), else the item pairs.
-    `trained`: the training pairs (their query clicks are hidden as the test hides them). No validation (None,
-    None, validated_on None) when neither is given."""
+    `trained`: the training pairs (their query clicks and item partners are hidden as the test hides them). No
+    validation (None, None, validated_on None) when neither is given."""
     n_queries = 0 if query_valid is None else len(query_valid)
     no_items = valid_pairs is None or valid_pairs.empty
     hotelmatch = not symmetric and resolve_protocol(eval_cfg.protocol, symmetric) == "hotelmatch"
     if hotelmatch and n_queries and (n_queries >= eval_cfg.min_query_pairs or no_items):
         (evaluator, pool), on = query_validation_set(query_valid, catalog, eval_cfg, valid_pairs, trained), "queries"
     elif valid_pairs is not None:
-        (evaluator, pool), on = validation_set(valid_pairs, catalog, eval_cfg), "item pairs"
+        (evaluator, pool), on = validation_set(valid_pairs, catalog, eval_cfg, trained), "item pairs"
     else:
         return None, None, {"validated_on": None}
     counts = {"pairs": len(evaluator.target), "queries": len(evaluator.query_texts), "pool": len(pool)}

@@ -74,8 +74,8 @@ def choose_weight(
     """`term` (b of the warm items) with the weight and cold treatment chosen as the module says."""
     primary = eval_cfg.primary_metric
     protocol = resolve_protocol(eval_cfg.protocol, model.symmetric)
-    ev = EvalSet.from_pairs(valid, catalog, eval_cfg, protocol, False)
-    ev = _subsample(ev, valid, catalog, eval_cfg, protocol)
+    ev = EvalSet.from_pairs(valid, catalog, eval_cfg, protocol, False, train)  # ranked as the test ranks
+    ev = _subsample(ev, valid, catalog, eval_cfg, protocol, train)
     item_vecs = model.embed_items(catalog, batch_size=eval_cfg.batch_size, progress=False)
     queries, pool = ev.encode(model, catalog, item_vecs, progress=False)
     cos = (queries @ pool.T).astype(np.float32)
@@ -121,7 +121,9 @@ def choose_weight(
     return PopularityTerm(best["weight"], term.feature, term.bias, prior, chosen | {"grid": rows}, content)
 
 
-def _subsample(ev: EvalSet, valid: pd.DataFrame, catalog: pd.DataFrame, cfg: EvalConfig, protocol: str) -> EvalSet:
+def _subsample(
+    ev: EvalSet, valid: pd.DataFrame, catalog: pd.DataFrame, cfg: EvalConfig, protocol: str, train
+) -> EvalSet:
     """At most about MAX_CELLS pair x pool scores: the pairs of a seeded sample of the query items beyond that."""
     pairs_per_query = len(ev.target) / max(len(ev.query_item), 1)
     limit = max(1, int(MAX_CELLS / max(len(ev.pool), 1) / pairs_per_query))
@@ -129,4 +131,4 @@ def _subsample(ev: EvalSet, valid: pd.DataFrame, catalog: pd.DataFrame, cfg: Eva
         return ev
     query_ids = catalog["item_id"].to_numpy()[ev.query_item]
     keep = np.random.default_rng(cfg.seed).choice(query_ids, limit, replace=False)
-    return EvalSet.from_pairs(valid[valid["item_id"].isin(keep)], catalog, cfg, protocol, False)
+    return EvalSet.from_pairs(valid[valid["item_id"].isin(keep)], catalog, cfg, protocol, False, train)
