@@ -9,7 +9,7 @@ import pandas as pd
 from tandem.core.config import EvalConfig
 from tandem.evaluation.evaluate import EvalSet
 from tandem.models.popularity import PopularityTerm, fit_content_bias, item_biases, predict_bias
-from tandem.training.popularity import choose_weight, ranks_with_term
+from tandem.training.popularity import choose_weight, pick, ranks_with_term
 
 
 def test_biases_are_log_scaled_capped_and_cold_items_left_out():
@@ -162,10 +162,25 @@ def test_cold_validation_pairs_guard_the_choice_and_the_grid_matches_the_served_
     assert best[0]["all"] == max(r["all"] for r in rows if r["cold"] >= rows[0]["cold"])
     content_rows = [r for r in rows if r["content_scale"] == 1.25 and r["weight"] == 0.5]
     assert len(content_rows) == 1
-    ev = EvalSet.from_pairs(valid, catalog, cfg, "hotelmatch", False)
+    ev = EvalSet.from_pairs(valid, catalog, cfg, "hotelmatch", False, train)  # ranked as the chooser ranks
     vecs = model.embed_items(catalog)
     fitted = fit_content_bias(vecs[:30], np.array([term.bias[i] for i in ids[:30]]))
     served = PopularityTerm(0.5, "popularity", term.bias, 0.0, {}, fitted | {"scale": 1.25})
     queries, pool = ev.encode(model, catalog, vecs, progress=False)
     ranks = ev.ranks(ev.vector_scorer(served.augment_queries(queries), served.augment_items(pool, np.array(ids))))
     assert np.isclose((ranks < 5).mean(), content_rows[0]["all"])
+
+
+def test_a_gain_inside_the_noise_of_the_best_does_not_buy_the_cold_pairs():
+    """One standard error: rows within it of the best on all pairs compete on the cold pairs; beyond it, all
+    pairs decide (the Complete Journey case: 0.3211 with 1 of 51 cold found, 0.3158 with 11, se 0.0057)."""
+
+    def row(option, weight, every, cold, se=0.0057):
+        return {"option": option, "weight": weight, "all": every, "cold": cold, "se": se}
+
+    level = [0.75, 0.6]
+    plain_best, content = row(0, 2.0, 0.3211, 0.0196), row(1, 2.0, 0.3158, 0.2157)
+    assert pick([plain_best, content], "cold", level) is content
+    assert pick([plain_best, row(1, 2.0, 0.3100, 0.2157)], "cold", level) is plain_best  # 0.0111 > se: a real gain
+    same = row(1, 1.2, 0.3211, 0.0196)  # equal on both: the smaller weight, as before
+    assert pick([plain_best, same], "cold", level) is same
