@@ -271,11 +271,8 @@ def _run_folder(tmp_path, champion: str | None, per_pair: dict | None, n_pairs: 
 
 def test_stage_reads_per_pair_results_and_groups_by_query(tmp_path):
     from tandem.core.config import RunConfig
-    from tandem.evaluation import evaluate
     from tandem.pipeline import stages
 
-    if not hasattr(evaluate, "load_per_pair"):
-        pytest.skip("tandem.evaluation.evaluate.load_per_pair (the evaluation stage's reader) is not there yet")
     new, old = arms()
     run = _run_folder(tmp_path, "tandem_old", {"model": new, "champion": old})
     saved = stages.gate(run, RunConfig())
