@@ -184,3 +184,6 @@ def test_a_gain_inside_the_noise_of_the_best_does_not_buy_the_cold_pairs():
     assert pick([plain_best, row(1, 2.0, 0.3100, 0.2157)], "cold", level) is plain_best  # 0.0111 > se: a real gain
     same = row(1, 1.2, 0.3211, 0.0196)  # equal on both: the smaller weight, as before
     assert pick([plain_best, same], "cold", level) is same
+    proxy_best = {**row(1, 2.0, 0.3158, None), "as_new": 1.0}  # the proxy saturates: it never decides
+    plain_proxy = {**plain_best, "as_new": 0.7}
+    assert pick([plain_proxy, proxy_best], "as_new", level) is plain_proxy
