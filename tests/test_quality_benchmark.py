@@ -66,3 +66,18 @@ def test_render_has_every_row_the_intervals_and_the_goal_table(quality):
     assert "recall@100 cold" in text and "mrr@10 warm" in text and "ndcg@10 all" in text
     assert "| movielens | hotelmatch | Recall@100 >= the best baseline (all pairs) | **met** |" in text
     assert "2 the same, 3 reversed" in text
+
+
+def test_the_demo_time_is_judged_on_the_run_that_timed_the_demo_data(quality):
+    def meta(command, keep=False):
+        return {"command": command, "machine": "m", "time": "t", "code": "abc", "quick": False,
+                "slice": "full training", "ablation": "off", "keep_training": keep}  # fmt: skip
+
+    results = {("completejourney", "hotelmatch"): [_result(0.5, 0.4, 0.2, 0.05), None],
+               ("completejourney", "notellm2"): [_result(0.5, 0.4, 0.2, 0.05), None]}  # fmt: skip
+    demo_run = meta("python benchmarks/quality.py --datasets completejourney --families hotelmatch")
+    resumed = meta("python benchmarks/quality.py --keep-training --datasets completejourney --families notellm2", True)
+    assert "the demo's run within 15 min | **met**" in quality.render(results, [demo_run, resumed])
+    assert "the demo's run within 15 min" not in quality.render(results, [meta(demo_run["command"], True), resumed])
+    everything = meta("python benchmarks/quality.py --keep-training", True)  # no --datasets: the demo pair too
+    assert "the demo's run within 15 min" not in quality.render(results, [everything])
