@@ -137,7 +137,7 @@ def pick(allowed: list[dict], check: str, level: list[float]) -> dict:
     if check != "cold":  # the proxy is a guard, not evidence: see the module's note
         return top
     near = [r for r in allowed if r["all"] >= top["all"] - top["se"]]  # within the noise of the best
-    return max(near, key=lambda r: (r[check], r["all"], -r["weight"], -level[r["option"]]))
+    return max(near, key=lambda r: (r["cold"], r["all"], -r["weight"], -level[r["option"]]))
 
 
 def _subsample(
