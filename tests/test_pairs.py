@@ -174,3 +174,19 @@ def test_a_test_split_emptied_by_dropping_names_the_drop():
     empty = split_pairs(_logs(early + lonely), PairsConfig(low=0.0), SplitConfig(test_fraction=0.3, valid_fraction=0.0))
     with pytest.raises(ValueError, match="no test pairs: the later part of the log has no co-occurrence"):
         empty.require_pairs()
+
+
+def test_a_pair_only_the_earlier_part_keeps_trains_and_does_not_test():
+    # top_t 1. Before the validation window 3 users go A -> B; in it 6 go A -> C, so over the whole training
+    # window A's one partner is C. Time validation trains on the earlier part alone, where it is B: A -> B
+    # trains, so A -> B of the test window is dropped as seen although the whole window's cut did not keep it.
+    before = [(f"b{u}", a, e, u + h) for u in range(3) for a, e, h in (("A", "view", 0), ("B", "click", 0.5))]
+    inside = [(f"c{u}", a, e, 60 + u + h) for u in range(6) for a, e, h in (("A", "view", 0), ("C", "click", 0.5))]
+    late = [(f"d{u}", a, e, 100 + u + h) for u in range(3) for a, e, h in (("A", "view", 0), ("B", "click", 0.5))]
+    pairs_cfg = PairsConfig(low=0.0, top_t=1)
+    split_cfg = SplitConfig(test_fraction=0.3, valid_fraction=0.3, valid_by="time")
+    split = split_pairs(_logs(before + inside + late), pairs_cfg, split_cfg)
+    assert split.valid_by == "time"
+    assert set(zip(split.train.item_id, split.train.related_item_id)) == {("A", "B")}
+    assert ("A", "C") in set(zip(split.valid.item_id, split.valid.related_item_id))
+    assert split.test.empty and split.counts()["test_dropped_seen"] == 1

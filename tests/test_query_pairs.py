@@ -307,3 +307,17 @@ def test_image_only_catalogue_with_search_logs_runs_end_to_end(tiny_encoder_dir,
     markdown = Path(lines["report"]).read_text()
     assert "| bm25 | n/a |" in markdown and "BM25 needs words" in markdown  # the reason, not a crash
     assert "real search queries (held out)" in markdown and "query pairs (search text -> clicked item" in markdown
+
+
+def test_a_query_pair_only_the_earlier_part_keeps_trains_and_does_not_test():
+    # query_top_t 1: "lamp" -> b before the validation cutoff (3 users), -> c inside it (6 users), -> b again in
+    # the test window. The whole training window's cut keeps c; the earlier part alone, which trains, keeps b.
+    rows = [(f"b{u}", "b", "click", u, "lamp") for u in range(3)]
+    rows += [(f"c{u}", "c", "click", 60 + u, "lamp") for u in range(6)]
+    rows += [(f"d{u}", "b", "click", 100 + u, "lamp") for u in range(3)]
+    logs, cfg = _logs(rows), PairsConfig(low=0.0, top_t=1, query_top_t=1)
+    cutoff, valid_cutoff = T0 + pd.Timedelta(hours=80), T0 + pd.Timedelta(hours=40)
+    train, valid, test, counts = split_query_pairs(logs, cutoff, cfg, valid_cutoff=valid_cutoff)
+    assert list(zip(train["query"], train["item_id"])) == [("lamp", "b")]
+    assert list(zip(valid["query"], valid["item_id"])) == [("lamp", "c")]
+    assert test.empty and counts["test_dropped_seen"] == 1

@@ -84,7 +84,7 @@ def split_query_pairs(
     seed: int = 0,
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, int | str]]:
     """(train, valid, test, counts), split like the item pairs: test from events at or after `cutoff`, without
-    the (query, item) pairs of the training window (events before it); with `valid_cutoff` (time validation)
+    the (query, item) pairs of the training window (events before it) or of train; with `valid_cutoff` (time validation)
     train from events before it and valid from [valid_cutoff, cutoff) without the pairs of train, else valid
     is a seeded random `valid_fraction` share of the training window's pairs."""
     early, late = logs[logs["ts"] < cutoff], logs[logs["ts"] >= cutoff]
@@ -94,6 +94,8 @@ def split_query_pairs(
     if valid_cutoff is not None:
         train = mine_query_pairs(early[early["ts"] < valid_cutoff], cfg, contract, top_t=top_t)
         valid, valid_seen = _unseen(mine_query_pairs(early[early["ts"] >= valid_cutoff], cfg, contract), train)
+        test, more = _unseen(test, train)  # a pair the earlier part keeps (the whole window's cut may not) trains
+        test_seen += more
     else:
         held = np.random.default_rng(seed).random(len(train)) < valid_fraction
         train, valid, valid_seen = train[~held].reset_index(drop=True), train[held].reset_index(drop=True), 0

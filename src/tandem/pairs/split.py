@@ -72,9 +72,9 @@ def split_pairs(
     """Mine the earlier and the later part of the log separately (no view/click crosses the cutoff),
     hold out validation pairs (`split.valid_by`: the latest part of the training window, mined on its
     own like the test window, or a random share of the training pairs), and drop test pairs seen in
-    the training window, and (`split.drop_reverse`) those whose reverse was seen there: A->B in training
-    makes B->A in test a pair whose evidence the model has already seen (co-occurrences are symmetric in
-    practice)."""
+    the training window or among the training pairs, and (`split.drop_reverse`) those whose reverse was
+    seen there: A->B in training makes B->A in test a pair whose evidence the model has already seen
+    (co-occurrences are symmetric in practice)."""
     if logs.empty:
         raise ValueError("no usable log rows left after loading; check the quarantine file for the reasons")
     t0, t1 = logs["ts"].min(), logs["ts"].max()
@@ -96,6 +96,9 @@ def split_pairs(
         valid, _ = _unseen(mine_pairs(after, pairs_cfg, contract), fit, split.drop_reverse)
         if not fit.empty and not valid.empty:  # else (too short a log): the random share below
             train, valid_by, valid_cutoff = fit, "time", t_valid
+            # the earlier part alone can keep a pair the whole window's top-t cut: it trains, so it cannot test
+            test, more = _unseen(test, fit, split.drop_reverse)
+            dropped = {why: n + more[why] for why, n in dropped.items()}
     if valid_by == "random":
         held = np.random.default_rng(split.seed).random(len(train)) < split.valid_fraction
         train, valid = train[~held], train[held]
