@@ -172,6 +172,33 @@ def test_cooccurrence_ranks_train_partners_first_then_popularity():
     assert ranks.tolist() == [0, 1, 2, 4, 0, 1]
 
 
+def test_cooccurrence_ranks_by_users_in_common_after_the_partners():
+    """With the training window's clicks: partners first, then users in common with the query item, then
+    popularity; checked against a per-query sort of (partner score, users in common, popularity)."""
+    rng = np.random.default_rng(0)
+    cat = catalogue(9)
+    train = pd.DataFrame({"item_id": ["i0", "i7"], "related_item_id": ["i8", "i0"], "score": [0.9, 0.4]})
+    clicks = pd.DataFrame({"user_id": [f"u{u}" for u in rng.integers(0, 6, 40)],
+                           "item_id": [f"i{i}" for i in rng.integers(0, 9, 40)]})  # fmt: skip
+    clicks = pd.concat([clicks, clicks.head(5)])  # a repeated click counts its user once
+    pop = rng.integers(0, 20, 9).astype(float)
+    ev = EvalSet.from_pairs(pairs_of("i0>i1", "i0>i2", "i3>i4", "i3>i5", "i6>i1"), cat, CFG, "hotelmatch")
+    ranks = ev.ranks(cooccurrence_scorer(ev, cat["item_id"], train, pop, clicks))
+    users = clicks.groupby("item_id")["user_id"].agg(set).reindex(cat["item_id"]).apply(
+        lambda s: s if isinstance(s, set) else set()
+    )  # fmt: skip
+    partners = {("i0", "i8"): 0.9, ("i0", "i7"): 0.4}
+
+    def order(query: str) -> list[str]:
+        key = lambda i: (-partners.get((query, i), -1.0), -len(users[query] & users[i]), -pop[int(i[1:])], int(i[1:]))  # noqa: E731
+        return sorted((i for i in cat["item_id"] if i != query), key=key)
+
+    pairs = [("i0", "i1"), ("i0", "i2"), ("i3", "i4"), ("i3", "i5"), ("i6", "i1")]
+    expected = [order(query).index(target) for query, target in pairs]
+    assert ranks.tolist() == expected
+    assert ranks.tolist() != ev.ranks(cooccurrence_scorer(ev, cat["item_id"], train, pop)).tolist()
+
+
 def test_per_pair_arrays_subsets_and_summary():
     cat = catalogue(6)
     cat.loc[[1, 3], "content"] = "a very long description " * 20  # ~80 tokens: not short

@@ -2,7 +2,9 @@
 
 - popularity: one global ranking by the training window's distinct users per item;
 - bm25: BM25 (bm25s) over the pool items' full text, queried by the query text (the title);
-- cooccurrence: the query item's training-pair partners by pair score, then the rest by popularity.
+- cooccurrence: the query item's training-pair partners by pair score, then every other item by the users
+  who clicked both it and the query item in the training window (item-to-item collaborative filtering: "who
+  bought this also bought"), then by popularity.
 
 (The untrained encoder is a model like any other: `EvalSet.score_encoder` on a fresh one.)
 
@@ -57,13 +59,18 @@ def bm25_scorer(ev: EvalSet, catalog: pd.DataFrame) -> Scorer:
     return score
 
 
-def cooccurrence_scorer(ev: EvalSet, item_ids, train_pairs: pd.DataFrame, item_popularity: np.ndarray) -> Scorer:
+def cooccurrence_scorer(
+    ev: EvalSet, item_ids, train_pairs: pd.DataFrame, item_popularity: np.ndarray, clicks: pd.DataFrame | None = None
+) -> Scorer:
     """Partners of the query item in the training pairs first, by pair score (then popularity,
-    then catalogue order), then every other pool item by popularity.
+    then catalogue order), then every other pool item by the users who clicked both it and the query
+    item (`clicks`: the training window's click events, user_id and item_id), then by popularity.
 
     A pair counts in both directions (A->B makes B a partner of A and A of B; the higher score
-    wins): co-occurrence is evidence either way. Query items without training pairs fall back to
-    the popularity ranking alone.
+    wins): co-occurrence is evidence either way. The partners are the mined pairs' top-t cut; the users
+    in common rank the rest, which matters where the evaluation leaves each query's partners out of its
+    ranking (`eval.hide_trained_clicks`): without them this baseline would be the popularity list again.
+    A query item nobody clicked falls back to popularity alone.
     """
     if (ev.query_item < 0).any():
         raise NotApplicable("the queries are typed search texts, not items: co-occurrence needs a query item")
@@ -87,16 +94,40 @@ def cooccurrence_scorer(ev: EvalSet, item_ids, train_pairs: pd.DataFrame, item_p
     size = edges.groupby("query")["col"].transform("size").to_numpy()
     bonus = 2.0 + (size - order) / (size + 1.0)  # in (2, 3), decreasing along each query's partner list
     queries, cols = edges["query"].to_numpy(), edges["col"].to_numpy()
+    common = None if clicks is None else users_in_common(ev, item_ids, clicks)
 
     def score(batch: np.ndarray) -> np.ndarray:
         out = np.tile(base, (len(batch), 1))
+        if common is not None:
+            out += common(batch)  # whole users; popularity (below 1) orders the equal counts
         row = np.full(len(ev.query_item), -1)
         row[batch] = np.arange(len(batch))
         mine = row[queries] >= 0
-        out[row[queries[mine]], cols[mine]] = bonus[mine]
+        out[row[queries[mine]], cols[mine]] = out.max() + bonus[mine]  # partners above every other item
         return out
 
     return score
+
+
+def training_clicks(logs: pd.DataFrame, cutoff, click_events) -> pd.DataFrame:
+    """The click events of the training window (before the test window's start `cutoff`): co-occurrence's users."""
+    return logs[(logs["ts"] < pd.Timestamp(cutoff)) & logs["event"].isin(click_events)]
+
+
+def users_in_common(ev: EvalSet, item_ids, clicks: pd.DataFrame) -> Scorer:
+    """(queries in batch, pool) counts of the distinct users who clicked both the query item and the pool item."""
+    import scipy.sparse as sp
+
+    pos = pd.Series(np.arange(len(item_ids)), index=np.asarray(item_ids).astype(str))
+    rows = pos.reindex(clicks["item_id"].astype(str).to_numpy()).to_numpy()
+    known = ~np.isnan(rows)
+    users = pd.factorize(clicks["user_id"].to_numpy()[known])[0]
+    shape = (int(users.max()) + 1 if len(users) else 0, len(item_ids))
+    x = sp.csc_matrix((np.ones(len(users)), (users, rows[known].astype(np.int64))), shape=shape)
+    x.sum_duplicates()
+    x.data[:] = 1.0  # a user counts once per item however often they clicked it
+    queries, pool = x[:, ev.query_item].T.tocsr(), x[:, ev.pool]
+    return lambda batch: (queries[batch] @ pool).toarray()
 
 
 def score_baselines(
@@ -107,11 +138,13 @@ def score_baselines(
     popularity: pd.DataFrame,
     new_model=None,
     progress: bool = False,
+    clicks: pd.DataFrame | None = None,
 ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, str]]:
     """(per-pair metrics per baseline, {baseline: why it is n/a}) on `ev`'s pairs and pool.
 
     `names` from eval.baselines; `popularity` is pairs/popularity.parquet (item_id, users);
-    `new_model()` returns a fresh (untrained) encoder, needed for "untrained" only."""
+    `new_model()` returns a fresh (untrained) encoder, needed for "untrained" only; `clicks` (the training
+    window's click events) give co-occurrence its users in common."""
     unknown = sorted(set(names) - set(BASELINES))
     if unknown:
         raise ValueError(f"eval.baselines: unknown {unknown}; choose from {list(BASELINES)}")
@@ -120,7 +153,7 @@ def score_baselines(
         "untrained": lambda: ev.score_encoder(new_model(), catalog, progress=progress),
         "popularity": lambda: ev.evaluate(static_scorer(ev, pop)),
         "bm25": lambda: ev.evaluate(bm25_scorer(ev, catalog)),
-        "cooccurrence": lambda: ev.evaluate(cooccurrence_scorer(ev, catalog["item_id"], train_pairs, pop)),
+        "cooccurrence": lambda: ev.evaluate(cooccurrence_scorer(ev, catalog["item_id"], train_pairs, pop, clicks)),
     }
     scored, unavailable = {}, {}
     for name in names:

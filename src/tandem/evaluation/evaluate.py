@@ -11,7 +11,7 @@ so the numbers measure the model, not the ANN index.
 Both add the subsets short_query / short_target: pairs whose query / target item text is
 under `EvalConfig.short_tokens` tokens of the bundled MiniLM tokenizer; given the training pairs,
 warm / cold: pairs whose target item is / is in no training pair (where popularity and
-co-occurrence know nothing, and a content model earns its keep). `eval.pool_without_train` takes
+co-occurrence know little, and a content model earns its keep). `eval.pool_without_train` takes
 every training item out of the pool (NoteLLM-2's cold-start pool): only cold targets remain.
 
 Any way of ranking is a *scorer*: `scorer(query_indices) -> (len, pool size)` scores over the

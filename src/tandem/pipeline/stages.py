@@ -300,10 +300,11 @@ def evaluate(run: RunPaths, cfg: RunConfig, progress: bool = True) -> dict:
         )
     per_pair = {"model": ev.score_encoder(model, catalog, np.load(run / "vectors" / "items.npy"), progress)}
     latency = {"model": query_latency_ms(model, ev, catalog, ecfg.latency_queries)}
-    pop = pd.read_parquet(run / "pairs" / "popularity.parquet")
+    pop, logs = pd.read_parquet(run / "pairs" / "popularity.parquet"), pd.read_parquet(run / "data" / "logs.parquet")
+    clicks = baselines.training_clicks(logs, run.summary("pairs")["cutoff"], cfg.contract.click_events)
     scored, unavailable = baselines.score_baselines(
-        ev, ecfg.baselines, catalog, train, pop, lambda: _new_model(with_vision(run, cfg), catalog), progress
-    )  # a baseline the data cannot support (BM25 without text) is n/a with its reason
+        ev, ecfg.baselines, catalog, train, pop, lambda: _new_model(with_vision(run, cfg), catalog), progress, clicks
+    )  # a baseline the data cannot support (BM25 without text) is n/a with its reason; clicks: the training window's
     per_pair |= scored
     with ItemIndex(cfg.index, run.workdir) as idx:
         live = idx.live()
