@@ -14,6 +14,10 @@ run's files (the same EvalSet, each query's training partners left out as there)
   square root of both items' user counts).
 
 The model's and the pipeline baselines' per-pair figures are read from evaluate/per_pair.npz beside them.
+`--hybrid-weights` adds the served model's scores (its vectors re-read, the query titles embedded by a query
+tower) plus a weight times a rank-`--hybrid-rank` approximation of log(1 + users in common), scaled to [0, 1]:
+what collaborative coordinates appended to the vectors would add (an item query's factors on one side, a
+candidate's on the other), and what they would cost the cold targets, which have few clicks or none.
 Nothing here is chosen for the pipeline: it says where the non-learned signals stand on the same pairs.
 """
 
@@ -34,7 +38,7 @@ from tandem.evaluation.metrics import bootstrap_ci, per_pair_metrics
 from tandem.evaluation.results import load_per_pair
 
 FROM_RUN = ("model", "popularity", "cooccurrence")
-METRICS = ("recall@100", "mrr@10")
+METRICS = ("recall@100", "cold recall@100", "mrr@10")
 
 
 def train_clicks(run: Path, logs: pd.DataFrame, cfg, catalog: pd.DataFrame) -> tuple[pd.DataFrame, pd.Timestamp]:
@@ -55,14 +59,19 @@ def recency_popularity(clicks: pd.DataFrame, cutoff: pd.Timestamp, n_items: int,
     return np.bincount(latest["row"].to_numpy(), weights=0.5 ** (age / half_life), minlength=n_items)
 
 
+def user_item(clicks: pd.DataFrame, n_items: int) -> sp.csc_matrix:
+    """(users, catalogue rows) 0/1: a user counts once per item however often they clicked it."""
+    users = pd.factorize(clicks["user_id"])[0]
+    x = sp.csc_matrix((np.ones(len(users)), (users, clicks["row"].to_numpy())), shape=(users.max() + 1, n_items))
+    x.sum_duplicates()
+    x.data[:] = 1.0
+    return x
+
+
 def cooccurrence_over_users(ev: EvalSet, clicks: pd.DataFrame, n_items: int, cosine: bool):
     """Scorer: users who clicked both the query item and each pool item (optionally cosine-normalised), plus the
     item's popularity scaled below the smallest step of the first (ties only)."""
-    users = pd.factorize(clicks["user_id"])[0]
-    x = sp.csc_matrix((np.ones(len(users)), (users, clicks["row"].to_numpy())), shape=(users.max() + 1, n_items))
-    x.data[:] = 1.0  # a user counts once per item however often they clicked it
-    x.sum_duplicates()
-    x.data[:] = 1.0
+    x = user_item(clicks, n_items)
     degree = np.asarray(x.sum(0)).ravel()
     both = (x[:, ev.query_item].T @ x[:, ev.pool]).toarray()  # (queries, pool): users in common
     if cosine:
@@ -73,7 +82,25 @@ def cooccurrence_over_users(ev: EvalSet, clicks: pd.DataFrame, n_items: int, cos
     return lambda batch: scores[batch]
 
 
-def signals(run: Path, half_lives: list[float]) -> str:
+def hybrid_scores(ev: EvalSet, run: Path, catalog: pd.DataFrame, clicks: pd.DataFrame, rank: int):
+    """(the served model's (queries, pool) scores, the rank-`rank` log co-occurrence on the same cells)."""
+    from scipy.sparse.linalg import eigsh
+
+    from tandem.models import load_model
+
+    model = load_model(run / "model")
+    queries, pool = ev.encode(model, catalog, np.load(run / "vectors" / "items.npy"), progress=False)
+    x = user_item(clicks, len(catalog))
+    both = (x.T @ x).tocsr()
+    both.setdiag(0)
+    both.eliminate_zeros()
+    both.data = np.log1p(both.data) / np.log1p(both.data.max())
+    values, vectors = eigsh(both, k=min(rank, len(catalog) - 2), which="LM")
+    factors = vectors * values  # query side; the candidate side is `vectors`
+    return queries @ pool.T, factors[ev.query_item] @ vectors[ev.pool].T
+
+
+def signals(run: Path, half_lives: list[float], hybrid_weights: list[float], hybrid_rank: int) -> str:
     ev, catalog, logs, cfg = rebuild(run)
     clicks, cutoff = train_clicks(run, logs, cfg, catalog)
     n = len(catalog)
@@ -86,13 +113,20 @@ def signals(run: Path, half_lives: list[float]) -> str:
     for cosine in (False, True):
         ranks = ev.ranks(cooccurrence_over_users(ev, clicks, n, cosine))
         figures[f"co-occurrence over users{', cosine' if cosine else ''}"] = per_pair_metrics(ranks, (100,), 10)
+    if hybrid_weights:
+        served, collaborative = hybrid_scores(ev, run, catalog, clicks, hybrid_rank)
+        for weight in [0.0, *hybrid_weights]:
+            ranks = ev.ranks(lambda batch, w=weight: served[batch] + w * collaborative[batch])
+            name = f"model + {weight:g} x co-occurrence (log, rank {hybrid_rank})" if weight else "model (re-scored)"
+            figures[name] = per_pair_metrics(ranks, (100,), 10)
     lines = [f"{run}: {len(ev.target)} test pairs, {ev.description}; training window: {len(clicks)} clicks of "
              f"{clicks['user_id'].nunique()} users before {cutoff:%Y-%m-%d}", "",
              "| ranker | " + " | ".join(METRICS) + " |", "|---|" + "---|" * len(METRICS)]  # fmt: skip
     for name, values in figures.items():
         cells = []
         for metric in METRICS:
-            column = np.asarray(values[metric], dtype=np.float64)
+            column = np.asarray(values[metric.split()[-1]], dtype=np.float64)
+            column = column[ev.subsets["cold"]] if metric.startswith("cold") else column
             low, high = bootstrap_ci(column)
             cells.append(f"{column.mean():.4f} [{low:.3f}, {high:.3f}]")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -103,13 +137,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("runs", type=Path, nargs="+")
     parser.add_argument("--half-lives", default="14,30,90", help="comma-separated recency half-lives in days")
+    parser.add_argument("--hybrid-weights", default="", help="comma-separated weights of the co-occurrence part")
+    parser.add_argument("--hybrid-rank", type=int, default=32, help="rank of the co-occurrence approximation")
     args = parser.parse_args()
     started = time.time()
-    half_lives = [float(x) for x in args.half_lives.split(",") if x]
+    floats = lambda text: [float(x) for x in text.split(",") if x]  # noqa: E731
     for run in args.runs:
-        print(signals(run, half_lives) + "\n")
+        print(signals(run, floats(args.half_lives), floats(args.hybrid_weights), args.hybrid_rank) + "\n")
     runs = " ".join(str(r) for r in args.runs)
-    print(f"({time.time() - started:.0f} s; python benchmarks/log_signals.py {runs} --half-lives {args.half_lives})")
+    hybrid = f" --hybrid-weights {args.hybrid_weights} --hybrid-rank {args.hybrid_rank}" if args.hybrid_weights else ""
+    command = f"python benchmarks/log_signals.py {runs} --half-lives {args.half_lives}{hybrid}"
+    print(f"({time.time() - started:.0f} s; {command})")
 
 
 if __name__ == "__main__":
