@@ -289,9 +289,8 @@ def evaluate(run: RunPaths, cfg: RunConfig, progress: bool = True) -> dict:
     from tandem.evaluation.results import save_per_pair, summarize
     from tandem.models import load_model
 
-    ecfg = cfg.eval
+    ecfg, model = cfg.eval, load_model(run / "model")
     catalog, test, train = items(run), pairs(run, "test"), pairs(run, "train")
-    model = load_model(run / "model")
     queries = {s: read_query_pairs(run / "pairs", s) for s in ("train", "test")}  # real queries when the logs have them
     ev = eval_set(test, queries["test"], catalog, ecfg, model.symmetric, train, queries["train"])
     if ecfg.primary_metric not in ev.metric_names():
