@@ -33,6 +33,7 @@ import pandas as pd
 import scipy.sparse as sp
 from cold_targets import rebuild
 
+from tandem.evaluation.baselines import click_matrix, training_clicks
 from tandem.evaluation.evaluate import EvalSet
 from tandem.evaluation.metrics import bootstrap_ci, per_pair_metrics
 from tandem.evaluation.results import load_per_pair
@@ -44,7 +45,7 @@ METRICS = ("recall@100", "cold recall@100", "mrr@10")
 def train_clicks(run: Path, logs: pd.DataFrame, cfg, catalog: pd.DataFrame) -> tuple[pd.DataFrame, pd.Timestamp]:
     """The training window's click events on catalogue items (user_id, row, ts), and the test window's start."""
     cutoff = pd.Timestamp(json.loads((run / "pairs.json").read_text())["cutoff"])
-    clicks = logs[(logs["ts"] < cutoff) & logs["event"].isin(cfg.contract.click_events)]
+    clicks = training_clicks(logs, cutoff, cfg.contract.click_events)  # what the co-occurrence baseline counts
     pos = pd.Series(np.arange(len(catalog)), index=catalog["item_id"].astype(str).to_numpy())
     rows = pos.reindex(clicks["item_id"].astype(str).to_numpy()).to_numpy()
     known = ~np.isnan(rows)
@@ -60,12 +61,8 @@ def recency_popularity(clicks: pd.DataFrame, cutoff: pd.Timestamp, n_items: int,
 
 
 def user_item(clicks: pd.DataFrame, n_items: int) -> sp.csc_matrix:
-    """(users, catalogue rows) 0/1: a user counts once per item however often they clicked it."""
-    users = pd.factorize(clicks["user_id"])[0]
-    x = sp.csc_matrix((np.ones(len(users)), (users, clicks["row"].to_numpy())), shape=(users.max() + 1, n_items))
-    x.sum_duplicates()
-    x.data[:] = 1.0
-    return x
+    """(users, catalogue rows) 0/1, as the co-occurrence baseline counts them."""
+    return click_matrix(np.arange(n_items), clicks.assign(item_id=clicks["row"]))
 
 
 def cooccurrence_over_users(ev: EvalSet, clicks: pd.DataFrame, n_items: int, cosine: bool):

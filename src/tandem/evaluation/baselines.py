@@ -114,8 +114,9 @@ def training_clicks(logs: pd.DataFrame, cutoff, click_events) -> pd.DataFrame:
     return logs[(logs["ts"] < pd.Timestamp(cutoff)) & logs["event"].isin(click_events)]
 
 
-def users_in_common(ev: EvalSet, item_ids, clicks: pd.DataFrame) -> Scorer:
-    """(queries in batch, pool) counts of the distinct users who clicked both the query item and the pool item."""
+def click_matrix(item_ids, clicks: pd.DataFrame):
+    """(users, items in `item_ids` order) sparse 0/1 (csc): a user counts once per item however often they clicked
+    it; clicks on items outside `item_ids` are left out."""
     import scipy.sparse as sp
 
     pos = pd.Series(np.arange(len(item_ids)), index=np.asarray(item_ids).astype(str))
@@ -125,7 +126,13 @@ def users_in_common(ev: EvalSet, item_ids, clicks: pd.DataFrame) -> Scorer:
     shape = (int(users.max()) + 1 if len(users) else 0, len(item_ids))
     x = sp.csc_matrix((np.ones(len(users)), (users, rows[known].astype(np.int64))), shape=shape)
     x.sum_duplicates()
-    x.data[:] = 1.0  # a user counts once per item however often they clicked it
+    x.data[:] = 1.0
+    return x
+
+
+def users_in_common(ev: EvalSet, item_ids, clicks: pd.DataFrame) -> Scorer:
+    """(queries in batch, pool) counts of the distinct users who clicked both the query item and the pool item."""
+    x = click_matrix(item_ids, clicks)
     queries, pool = x[:, ev.query_item].T.tocsr(), x[:, ev.pool]
     return lambda batch: (queries[batch] @ pool).toarray()
 
