@@ -72,10 +72,20 @@ def test_notellm2_runs_the_whole_loop(dataset, tiny_encoder_dir, tmp_path):
         eval=replace(EvalConfig(), batch_size=32),
         split=replace(SplitConfig(), drop_reverse=False),  # 32 items: every test pair's reverse trained
     )  # fmt: skip
+    cfg = replace(cfg, model=replace(cfg.model, popularity_factors=4, popularity_factor_weight=0.5))
     report = run(*dataset, tmp_path, cfg, run_id="nl", progress=False)
     assert report["training"]["family"] == "notellm2"
     assert set(report["metrics"]) == {"model", "untrained", "popularity", "bm25", "cooccurrence"}
     evaluation = json.loads((tmp_path / "runs" / "nl" / "evaluate.json").read_text())
     assert evaluation["protocol"] == "notellm2"  # 'auto' picks item-to-item for a symmetric model
     assert 0.0 <= report["metrics"]["model"]["recall@10"] <= 1.0
-    assert load_model(tmp_path / "runs" / "nl" / "model").family == "notellm2"
+    model = load_model(tmp_path / "runs" / "nl" / "model")
+    assert model.family == "notellm2"
+    # the log co-occurrence coordinates: in train.json, in the model's term and closing every stored vector
+    factors = json.loads((tmp_path / "runs" / "nl" / "train.json").read_text())["popularity"]["factors"]
+    assert factors["weight"] == 0.5 and 0 < factors["rank"] <= 4 and model.popularity.factor_dims == factors["rank"]
+    vectors = np.load(tmp_path / "runs" / "nl" / "vectors" / "items.npy")
+    ids = pd.read_parquet(tmp_path / "runs" / "nl" / "data" / "catalog.parquet")["item_id"].astype(str)
+    own = [n for n, i in enumerate(ids) if i in model.popularity.factors]
+    expected = np.sqrt(0.5) * np.array([model.popularity.factors[ids[n]] for n in own])
+    assert own and np.allclose(vectors[own, -factors["rank"] :], expected, atol=1e-5)

@@ -219,6 +219,16 @@ class ModelConfig:
     popularity_weight: NonNegFloat = field(
         default=0.0, metadata={"help": "w of the popularity term; 0 = chosen on the validation pairs (0 if none helps)"}
     )
+    popularity_factors: NonNegative = field(
+        default=32,
+        metadata={
+            "help": "rank k of the log co-occurrence coordinates that symmetric models' item vectors also get "
+            "(tandem.training.factors); 0 = none"
+        },
+    )
+    popularity_factor_weight: NonNegFloat = field(
+        default=0.0, metadata={"help": "w_f of those coordinates; 0 = chosen on the validation pairs (0 if none helps)"}
+    )
     popularity_cold_tolerance: NonNegFloat = field(
         default=0.0,
         metadata={

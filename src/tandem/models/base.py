@@ -100,18 +100,18 @@ class Encoder(nn.Module):
     family: ClassVar[str]
     symmetric: ClassVar[bool] = False  # True: queries are items (evaluation embeds query items as items)
     cfg: ModelConfig
-    popularity = None  # a PopularityTerm attached after training (tandem.models.popularity): one extra coordinate
+    popularity = None  # a PopularityTerm attached after training (tandem.models.popularity): extra coordinates
 
     def with_item_term(self, vectors: np.ndarray, catalog: pd.DataFrame) -> np.ndarray:
-        """Item vectors with the popularity coordinate appended when the model carries a term."""
-        if self.popularity is None or not self.popularity.weight:
+        """Item vectors with the term's coordinates appended when the model carries one."""
+        if self.popularity is None or not self.popularity.active:
             return vectors
         ids = catalog["item_id"] if "item_id" in catalog else [None] * len(catalog)
         return self.popularity.augment_items(vectors, ids)
 
     def with_query_term(self, vectors: np.ndarray) -> np.ndarray:
-        """Text query vectors with the popularity coordinate's query side appended, likewise."""
-        if self.popularity is None or not self.popularity.weight:
+        """Text query vectors with the query side of those coordinates appended, likewise."""
+        if self.popularity is None or not self.popularity.active:
             return vectors
         return self.popularity.augment_queries(vectors)
 

@@ -262,4 +262,4 @@ class OnnxQueryEncoder:
         for start in tqdm(range(0, len(order), batch_size), desc="queries", disable=not progress, unit="batch"):
             idx = order[start : start + batch_size]
             out[idx] = self.session.run([OUTPUT], self.tokenize([texts[i] for i in idx]))[0]
-        return self.popularity.augment_queries(out) if self.popularity is not None and self.popularity.weight else out
+        return self.popularity.augment_queries(out) if self.popularity is not None and self.popularity.active else out

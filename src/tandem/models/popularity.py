@@ -17,6 +17,12 @@ that resembles popular ones is not buried under them. The weight and the cold tr
 together on the validation pairs (`tandem.training.popularity.choose_weight`); the term with weight 0 is
 not attached at all (the vectors stay the plain unit vectors).
 
+Log co-occurrence coordinates (symmetric models, whose queries are stored item vectors): k more coordinates
+`sqrt(w_f) f_i`, where `f_i` is the item's row of a rank-k factorisation of the training window's users-in-common
+matrix (`tandem.training.factors`), so two stored vectors score `... + w_f f_q . f_i`: the "also clicked" signal
+of the co-occurrence list, inside the same inner product. A text query appends zeros there (it has no clicks).
+An item without clicks gets zeros or, with `factor_content`, factors predicted from its own vector.
+
 Saved as `popularity.json` beside the model's weights; `load` returns None when there is none.
 """
 
@@ -40,6 +46,24 @@ class PopularityTerm:
     cold_bias: float = 0.0  # b of an item not in `bias` (without `content`, or without its vector)
     chosen: dict = field(default_factory=dict)  # how the weight was chosen (validation figures)
     content: dict = field(default_factory=dict)  # cold b from the item vector: {"coef", "intercept", "scale"}
+    factor_weight: float = 0.0  # w_f of the log co-occurrence coordinates; 0 = none
+    factors: dict[str, list[float]] = field(default_factory=dict)  # item id -> its k coordinates f_i
+    factor_content: dict = field(default_factory=dict)  # f of an item without clicks from its vector
+
+    @property
+    def active(self) -> bool:
+        """Whether the term changes any score (else it is not attached)."""
+        return self.weight > 0 or self.factor_dims > 0
+
+    @property
+    def factor_dims(self) -> int:
+        """k: the co-occurrence coordinates appended after the popularity one (0 when their weight is 0)."""
+        return len(next(iter(self.factors.values()))) if self.factor_weight > 0 and self.factors else 0
+
+    @property
+    def extra_dims(self) -> int:
+        """Coordinates appended to the model's own vector: the popularity one, then the factors."""
+        return 1 + self.factor_dims
 
     @property
     def scale(self) -> float:
@@ -53,14 +77,30 @@ class PopularityTerm:
             own[cold] = predict_bias(self.content, np.asarray(vectors)[cold])
         return np.where(np.isnan(own), np.float32(self.cold_bias), own)
 
+    def item_factors(self, item_ids, vectors: np.ndarray | None = None) -> np.ndarray:
+        """(n, k) f per item: its own, else predicted from its vector (with `factor_content`), else zeros."""
+        out = np.zeros((len(item_ids), self.factor_dims), dtype=np.float32)
+        own = [self.factors.get(str(i)) for i in item_ids]
+        missing = np.array([f is None for f in own], dtype=bool)
+        for row in np.flatnonzero(~missing):
+            out[row] = own[row]
+        if self.factor_content and vectors is not None and missing.any():
+            out[missing] = predict_factors(self.factor_content, np.asarray(vectors)[missing])
+        return out
+
     def augment_items(self, vectors: np.ndarray, item_ids) -> np.ndarray:
-        """(n, d + 1): the item vectors with `a (1 + b_i)` appended."""
+        """(n, d + 1 + k): the item vectors with `a (1 + b_i)` and `sqrt(w_f) f_i` appended."""
         extra = self.scale * (1.0 + self.biases(item_ids, vectors))
-        return np.hstack([vectors, extra[:, None].astype(vectors.dtype)])
+        parts = [vectors, extra[:, None].astype(vectors.dtype)]
+        if self.factor_dims:
+            parts.append((math.sqrt(self.factor_weight) * self.item_factors(item_ids, vectors)).astype(vectors.dtype))
+        return np.hstack(parts)
 
     def augment_queries(self, vectors: np.ndarray) -> np.ndarray:
-        """(n, d + 1): text query vectors with `a` appended."""
-        return np.hstack([vectors, np.full((len(vectors), 1), self.scale, dtype=vectors.dtype)])
+        """(n, d + 1 + k): text query vectors with `a` appended, then zeros (a text has no clicks)."""
+        tail = np.zeros((len(vectors), self.extra_dims), dtype=vectors.dtype)
+        tail[:, 0] = self.scale
+        return np.hstack([vectors, tail])
 
     def save(self, directory: str | Path) -> Path:
         path = Path(directory) / FILE
@@ -87,16 +127,34 @@ def item_biases(item_ids, counts, cap_quantile: float = 1.0) -> dict[str, float]
 
 
 def fit_content_bias(vectors: np.ndarray, b: np.ndarray, alpha: float = 1.0) -> dict:
-    """Ridge regression of b on the item vectors (the warm items): {"coef", "intercept"} for `predict_bias`.
-    Closed form on centred data; alpha keeps it stable where the items are fewer than the dimensions."""
-    x, y = np.asarray(vectors, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    mx, my = x.mean(0), y.mean()
-    xc = x - mx
-    coef = np.linalg.solve(xc.T @ xc + alpha * np.eye(x.shape[1]), xc.T @ (y - my))
-    return {"coef": coef.round(6).tolist(), "intercept": round(float(my - mx @ coef), 6)}
+    """Ridge regression of b on the item vectors (the warm items): {"coef", "intercept"} for `predict_bias`."""
+    coef, intercept = _ridge(vectors, b, alpha)
+    return {"coef": coef.round(6).tolist(), "intercept": round(float(intercept), 6)}
 
 
 def predict_bias(content: dict, vectors: np.ndarray) -> np.ndarray:
     """Predicted b of items from their vectors, times the chosen scale, clipped to [0, 1]."""
     raw = np.asarray(vectors, dtype=np.float64) @ np.asarray(content["coef"]) + content["intercept"]
     return np.clip(raw * content.get("scale", 1.0), 0.0, 1.0).astype(np.float32)
+
+
+def fit_content_factors(vectors: np.ndarray, factors: np.ndarray, alpha: float = 1.0) -> dict:
+    """Ridge regression of the factors (n, k) on the item vectors: {"coef" (d, k), "intercept" (k)}."""
+    coef, intercept = _ridge(vectors, factors, alpha)
+    return {"coef": coef.round(6).tolist(), "intercept": intercept.round(6).tolist()}
+
+
+def predict_factors(content: dict, vectors: np.ndarray) -> np.ndarray:
+    """Predicted factors (n, k) of items from their vectors."""
+    raw = np.asarray(vectors, dtype=np.float64) @ np.asarray(content["coef"]) + np.asarray(content["intercept"])
+    return raw.astype(np.float32)
+
+
+def _ridge(vectors: np.ndarray, y: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """(coef, intercept) of y on the vectors, closed form on centred data; alpha keeps it stable where the
+    items are fewer than the dimensions."""
+    x, y = np.asarray(vectors, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    mx, my = x.mean(0), y.mean(0)
+    xc = x - mx
+    coef = np.linalg.solve(xc.T @ xc + alpha * np.eye(x.shape[1]), xc.T @ (y - my))
+    return coef, my - mx @ coef

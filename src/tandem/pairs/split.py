@@ -50,9 +50,10 @@ class Split:
         return pd.concat(parts, ignore_index=True)
 
     def counts(self) -> dict[str, int]:
-        """Pairs per split, and the test pairs dropped for leakage (`test_dropped_seen`: the same pair
-        trained; `test_dropped_reverse`: its reverse A->B trained, B->A in test)."""
-        out = {"train": len(self.train), "valid": len(self.valid), "test": len(self.test), "valid_by": self.valid_by}
+        """Pairs per split, how validation was drawn (and from when), and the test pairs dropped for leakage
+        (`test_dropped_seen`: the same pair trained; `test_dropped_reverse`: its reverse A->B trained, B->A in test)."""
+        out = {"train": len(self.train), "valid": len(self.valid), "test": len(self.test), "valid_by": self.valid_by,
+               "valid_cutoff": None if self.valid_cutoff is None else self.valid_cutoff.isoformat()}  # fmt: skip
         return out | {f"test_dropped_{why}": n for why, n in self.dropped.items()}
 
     def logs_before_validation(self) -> pd.DataFrame:

@@ -24,6 +24,7 @@ import pandas as pd
 
 from tandem.core.atomic import write_atomic
 from tandem.core.config import RunConfig
+from tandem.models.popularity import PopularityTerm
 from tandem.release.index import ItemIndex, model_dir_of
 from tandem.training.data import PairDataset
 
@@ -95,8 +96,9 @@ def mine(
         if not queries:
             return {}, about | {"champion": live, "queries": 0}
         matrix = np.concatenate(vectors).astype(np.float32)
-        if (model_dir_of(run.workdir, live) / "popularity.json").is_file():
-            matrix[:, -1] = 0.0  # the query's popularity coordinate off: the champion's content ranking is mined
+        term = PopularityTerm.load(model_dir_of(run.workdir, live))
+        if term is not None:  # the query's popularity (and co-occurrence) coordinates off: its content ranking is mined
+            matrix[:, -term.extra_dims :] = 0.0
         k = 2 * depth + 1  # room for the skipped items; a query with more positives keeps fewer
         hits = [
             h for s in range(0, len(matrix), SEARCH_CHUNK) for h in idx.search(live, matrix[s : s + SEARCH_CHUNK], k)

@@ -3,13 +3,15 @@
 - `pair_counts`: how many training pairs the run mined and used, and pairs per item (the item side
   of a pair and either side), for the stage summary and the report.
 - `attach_popularity`: b_item from the run's Feast item features (`model.popularity_feature`), the
-  weight chosen on the validation pairs (or the recipe's), attached to the trained model so that
-  everything it embeds from then on (embed stage, evaluate, serving) carries the same coordinate.
+  weight chosen on the validation pairs (or the recipe's), and for symmetric models the log co-occurrence
+  coordinates (tandem.training.factors), attached to the trained model so that everything it embeds from
+  then on (embed stage, evaluate, serving) carries the same coordinates.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +38,9 @@ def pair_counts(train: pd.DataFrame, valid: pd.DataFrame) -> dict:
 def attach_popularity(
     model, cfg: RunConfig, run, catalog: pd.DataFrame, train: pd.DataFrame, valid: pd.DataFrame
 ) -> dict | None:
-    """Build the popularity term, choose its weight unless the recipe fixes it, attach it to `model`
-    (None when the weight is 0 or the term is off); returns its summary for train.json.
+    """Build the popularity term, choose its weight unless the recipe fixes it, add the co-occurrence
+    coordinates (symmetric models), attach it to `model` (None when it changes no score or is off); returns
+    its summary for train.json.
 
     The weight is chosen with b as the validation pairs found it: 'popularity' counted on the logs before
     the validation window (pairs/popularity_valid.parquet, written by mine), as the test's b is counted on
@@ -58,24 +61,64 @@ def attach_popularity(
     warm = catalog["item_id"].isin(pd.concat([train["item_id"], train["related_item_id"]])).to_numpy()
     counts = np.where(warm, counts, 0)
     term = PopularityTerm(mcfg.popularity_weight, feature, item_biases(catalog["item_id"], counts))
+    before = _valid_counts(run / "pairs", catalog) if feature == "popularity" else None
+    trial = term if before is None else replace(term, bias=item_biases(catalog["item_id"], before * warm))
+    choose = not valid.empty and (not mcfg.popularity_weight or (model.symmetric and not mcfg.popularity_factor_weight))
+    item_vecs = model.embed_items(catalog, batch_size=cfg.eval.batch_size, progress=False) if choose else None
+    why = None
     if not mcfg.popularity_weight:
         if valid.empty:
-            return {"feature": feature, "weight": 0.0, "why": "no validation pairs to choose the weight on"}
-        before = _valid_counts(run / "pairs", catalog) if feature == "popularity" else None
-        trial = term if before is None else replace(term, bias=item_biases(catalog["item_id"], before * warm))
-        tolerance = mcfg.popularity_cold_tolerance
-        chosen = choose_weight(model, catalog, valid, train, trial, cfg.eval, cold_tolerance=tolerance)
-        term = replace(chosen, bias=term.bias)  # served: b of the whole training window
-    model.popularity = term if term.weight else None
+            why = "no validation pairs to choose the weight on"
+        else:
+            tolerance = mcfg.popularity_cold_tolerance
+            trial = choose_weight(model, catalog, valid, train, trial, cfg.eval, cold_tolerance=tolerance,
+                                  item_vecs=item_vecs)  # fmt: skip
+            term = replace(trial, bias=term.bias)  # served: b of the whole training window
+    term, factors = _with_factors(model, cfg, run, catalog, train, valid, term, trial, item_vecs)
+    model.popularity = term if term.active else None
     return {
         "feature": feature,
         "weight": term.weight,
+        **({"why": why} if why else {}),
         "cold_prior": term.cold_bias,
         "cold_content_scale": term.content.get("scale"),  # set when cold items get their content prediction
         "items_with_bias": len(term.bias),
         "items_without": int(np.sum(counts <= 0)),
         "chosen": term.chosen or "recipe",
+        "factors": factors,
     }
+
+
+def _with_factors(model, cfg: RunConfig, run, catalog, train, valid, term, trial, item_vecs) -> tuple:
+    """(`term` with the co-occurrence coordinates when the model is symmetric, they are on and their weight is
+    positive, their summary). Chosen with `trial` (b as the validation pairs found it) on factors counted before
+    the validation window; served: factors of the whole training window."""
+    from tandem.evaluation.baselines import training_clicks
+    from tandem.training.factors import choose_factors, log_factors, with_cold
+
+    mcfg, pairs = cfg.model, run.summary("pairs")
+    if not model.symmetric or not mcfg.popularity_factors:
+        return term, {"rank": 0, "why": "off" if model.symmetric else "text queries carry no clicks"}
+    if "valid_cutoff" not in pairs:
+        return term, {"rank": 0, "why": "mined before the validation window was recorded: rerun mine"}
+    logs, ids = pd.read_parquet(run / "data" / "logs.parquet"), catalog["item_id"].astype(str).to_numpy()
+    clicks_before = partial(training_clicks, logs, click_events=cfg.contract.click_events)
+    served = log_factors(ids, clicks_before(cutoff=pairs["cutoff"]), mcfg.popularity_factors, cfg.train.seed)
+    weight, cold, chosen = mcfg.popularity_factor_weight, "zeros", {}
+    if not weight and valid.empty:
+        return term, {"rank": 0, "why": "no validation pairs to choose the weight on"}
+    if not weight:
+        earlier = log_factors(ids, clicks_before(cutoff=pairs["valid_cutoff"] or pairs["cutoff"]),
+                              mcfg.popularity_factors, cfg.train.seed)  # fmt: skip
+        weight, cold, chosen = choose_factors(model, catalog, valid, train, trial, earlier, item_vecs, cfg.eval,
+                                              cold_tolerance=mcfg.popularity_cold_tolerance)  # fmt: skip
+    summary = {"rank": int(served.shape[1]), "weight": weight, "cold_factors": cold, "chosen": chosen or "recipe"}
+    if not weight or not served.shape[1]:
+        return term, summary
+    clicked = np.abs(served).sum(1) > 0
+    content = with_cold(served, item_vecs, cold)[2] if cold == "content" else {}
+    own = {i: row.round(6).tolist() for i, row in zip(ids[clicked], served[clicked], strict=True)}
+    return replace(term, factor_weight=weight, factors=own, factor_content=content), summary
 
 
 def _valid_counts(folder: Path, catalog: pd.DataFrame) -> np.ndarray | None:

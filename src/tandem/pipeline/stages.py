@@ -253,7 +253,7 @@ def embed(run: RunPaths, cfg: RunConfig, progress: bool = True) -> dict:
     catalog = items(run)
     vectors = load_model(run / "model").embed_items(catalog, batch_size=cfg.eval.batch_size, progress=progress)
     write_atomic(run / "vectors" / "items.npy", lambda f: np.save(f, vectors))
-    bias = (run / "model" / "popularity.json").is_file()  # its last coordinate is the popularity term's
+    bias = (run / "model" / "popularity.json").is_file()  # the term's coordinates close every vector
     return run.save("embed", {"items": len(catalog), "dim": int(vectors.shape[1]), "popularity_coordinate": bias})
 
 

@@ -78,13 +78,16 @@ def choose_weight(
     cold_tolerance: float = 0.0,
     min_cold_pairs: int = 20,
     content_scales=CONTENT_SCALES,
+    item_vecs: np.ndarray | None = None,
 ) -> PopularityTerm:
-    """`term` (b of the warm items) with the weight and cold treatment chosen as the module says."""
+    """`term` (b of the warm items) with the weight and cold treatment chosen as the module says; `item_vecs`:
+    the model's plain item vectors (catalogue order) when already embedded."""
     primary = eval_cfg.primary_metric
     protocol = resolve_protocol(eval_cfg.protocol, model.symmetric)
     ev = EvalSet.from_pairs(valid, catalog, eval_cfg, protocol, False, train)  # ranked as the test ranks
-    ev = _subsample(ev, valid, catalog, eval_cfg, protocol, train)
-    item_vecs = model.embed_items(catalog, batch_size=eval_cfg.batch_size, progress=False)
+    ev = subsample(ev, valid, catalog, eval_cfg, protocol, train)
+    if item_vecs is None:
+        item_vecs = model.embed_items(catalog, batch_size=eval_cfg.batch_size, progress=False)
     queries, pool = ev.encode(model, catalog, item_vecs, progress=False)
     cos = (queries @ pool.T).astype(np.float32)
     ids = catalog["item_id"].astype(str).to_numpy()
@@ -140,7 +143,7 @@ def pick(allowed: list[dict], check: str, level: list[float]) -> dict:
     return max(near, key=lambda r: (r["cold"], r["all"], -r["weight"], -level[r["option"]]))
 
 
-def _subsample(
+def subsample(
     ev: EvalSet, valid: pd.DataFrame, catalog: pd.DataFrame, cfg: EvalConfig, protocol: str, train
 ) -> EvalSet:
     """At most about MAX_CELLS pair x pool scores: the pairs of a seeded sample of the query items beyond that."""

@@ -1,0 +1,127 @@
+"""The log co-occurrence coordinates of the popularity term (tandem.models.popularity): factors and weight.
+
+Factors: C is the training window's users-in-common matrix over the catalogue (C_ij = users who clicked both i
+and j, the co-occurrence baseline's count; diagonal 0), its counts scaled as log(1 + c) / log(1 + max c).
+With C ~ U diag(lambda) U^T over its k largest positive eigenvalues, f_i = U_i sqrt(lambda): two items' factors
+score f_q . f_i ~ C_qi, so a stored vector carrying sqrt(w_f) f adds w_f C_qi to an item-to-item inner product.
+Only symmetric models use them (their query is a stored item vector); a text query has no clicks.
+
+The weight w_f, and what an item without clicks gets (zeros, or factors predicted from its vector), are chosen
+on the validation pairs after the popularity term's weight, by the same rule (`popularity.pick`): factors
+counted on the clicks before the validation window (as the test's are on the whole training window), each
+candidate scored on all validation pairs and on the cold ones, refused when it lowers the cold targets' metric
+below cosine alone's (the recipe without its popularity-aware parts), or, with too few cold pairs, when targets
+made new (no clicks) rank worse than under cosine alone.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+
+from tandem.core.config import EvalConfig
+from tandem.evaluation.baselines import click_matrix
+from tandem.evaluation.evaluate import EvalSet, resolve_protocol
+from tandem.evaluation.metrics import per_pair_metrics
+from tandem.models.popularity import PopularityTerm, fit_content_factors, predict_factors
+from tandem.training.popularity import pick, subsample
+
+log = logging.getLogger(__name__)
+FACTOR_WEIGHTS = (0.0, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
+COLD_FACTORS = ("zeros", "content")
+
+
+def log_factors(item_ids, clicks: pd.DataFrame, rank: int, seed: int = 0) -> np.ndarray:
+    """(items, k <= rank) factors of the users-in-common matrix of `clicks` (user_id, item_id), `item_ids`
+    order; an item without clicks gets a zero row. k is smaller where fewer positive eigenvalues exist."""
+    from scipy.sparse.linalg import eigsh
+
+    n = len(item_ids)
+    x = click_matrix(item_ids, clicks)
+    both = (x.T @ x).tocsr()
+    both.setdiag(0)
+    both.eliminate_zeros()
+    k = min(rank, n - 2)
+    if both.nnz == 0 or k < 1:
+        return np.zeros((n, 0), dtype=np.float32)
+    both.data = np.log1p(both.data) / np.log1p(both.data.max())
+    start = np.random.default_rng(seed).random(n)  # eigsh's start vector: the same factors on every run
+    values, vectors = eigsh(both, k=k, which="LA", v0=start)
+    keep = values > 1e-9 * values.max()
+    order = np.argsort(-values[keep])
+    return (vectors[:, keep][:, order] * np.sqrt(values[keep][order])).astype(np.float32)
+
+
+def with_cold(factors: np.ndarray, item_vecs: np.ndarray, cold: str) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(factors with the rows of items without clicks filled, every item's factors as if it had none, the
+    content regression or {}) for `cold` 'zeros' or 'content'."""
+    clicked = np.abs(factors).sum(1) > 0
+    if cold == "zeros" or clicked.sum() < 10:
+        return factors, np.zeros_like(factors), {}
+    content = fit_content_factors(item_vecs[clicked], factors[clicked])
+    predicted = predict_factors(content, item_vecs)
+    return np.where(clicked[:, None], factors, predicted), predicted, content
+
+
+def choose_factors(
+    model,
+    catalog: pd.DataFrame,
+    valid: pd.DataFrame,
+    train: pd.DataFrame,
+    term: PopularityTerm,
+    factors: np.ndarray,
+    item_vecs: np.ndarray,
+    eval_cfg: EvalConfig,
+    weights=FACTOR_WEIGHTS,
+    cold_tolerance: float = 0.0,
+    min_cold_pairs: int = 20,
+) -> tuple[float, str, dict]:
+    """(w_f, cold factors 'zeros' | 'content', the validation figures) for `term` (the chosen popularity part,
+    b as the validation pairs found it) and `factors` counted before the validation window (catalogue order)."""
+    protocol = resolve_protocol(eval_cfg.protocol, model.symmetric)
+    ev = subsample(EvalSet.from_pairs(valid, catalog, eval_cfg, protocol, False, train), valid, catalog, eval_cfg,
+                    protocol, train)  # fmt: skip
+    ids = catalog["item_id"].astype(str).to_numpy()
+    trained = set(train["item_id"].astype(str)) | set(train["related_item_id"].astype(str))
+    cold = ~np.isin(ids[ev.target], list(trained))
+    q_rows, pairs = ev.query_of_pair, np.arange(len(ev.target))
+    aug, aug_new = term.augment_items(item_vecs, ids), replace(term, bias={}).augment_items(item_vecs, ids)
+    base = aug[ev.query_item] @ aug[ev.pool].T  # the popularity term as chosen, targets with their own b
+    base_new = np.einsum("pd,pd->p", aug[ev.query_item][q_rows], aug_new[ev.target])  # targets made new
+
+    def ranks(scores: np.ndarray, new_hit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        scores = scores[q_rows]
+        scores[ev.never_ranked(q_rows)] = -np.inf
+        hit = scores[pairs, ev.target_pos]
+        return (scores > hit[:, None]).sum(1), (scores > new_hit[:, None]).sum(1) - (hit > new_hit)
+
+    def score(r: np.ndarray) -> np.ndarray:
+        return per_pair_metrics(r, eval_cfg.ks, eval_cfg.mrr_k)[eval_cfg.primary_metric]
+
+    plain = item_vecs[ev.query_item] @ item_vecs[ev.pool].T  # cosine alone: the floor of the cold targets
+    plain_real, plain_new = (score(r) for r in ranks(plain, plain[q_rows, ev.target_pos]))
+    rows = []
+    for option, cold_rule in enumerate(COLD_FACTORS):
+        filled, as_new, _ = with_cold(factors, item_vecs, cold_rule)
+        collab = filled[ev.query_item] @ filled[ev.pool].T
+        collab_new = np.einsum("pk,pk->p", filled[ev.query_item][q_rows], as_new[ev.target])
+        for w in weights:
+            real, new = (score(r) for r in ranks(base + w * collab, base_new + w * collab_new))
+            se = float(real.std(ddof=1) / np.sqrt(len(real))) if len(real) > 1 else 0.0
+            rows.append({"weight": w, "cold_factors": cold_rule, "option": option, "all": float(real.mean()),
+                         "se": se, "as_new": float(new.mean()), "cold": float(real[cold].mean()) if cold.any()
+                         else None})  # fmt: skip
+    check_cold = int(cold.sum()) >= min_cold_pairs
+    check, limit = ("cold", float(plain_real[cold].mean())) if check_cold else ("as_new", float(plain_new.mean()))
+    allowed = [r for r in rows if r[check] >= limit - cold_tolerance] or [rows[0]]  # w_f 0 keeps the term's own
+    best = pick(allowed, check, [0.0, 1.0])
+    log.info("co-occurrence coordinates: weight %.3g, cold factors %s, on %d validation pairs (%s %.4f vs %.4f "
+             "without; %s %.4f vs %.4f with cosine alone; %d cold pairs)", best["weight"], best["cold_factors"],
+             len(cold), eval_cfg.primary_metric, best["all"], rows[0]["all"], check, best[check], limit,
+             int(cold.sum()))  # fmt: skip
+    chosen = {"metric": eval_cfg.primary_metric, "pairs": len(cold), "cold_pairs": int(cold.sum()),
+              "cold_checked": check_cold, "cold_limit": limit, "grid": rows}  # fmt: skip
+    return best["weight"], best["cold_factors"], chosen
