@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from test_popularity_term import Fixed
 
 from tandem.core.config import EvalConfig
 from tandem.models.popularity import PopularityTerm
@@ -72,16 +73,10 @@ def test_stored_vectors_add_the_weighted_cooccurrence_and_text_queries_do_not(tm
     assert not PopularityTerm(0.0, "popularity", factor_weight=0.0, factors=factors).active
 
 
-class Symmetric:
+class Symmetric(Fixed):
     """A symmetric encoder with given item vectors (its queries are its items' vectors)."""
 
     symmetric = True
-
-    def __init__(self, vectors: dict[str, np.ndarray]):
-        self.vectors = vectors
-
-    def embed_items(self, catalog, batch_size=128, progress=True):
-        return np.stack([self.vectors[i] for i in catalog["item_id"]])
 
 
 def _world(n_items=60, cold_targets=0, seed=0):
