@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -101,19 +100,22 @@ def _with_factors(model, cfg: RunConfig, run, catalog, train, valid, term, trial
         return term, {"rank": 0, "why": "off" if model.symmetric else "text queries carry no clicks"}
     if "valid_cutoff" not in pairs:
         return term, {"rank": 0, "why": "mined before the validation window was recorded: rerun mine"}
-    logs, ids = pd.read_parquet(run / "data" / "logs.parquet"), catalog["item_id"].astype(str).to_numpy()
-    clicks_before = partial(training_clicks, logs, click_events=cfg.contract.click_events)
-    served = log_factors(ids, clicks_before(cutoff=pairs["cutoff"]), mcfg.popularity_factors, cfg.train.seed)
-    weight, cold, chosen = mcfg.popularity_factor_weight, "zeros", {}
-    if not weight and valid.empty:
+    if not mcfg.popularity_factor_weight and valid.empty:
         return term, {"rank": 0, "why": "no validation pairs to choose the weight on"}
+    logs, ids = pd.read_parquet(run / "data" / "logs.parquet"), catalog["item_id"].astype(str).to_numpy()
+
+    def factors(cutoff) -> np.ndarray:
+        clicks = training_clicks(logs, cutoff, cfg.contract.click_events)
+        return log_factors(ids, clicks, mcfg.popularity_factors, cfg.train.seed)
+
+    weight, cold, chosen = mcfg.popularity_factor_weight, "zeros", "recipe"
     if not weight:
-        earlier = log_factors(ids, clicks_before(cutoff=pairs["valid_cutoff"] or pairs["cutoff"]),
-                              mcfg.popularity_factors, cfg.train.seed)  # fmt: skip
+        earlier = factors(pairs["valid_cutoff"] or pairs["cutoff"])
         weight, cold, chosen = choose_factors(model, catalog, valid, train, trial, earlier, item_vecs, cfg.eval,
                                               cold_tolerance=mcfg.popularity_cold_tolerance)  # fmt: skip
-    summary = {"rank": int(served.shape[1]), "weight": weight, "cold_factors": cold, "chosen": chosen or "recipe"}
-    if not weight or not served.shape[1]:
+    served = factors(pairs["cutoff"]) if weight else np.zeros((len(ids), 0), np.float32)
+    summary = {"rank": int(served.shape[1]), "weight": weight, "cold_factors": cold, "chosen": chosen}
+    if not served.shape[1]:
         return term, summary
     clicked = np.abs(served).sum(1) > 0
     content = with_cold(served, item_vecs, cold)[2] if cold == "content" else {}
