@@ -84,14 +84,11 @@ def hybrid_scores(ev: EvalSet, run: Path, catalog: pd.DataFrame, clicks: pd.Data
     from scipy.sparse.linalg import eigsh
 
     from tandem.models import load_model
+    from tandem.training.factors import cooccurrence_matrix
 
     model = load_model(run / "model")
     queries, pool = ev.encode(model, catalog, np.load(run / "vectors" / "items.npy"), progress=False)
-    x = user_item(clicks, len(catalog))
-    both = (x.T @ x).tocsr()
-    both.setdiag(0)
-    both.eliminate_zeros()
-    both.data = np.log1p(both.data) / np.log1p(both.data.max())
+    both = cooccurrence_matrix(np.arange(len(catalog)), clicks.assign(item_id=clicks["row"]))
     values, vectors = eigsh(both, k=min(rank, len(catalog) - 2), which="LM")
     factors = vectors * values  # query side; the candidate side is `vectors`
     return queries @ pool.T, factors[ev.query_item] @ vectors[ev.pool].T

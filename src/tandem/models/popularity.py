@@ -82,8 +82,8 @@ class PopularityTerm:
         out = np.zeros((len(item_ids), self.factor_dims), dtype=np.float32)
         own = [self.factors.get(str(i)) for i in item_ids]
         missing = np.array([f is None for f in own], dtype=bool)
-        for row in np.flatnonzero(~missing):
-            out[row] = own[row]
+        if not missing.all():
+            out[~missing] = [f for f in own if f is not None]
         if self.factor_content and vectors is not None and missing.any():
             out[missing] = predict_factors(self.factor_content, np.asarray(vectors)[missing])
         return out

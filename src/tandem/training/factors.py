@@ -28,10 +28,8 @@ import pandas as pd
 
 from tandem.core.config import EvalConfig
 from tandem.evaluation.baselines import click_matrix
-from tandem.evaluation.evaluate import EvalSet, resolve_protocol
-from tandem.evaluation.metrics import per_pair_metrics
 from tandem.models.popularity import PopularityTerm, fit_content_factors, predict_factors
-from tandem.training.popularity import pick, subsample
+from tandem.training.popularity import grid_row, pick, validation_pairs
 
 log = logging.getLogger(__name__)
 FACTOR_WEIGHTS = (0.0, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
@@ -45,19 +43,27 @@ def log_factors(item_ids, clicks: pd.DataFrame, rank: int, seed: int = 0) -> np.
     from scipy.sparse.linalg import eigsh
 
     n = len(item_ids)
-    x = click_matrix(item_ids, clicks)
-    both = (x.T @ x).tocsr()
-    both.setdiag(0)
-    both.eliminate_zeros()
+    both = cooccurrence_matrix(item_ids, clicks)
     k = min(rank + 1, n - 2)  # + the leading pair, left out below
     if both.nnz == 0 or k < 2 or rank < 1:
         return np.zeros((n, 0), dtype=np.float32)
-    both.data = np.log1p(both.data) / np.log1p(both.data.max())
     start = np.random.default_rng(seed).random(n)  # eigsh's start vector: the same factors on every run
     values, vectors = eigsh(both, k=k, which="LA", v0=start)
     order = np.argsort(-values)[1:]  # the leading pair out: popularity
     order = order[values[order] > 1e-9 * values.max()]
     return (vectors[:, order] * np.sqrt(values[order])).astype(np.float32)
+
+
+def cooccurrence_matrix(item_ids, clicks: pd.DataFrame):
+    """C (items x items, csr, `item_ids` order): users who clicked both items, log(1 + c) / log(1 + max c);
+    diagonal 0."""
+    x = click_matrix(item_ids, clicks)
+    both = (x.T @ x).tocsr()
+    both.setdiag(0)
+    both.eliminate_zeros()
+    if both.nnz:
+        both.data = np.log1p(both.data) / np.log1p(both.data.max())
+    return both
 
 
 def with_cold(factors: np.ndarray, item_vecs: np.ndarray, cold: str) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -86,12 +92,8 @@ def choose_factors(
 ) -> tuple[float, str, dict]:
     """(w_f, cold factors 'zeros' | 'content', the validation figures) for `term` (the chosen popularity part,
     b as the validation pairs found it) and `factors` counted before the validation window (catalogue order)."""
-    protocol = resolve_protocol(eval_cfg.protocol, model.symmetric)
-    ev = subsample(EvalSet.from_pairs(valid, catalog, eval_cfg, protocol, False, train), valid, catalog, eval_cfg,
-                    protocol, train)  # fmt: skip
+    ev, cold = validation_pairs(model, catalog, valid, train, eval_cfg)
     ids = catalog["item_id"].astype(str).to_numpy()
-    trained = set(train["item_id"].astype(str)) | set(train["related_item_id"].astype(str))
-    cold = ~np.isin(ids[ev.target], list(trained))
     q_rows, pairs = ev.query_of_pair, np.arange(len(ev.target))
     aug, aug_new = term.augment_items(item_vecs, ids), replace(term, bias={}).augment_items(item_vecs, ids)
     base = aug[ev.query_item] @ aug[ev.pool].T  # the popularity term as chosen, targets with their own b
@@ -103,24 +105,19 @@ def choose_factors(
         hit = scores[pairs, ev.target_pos]
         return (scores > hit[:, None]).sum(1), (scores > new_hit[:, None]).sum(1) - (hit > new_hit)
 
-    def score(r: np.ndarray) -> np.ndarray:
-        return per_pair_metrics(r, eval_cfg.ks, eval_cfg.mrr_k)[eval_cfg.primary_metric]
-
     plain = item_vecs[ev.query_item] @ item_vecs[ev.pool].T  # cosine alone: the floor of the cold targets
-    plain_real, plain_new = (score(r) for r in ranks(plain, plain[q_rows, ev.target_pos]))
+    floor = grid_row(*ranks(plain, plain[q_rows, ev.target_pos]), cold, eval_cfg)
     rows = []
     for option, cold_rule in enumerate(COLD_FACTORS):
         filled, as_new, _ = with_cold(factors, item_vecs, cold_rule)
         collab = filled[ev.query_item] @ filled[ev.pool].T
         collab_new = np.einsum("pk,pk->p", filled[ev.query_item][q_rows], as_new[ev.target])
         for w in weights:
-            real, new = (score(r) for r in ranks(base + w * collab, base_new + w * collab_new))
-            se = float(real.std(ddof=1) / np.sqrt(len(real))) if len(real) > 1 else 0.0
-            rows.append({"weight": w, "cold_factors": cold_rule, "option": option, "all": float(real.mean()),
-                         "se": se, "as_new": float(new.mean()), "cold": float(real[cold].mean()) if cold.any()
-                         else None})  # fmt: skip
+            real, new = ranks(base + w * collab, base_new + w * collab_new)
+            rows.append(grid_row(real, new, cold, eval_cfg, weight=w, cold_factors=cold_rule, option=option))
     check_cold = int(cold.sum()) >= min_cold_pairs
-    check, limit = ("cold", float(plain_real[cold].mean())) if check_cold else ("as_new", float(plain_new.mean()))
+    check = "cold" if check_cold else "as_new"
+    limit = floor[check]
     allowed = [r for r in rows if r[check] >= limit - cold_tolerance] or [rows[0]]  # w_f 0 keeps the term's own
     best = pick(allowed, check, [0.0, 1.0])
     log.info("co-occurrence coordinates: weight %.3g, cold factors %s, on %d validation pairs (%s %.4f vs %.4f "

@@ -83,16 +83,12 @@ def choose_weight(
     """`term` (b of the warm items) with the weight and cold treatment chosen as the module says; `item_vecs`:
     the model's plain item vectors (catalogue order) when already embedded."""
     primary = eval_cfg.primary_metric
-    protocol = resolve_protocol(eval_cfg.protocol, model.symmetric)
-    ev = EvalSet.from_pairs(valid, catalog, eval_cfg, protocol, False, train)  # ranked as the test ranks
-    ev = subsample(ev, valid, catalog, eval_cfg, protocol, train)
+    ev, cold = validation_pairs(model, catalog, valid, train, eval_cfg)
     if item_vecs is None:
         item_vecs = model.embed_items(catalog, batch_size=eval_cfg.batch_size, progress=False)
     queries, pool = ev.encode(model, catalog, item_vecs, progress=False)
     cos = (queries @ pool.T).astype(np.float32)
     ids = catalog["item_id"].astype(str).to_numpy()
-    trained = set(train["item_id"].astype(str)) | set(train["related_item_id"].astype(str))
-    cold = ~np.isin(ids[ev.target], list(trained))
     check_cold = int(cold.sum()) >= min_cold_pairs
     warm = np.isin(ids, list(term.bias))
     own_b = np.array([term.bias.get(i, 0.0) for i in ids], dtype=np.float32)
@@ -102,19 +98,13 @@ def choose_weight(
         predicted = predict_bias(fitted | {"scale": scale}, item_vecs)
         options.append(({"cold_prior": None, "content_scale": scale}, predicted))
 
-    def score(ranks: np.ndarray) -> np.ndarray:
-        return per_pair_metrics(ranks, eval_cfg.ks, eval_cfg.mrr_k)[primary]
-
     rows = []
     for index, (label, cold_b) in enumerate(options):
         b = np.where(warm, own_b, cold_b)
         q_factor = 1.0 + b[ev.query_item] if ev.item_queries(model) else np.ones(len(ev.query_item))
         for w in weights:
-            real, as_new = (score(r) for r in _term_ranks(cos, ev, q_factor, b[ev.pool], w, cold_b[ev.pool]))
-            cold_mean = float(real[cold].mean()) if cold.any() else None
-            se = float(real.std(ddof=1) / np.sqrt(len(real))) if len(real) > 1 else 0.0
-            rows.append({"weight": w, **label, "option": index, "all": float(real.mean()), "se": se,
-                         "as_new": float(as_new.mean()), "cold": cold_mean})  # fmt: skip
+            real, as_new = _term_ranks(cos, ev, q_factor, b[ev.pool], w, cold_b[ev.pool])
+            rows.append(grid_row(real, as_new, cold, eval_cfg, weight=w, **label, option=index))
     plain = rows[0]  # weight 0: cosine alone, whatever the cold b
     check, limit = ("cold", plain["cold"]) if check_cold else ("as_new", plain["as_new"])
     allowed = [r for r in rows if r[check] >= limit - cold_tolerance]
@@ -131,6 +121,25 @@ def choose_weight(
     chosen = {"metric": primary, "pairs": len(cold), "cold_pairs": int(cold.sum()), "cold_checked": check_cold}
     prior = label["cold_prior"] if label["cold_prior"] is not None else round(level[best["option"]], 6)
     return PopularityTerm(best["weight"], term.feature, term.bias, prior, chosen | {"grid": rows}, content)
+
+
+def validation_pairs(model, catalog: pd.DataFrame, valid: pd.DataFrame, train: pd.DataFrame, eval_cfg: EvalConfig):
+    """(the validation pairs ranked as the test ranks them, sampled beyond MAX_CELLS; per pair, whether its
+    target is cold: in no training pair)."""
+    protocol = resolve_protocol(eval_cfg.protocol, model.symmetric)
+    ev = subsample(EvalSet.from_pairs(valid, catalog, eval_cfg, protocol, False, train), valid, catalog, eval_cfg,
+                   protocol, train)  # fmt: skip
+    trained = set(train["item_id"].astype(str)) | set(train["related_item_id"].astype(str))
+    return ev, ~np.isin(catalog["item_id"].astype(str).to_numpy()[ev.target], list(trained))
+
+
+def grid_row(real: np.ndarray, as_new: np.ndarray, cold: np.ndarray, eval_cfg: EvalConfig, **label) -> dict:
+    """One candidate's validation figures from its ranks (targets with their own term; targets made new): the
+    primary metric on all pairs, its standard error, on the targets made new and on the cold ones."""
+    real, as_new = (per_pair_metrics(r, eval_cfg.ks, eval_cfg.mrr_k)[eval_cfg.primary_metric] for r in (real, as_new))
+    se = float(real.std(ddof=1) / np.sqrt(len(real))) if len(real) > 1 else 0.0
+    return label | {"all": float(real.mean()), "se": se, "as_new": float(as_new.mean()),
+                    "cold": float(real[cold].mean()) if cold.any() else None}  # fmt: skip
 
 
 def pick(allowed: list[dict], check: str, level: list[float]) -> dict:
