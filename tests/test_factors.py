@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 from test_popularity_term import Fixed
 
 from tandem.core.config import EvalConfig
+from tandem.evaluation.evaluate import EvalSet
+from tandem.models.base import Encoder
 from tandem.models.popularity import PopularityTerm
 from tandem.training.factors import choose_factors, log_factors, with_cold
 
@@ -126,3 +129,40 @@ def test_choose_factors_keeps_the_cold_targets_cosine_finds():
     assert got["cold"] >= chosen["cold_limit"]  # never below cosine alone on the cold targets
     top = max(chosen["grid"], key=lambda r: r["all"])
     assert top["cold"] < chosen["cold_limit"] and top["all"] > got["all"]  # the best on all pairs was refused
+
+
+class Titled(Fixed):
+    """An asymmetric encoder (queries by title) carrying a popularity term as a trained model does."""
+
+    popularity = None
+    with_item_query_term = Encoder.with_item_query_term
+
+    def embed_items(self, catalog, batch_size=128, progress=True):
+        vecs = super().embed_items(catalog)
+        return vecs if self.popularity is None else self.popularity.augment_items(vecs, catalog["item_id"])
+
+    def embed_queries(self, texts, batch_size=256, progress=True):
+        vecs = super().embed_queries(texts)
+        return vecs if self.popularity is None else self.popularity.augment_queries(vecs)
+
+
+def test_an_asymmetric_models_title_queries_carry_their_items_coordinates_as_chosen_and_evaluated():
+    model, catalog, valid, train, factors, vecs = _world()
+    titled = Titled(model.vectors)
+    cfg = EvalConfig(ks=(5,), primary_metric="recall@5", protocol="hotelmatch")
+    weight, cold, chosen = choose_factors(titled, catalog, valid, train, PopularityTerm(0.0, "popularity"), factors,
+                                          vecs, cfg)  # fmt: skip
+    grid = {(r["weight"], r["cold_factors"]): r["all"] for r in chosen["grid"]}
+    assert weight > 0 and grid[(weight, cold)] > grid[(0.0, "zeros")] + 0.3
+    # the evaluator ranks the served vectors: the title's query tower vector with its item's stored coordinates
+    ids = catalog["item_id"].tolist()
+    own = {i: f.tolist() for i, f in zip(ids, factors, strict=True) if f.any()}
+    titled.popularity = PopularityTerm(0.0, "popularity", factor_weight=weight, factors=own)
+    ev = EvalSet.from_pairs(valid, catalog, cfg, "hotelmatch", False, train)
+    assert ev.score_encoder(titled, catalog, progress=False)["recall@5"].mean() == pytest.approx(
+        grid[(weight, "zeros")]
+    )
+    stored = titled.embed_items(catalog)
+    queries = titled.with_item_query_term(titled.embed_queries(ids[:3]), stored[:3])
+    assert np.allclose(queries @ stored.T, vecs[:3] @ vecs.T + weight * factors[:3] @ factors.T, atol=1e-5)
+    assert not titled.embed_queries(ids[:3])[:, -factors.shape[1] :].any()  # a typed text: no clicks

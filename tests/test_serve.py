@@ -204,8 +204,17 @@ def test_filters_restrict_results(client, workdir):
 def test_similar_excludes_the_item_and_logs_a_view(client, workdir):
     ids, vectors = run_vectors(workdir)
     result = client.get(f"/similar/{A}", params={"k": 4}, headers={"X-User-Id": "bob"}).json()
-    neighbours = [ids[j] for j in exact_top_k(vectors[[0]], vectors, 5)[0] if ids[j] != A][:4]
+    # an asymmetric model's item query, as the evaluate stage ranks it: the item's title through the query tower,
+    # with the click coordinates of the item's stored vector
+    model = load_model(workdir / "runs" / "first" / "model")
+    title = pd.read_parquet(workdir / "runs" / "first" / "data" / "catalog.parquet")["title"].iloc[0]
+    query = model.with_item_query_term(model.embed_queries([title], progress=False), vectors[[0]])
+    neighbours = [ids[j] for j in exact_top_k(query, vectors, 5)[0] if ids[j] != A][:4]
+    assert not model.symmetric and ids[0] == A
     assert [h["item_id"] for h in result["items"]] == neighbours and result["user_id"] == "bob"
+    assert [h["score"] for h in result["items"]] == pytest.approx(
+        sorted((query @ vectors[[ids.index(i) for i in neighbours]].T)[0], reverse=True), abs=1e-4
+    )
     client.app.state.events.flush()
     mine = read_events(workdir).query("request_id == @result['request_id']")
     assert mine["event"].tolist() == ["view"] + ["impression"] * 4 and mine["item_id"].iloc[0] == A

@@ -222,8 +222,8 @@ class ModelConfig:
     popularity_factors: NonNegative = field(
         default=32,
         metadata={
-            "help": "rank k of the log co-occurrence coordinates that symmetric models' item vectors also get "
-            "(tandem.training.factors); 0 = none"
+            "help": "rank k of the log co-occurrence coordinates that item vectors also get, for item-to-item "
+            "queries (the stored vector, or an asymmetric model's title query; tandem.training.factors); 0 = none"
         },
     )
     popularity_factor_weight: NonNegFloat = field(

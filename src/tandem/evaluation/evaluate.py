@@ -1,8 +1,9 @@
 """Offline evaluation on held-out pairs under two protocols, with exact (brute-force) ranking,
 so the numbers measure the model, not the ANN index.
 
-- hotelmatch (HotelMatch-LLM): the query is the query item's title through the query tower;
-  the pool is the whole catalogue minus the query item. MRR@10, nDCG@10, recall@K.
+- hotelmatch (HotelMatch-LLM): the query is the query item's title through the query tower (with
+  that item's click coordinates, as /similar serves it: tandem.models.popularity); the pool is the
+  whole catalogue minus the query item. MRR@10, nDCG@10, recall@K.
 - notellm2 (NoteLLM-2, item-to-item): a seeded share of the test pairs' left items are the
   query items; the pool is every test item (both sides) minus the query items; pairs whose
   query was not drawn or whose target is a query item are dropped (and counted). A symmetric
@@ -319,7 +320,7 @@ class EvalSet:
         `item_vecs` (catalogue order) are reused, else only the pool (and query) items are embedded."""
         item_queries = self.item_queries(model)
         if item_vecs is None:
-            rows = np.union1d(self.pool, self.query_item) if item_queries else self.pool
+            rows = np.union1d(self.pool, self.query_item[self.query_item >= 0])  # query items: their vectors or tails
             vecs = model.embed_items(catalog.iloc[rows], batch_size=self.cfg.batch_size, progress=progress)
             item_vecs = np.zeros((len(catalog), vecs.shape[1]), dtype=vecs.dtype)
             item_vecs[rows] = vecs
@@ -327,6 +328,9 @@ class EvalSet:
             query_vecs = item_vecs[self.query_item]
         else:
             query_vecs = model.embed_queries(self.query_texts, batch_size=self.cfg.batch_size, progress=progress)
+            own = self.query_item >= 0  # a title standing for its item: that item's click coordinates, as /similar
+            if own.any() and hasattr(model, "with_item_query_term"):
+                query_vecs[own] = model.with_item_query_term(query_vecs[own], item_vecs[self.query_item[own]])
         return query_vecs, item_vecs[self.pool]
 
     def vector_scorer(self, query_vecs: np.ndarray, pool_vecs: np.ndarray) -> Scorer:

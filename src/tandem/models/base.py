@@ -115,6 +115,13 @@ class Encoder(nn.Module):
             return vectors
         return self.popularity.augment_queries(vectors)
 
+    def with_item_query_term(self, queries: np.ndarray, stored: np.ndarray) -> np.ndarray:
+        """Text query vectors (from `embed_queries`) that stand for items, with the click coordinates of those
+        items' `stored` vectors (same rows); unchanged without them (PopularityTerm.item_queries)."""
+        if self.popularity is None or not self.popularity.active:
+            return queries
+        return self.popularity.item_queries(queries, stored)
+
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device

@@ -17,11 +17,13 @@ that resembles popular ones is not buried under them. The weight and the cold tr
 together on the validation pairs (`tandem.training.popularity.choose_weight`); the term with weight 0 is
 not attached at all (the vectors stay the plain unit vectors).
 
-Log co-occurrence coordinates (symmetric models, whose queries are stored item vectors): k more coordinates
-`sqrt(w_f) f_i`, where `f_i` is the item's row of a rank-k factorisation of the training window's users-in-common
-matrix (`tandem.training.factors`), so two stored vectors score `... + w_f f_q . f_i`: the "also clicked" signal
-of the co-occurrence list, inside the same inner product. A text query appends zeros there (it has no clicks).
-An item without clicks gets zeros or, with `factor_content`, factors predicted from its own vector.
+Log co-occurrence coordinates (item-to-item queries): k more coordinates `sqrt(w_f) f_i`, where `f_i` is the
+item's row of a rank-k factorisation of the training window's users-in-common matrix (`tandem.training.factors`),
+so two stored vectors score `... + w_f f_q . f_i`: the "also clicked" signal of the co-occurrence list, inside
+the same inner product. A symmetric model's item query is the item's stored vector, so it carries them; an
+asymmetric model's item query (the item's title through its query tower, as the hotelmatch protocol and /similar
+embed it) takes them from the item's stored vector (`item_queries`). A typed text query appends zeros there (it
+has no clicks). An item without clicks gets zeros or, with `factor_content`, factors predicted from its vector.
 
 Saved as `popularity.json` beside the model's weights; `load` returns None when there is none.
 """
@@ -101,6 +103,16 @@ class PopularityTerm:
         tail = np.zeros((len(vectors), self.extra_dims), dtype=vectors.dtype)
         tail[:, 0] = self.scale
         return np.hstack([vectors, tail])
+
+    def item_queries(self, queries: np.ndarray, stored: np.ndarray) -> np.ndarray:
+        """Augmented text query vectors that stand for items (their titles: an asymmetric model's item-to-item
+        query) with those items' co-occurrence coordinates, copied from the items' `stored` vectors (same rows):
+        the query knows what its item's clickers also clicked, as the item's own stored vector does."""
+        if not self.factor_dims:
+            return queries
+        out = np.array(queries, copy=True)
+        out[:, -self.factor_dims :] = np.asarray(stored)[:, -self.factor_dims :]
+        return out
 
     def save(self, directory: str | Path) -> Path:
         path = Path(directory) / FILE

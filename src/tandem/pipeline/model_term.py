@@ -3,7 +3,7 @@
 - `pair_counts`: how many training pairs the run mined and used, and pairs per item (the item side
   of a pair and either side), for the stage summary and the report.
 - `attach_popularity`: b_item from the run's Feast item features (`model.popularity_feature`), the
-  weight chosen on the validation pairs (or the recipe's), and for symmetric models the log co-occurrence
+  weight chosen on the validation pairs (or the recipe's), and for item-to-item queries the log co-occurrence
   coordinates (tandem.training.factors), attached to the trained model so that everything it embeds from
   then on (embed stage, evaluate, serving) carries the same coordinates.
 """
@@ -38,7 +38,7 @@ def attach_popularity(
     model, cfg: RunConfig, run, catalog: pd.DataFrame, train: pd.DataFrame, valid: pd.DataFrame
 ) -> dict | None:
     """Build the popularity term, choose its weight unless the recipe fixes it, add the co-occurrence
-    coordinates (symmetric models), attach it to `model` (None when it changes no score or is off); returns
+    coordinates, attach it to `model` (None when it changes no score or is off); returns
     its summary for train.json.
 
     The weight is chosen with b as the validation pairs found it: 'popularity' counted on the logs before
@@ -62,7 +62,9 @@ def attach_popularity(
     term = PopularityTerm(mcfg.popularity_weight, feature, item_biases(catalog["item_id"], counts))
     before = _valid_counts(run / "pairs", catalog) if feature == "popularity" else None
     trial = term if before is None else replace(term, bias=item_biases(catalog["item_id"], before * warm))
-    choose = not valid.empty and (not mcfg.popularity_weight or (model.symmetric and not mcfg.popularity_factor_weight))
+    choose = not valid.empty and (
+        not mcfg.popularity_weight or (mcfg.popularity_factors and not mcfg.popularity_factor_weight)
+    )
     item_vecs = model.embed_items(catalog, batch_size=cfg.eval.batch_size, progress=False) if choose else None
     why = None
     if not mcfg.popularity_weight:
@@ -89,15 +91,15 @@ def attach_popularity(
 
 
 def _with_factors(model, cfg: RunConfig, run, catalog, train, valid, term, trial, item_vecs) -> tuple:
-    """(`term` with the co-occurrence coordinates when the model is symmetric, they are on and their weight is
+    """(`term` with the co-occurrence coordinates when they are on and their weight is
     positive, their summary). Chosen with `trial` (b as the validation pairs found it) on factors counted before
     the validation window; served: factors of the whole training window."""
     from tandem.evaluation.baselines import training_clicks
     from tandem.training.factors import choose_factors, log_factors, with_cold
 
     mcfg, pairs = cfg.model, run.summary("pairs")
-    if not model.symmetric or not mcfg.popularity_factors:
-        return term, {"rank": 0, "why": "off" if model.symmetric else "text queries carry no clicks"}
+    if not mcfg.popularity_factors:
+        return term, {"rank": 0, "why": "off"}
     if "valid_cutoff" not in pairs:
         return term, {"rank": 0, "why": "mined before the validation window was recorded: rerun mine"}
     if not mcfg.popularity_factor_weight and valid.empty:

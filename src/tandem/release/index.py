@@ -246,16 +246,17 @@ class ItemIndex:
 
     def vectors_of(self, name: str, item_ids: list[str], batch: int = 1000) -> dict[str, np.ndarray]:
         """The stored vectors of the given items (ids not in the collection are left out)."""
-        out: dict[str, np.ndarray] = {}
-        ids = [str(i) for i in dict.fromkeys(item_ids)]
-        for start in range(0, len(ids), batch):
-            chunk = ids[start : start + batch]
+        rows = self.rows_of(name, item_ids, ("vector",), batch)
+        return {i: np.asarray(r["vector"], dtype=np.float32) for i, r in rows.items()}
+
+    def rows_of(self, name: str, item_ids: list[str], fields, batch: int = 1000) -> dict[str, dict]:
+        """{item id: {field: value}} of the given items (ids not in the collection are left out)."""
+        ids, out, wanted = [str(i) for i in dict.fromkeys(item_ids)], {}, ["item_id", *fields]
+        for chunk in (ids[start : start + batch] for start in range(0, len(ids), batch)):
             # an explicit quoted filter: client.get() pastes ids into its expression unescaped
             expr = f"item_id in [{', '.join(quote(i) for i in chunk)}]"
-            rows = self._loaded_call(
-                name, lambda e=expr: self.client.query(name, filter=e, output_fields=["item_id", "vector"])
-            )
-            out |= {r["item_id"]: np.asarray(r["vector"], dtype=np.float32) for r in rows}
+            got = self._loaded_call(name, lambda e=expr: self.client.query(name, filter=e, output_fields=wanted))
+            out |= {r["item_id"]: r for r in got}
         return out
 
     # ------------------------------------------------------------------------- aliases

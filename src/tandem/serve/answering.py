@@ -3,9 +3,12 @@
 A batch (`tandem.serve.batching`) holds requests of one kind (/search or /similar) and one arm, with any
 filters: the query tower embeds all the batch's texts in one call (or one query fetches all the viewed
 items' stored vectors), then one Milvus search runs per distinct filter expression, for that filter's
-requests only. A search takes one filter expression, so requests with different filters cannot share a
-search call, but they do share the embedding, which is most of a request's time on a CPU; requests with
-the same filter share both.
+requests only. A /similar query is the viewed item's stored vector for a symmetric model (NoteLLM-2); for an
+asymmetric one (HotelMatch) it is the item's stored title through the query tower, with the click coordinates
+of the item's stored vector (`Encoder.with_item_query_term`): what the hotelmatch protocol evaluates. A
+search takes one filter expression, so requests with different filters cannot share a search call, but
+they do share the embedding, which is most of a request's time on a CPU; requests with the same filter
+share both.
 """
 
 from __future__ import annotations
@@ -48,10 +51,16 @@ def answer(index: ItemIndex, key: tuple, asks: Sequence[Ask]) -> list[Answer | E
     if kind == "search":
         vectors = arm.queries.embed_queries([a.text for a in asks], batch_size=len(asks), progress=False)
         found, first = list(range(len(asks))), "embed"
-    else:  # similar: the items' stored vectors; an unknown item is that request's 404
-        stored = index.vectors_of(arm.collection, [a.text for a in asks])
+    else:  # similar: from the items' stored rows; an unknown item is that request's 404
+        titled = titles_as_queries(arm, index)
+        stored = index.rows_of(arm.collection, [a.text for a in asks], ("vector", "title") if titled else ("vector",))
         found, first = [n for n, a in enumerate(asks) if a.text in stored], "fetch"
-        vectors = np.stack([stored[asks[n].text] for n in found]) if found else None
+        rows_found = [stored[asks[n].text] for n in found]
+        vectors = np.stack([np.asarray(r["vector"], dtype=np.float32) for r in rows_found]) if found else None
+        if titled and found:  # the item's title through the query tower, with the item's click coordinates
+            titles = [r["title"] for r in rows_found]
+            queries = arm.queries.embed_queries(titles, batch_size=len(titles), progress=False)
+            vectors, first = arm.model.with_item_query_term(queries, vectors), "embed"
     ready = time.perf_counter()
     extra = int(kind != "search")  # /similar asks for one more: the item itself is dropped from its results
     groups: dict[str, list[int]] = {}  # filter expression -> positions in `vectors`, in arrival order
@@ -71,6 +80,12 @@ def answer(index: ItemIndex, key: tuple, asks: Sequence[Ask]) -> list[Answer | E
             mine = [r for r in rows[n] if r["item_id"] != a.text] if extra else rows[n]
             out.append(Answer(mine[: a.k], seconds, len(asks), len(groups)))
     return out
+
+
+def titles_as_queries(arm, index: ItemIndex) -> bool:
+    """Whether /similar embeds the item's title with the query tower (an asymmetric model, as the hotelmatch
+    protocol evaluates it) rather than searching with its stored vector (a symmetric model; or no stored title)."""
+    return not getattr(arm.model, "symmetric", True) and "title" in index.cfg.scalar_fields
 
 
 def expanded(index: ItemIndex, arm, expression: str, queries: list[str], k: int, expander) -> Answer:

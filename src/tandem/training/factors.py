@@ -8,7 +8,8 @@ The leading eigenpair is left out: C is non-negative, so its leading eigenvector
 grows with how much an item is clicked (popularity, which the popularity coordinate already carries); kept, it
 lifts every clicked item over every new one for every query (MovieLens-100k, NoteLLM-2: the validation's cold
 targets fell from 0.50 to 0.29 at w_f 0.2 with it, stayed at 0.50 without it). The next k carry what is specific
-to the pair. Only symmetric models use them (their query is a stored item vector); a text query has no clicks.
+to the pair. Item-to-item queries use them: a symmetric model's stored item vector, an asymmetric model's item
+title through its query tower with the item's coordinates (PopularityTerm.item_queries); a typed text has none.
 
 The weight w_f, and what an item without clicks gets (zeros, or factors predicted from its vector), are chosen
 on the validation pairs after the popularity term's weight, by the same rule (`popularity.pick`): factors
@@ -32,7 +33,8 @@ from tandem.models.popularity import PopularityTerm, fit_content_factors, predic
 from tandem.training.popularity import grid_row, pick, validation_pairs
 
 log = logging.getLogger(__name__)
-FACTOR_WEIGHTS = (0.0, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
+# up to the popularity weight's range (WEIGHTS): the two terms compete for the same share of the score
+FACTOR_WEIGHTS = (0.0, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0)
 COLD_FACTORS = ("zeros", "content")
 
 
@@ -95,9 +97,11 @@ def choose_factors(
     ev, cold = validation_pairs(model, catalog, valid, train, eval_cfg)
     ids = catalog["item_id"].astype(str).to_numpy()
     q_rows, pairs = ev.query_of_pair, np.arange(len(ev.target))
+    queries, _ = ev.encode(model, catalog, item_vecs, progress=False)  # the stored or the query tower's vectors
     aug, aug_new = term.augment_items(item_vecs, ids), replace(term, bias={}).augment_items(item_vecs, ids)
-    base = aug[ev.query_item] @ aug[ev.pool].T  # the popularity term as chosen, targets with their own b
-    base_new = np.einsum("pd,pd->p", aug[ev.query_item][q_rows], aug_new[ev.target])  # targets made new
+    aug_q = aug[ev.query_item] if ev.item_queries(model) else term.augment_queries(queries)
+    base = aug_q @ aug[ev.pool].T  # the popularity term as chosen, targets with their own b
+    base_new = np.einsum("pd,pd->p", aug_q[q_rows], aug_new[ev.target])  # targets made new
 
     def ranks(scores: np.ndarray, new_hit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         scores = scores[q_rows]
@@ -105,7 +109,7 @@ def choose_factors(
         hit = scores[pairs, ev.target_pos]
         return (scores > hit[:, None]).sum(1), (scores > new_hit[:, None]).sum(1) - (hit > new_hit)
 
-    plain = item_vecs[ev.query_item] @ item_vecs[ev.pool].T  # cosine alone: the floor of the cold targets
+    plain = queries @ item_vecs[ev.pool].T  # cosine alone: the floor of the cold targets
     floor = grid_row(*ranks(plain, plain[q_rows, ev.target_pos]), cold, eval_cfg)
     rows = []
     for option, cold_rule in enumerate(COLD_FACTORS):
