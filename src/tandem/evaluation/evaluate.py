@@ -319,8 +319,11 @@ class EvalSet:
         """(query vectors, pool vectors) of an encoder with `embed_items` / `embed_queries`; given
         `item_vecs` (catalogue order) are reused, else only the pool (and query) items are embedded."""
         item_queries = self.item_queries(model)
+        # titles standing for their items take those items' click coordinates (as /similar): PopularityTerm.item_queries
+        tails = not item_queries and getattr(getattr(model, "popularity", None), "factor_dims", 0)
+        titled = np.flatnonzero(self.query_item >= 0) if tails else np.zeros(0, np.int64)
         if item_vecs is None:
-            rows = np.union1d(self.pool, self.query_item[self.query_item >= 0])  # query items: their vectors or tails
+            rows = np.union1d(self.pool, self.query_item if item_queries else self.query_item[titled])
             vecs = model.embed_items(catalog.iloc[rows], batch_size=self.cfg.batch_size, progress=progress)
             item_vecs = np.zeros((len(catalog), vecs.shape[1]), dtype=vecs.dtype)
             item_vecs[rows] = vecs
@@ -328,9 +331,8 @@ class EvalSet:
             query_vecs = item_vecs[self.query_item]
         else:
             query_vecs = model.embed_queries(self.query_texts, batch_size=self.cfg.batch_size, progress=progress)
-            own = self.query_item >= 0  # a title standing for its item: that item's click coordinates, as /similar
-            if own.any() and hasattr(model, "with_item_query_term"):
-                query_vecs[own] = model.with_item_query_term(query_vecs[own], item_vecs[self.query_item[own]])
+            if len(titled):
+                query_vecs[titled] = model.with_item_query_term(query_vecs[titled], item_vecs[self.query_item[titled]])
         return query_vecs, item_vecs[self.pool]
 
     def vector_scorer(self, query_vecs: np.ndarray, pool_vecs: np.ndarray) -> Scorer:
