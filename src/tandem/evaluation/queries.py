@@ -21,8 +21,9 @@ from tandem.core.config import EvalConfig
 from tandem.evaluation.evaluate import EvalSet, catalog_texts, hidden_rows, resolve_protocol, token_counts
 from tandem.models.text import query_text
 
-REAL, PROXY = "real search queries (held out)", "titles of the query items (proxy: the logs have no test queries)"
-PROXY_FEW, ITEMS = "titles of the query items (proxy: too few held-out real queries", "query items (item-to-item)"
+TITLES = "titles of the query items, with their co-occurrence coordinates where the model has them"
+REAL, PROXY = "real search queries (held out)", f"{TITLES} (proxy: the logs have no test queries)"
+PROXY_FEW, ITEMS = f"{TITLES} (proxy: too few held-out real queries", "query items (item-to-item)"
 
 
 def query_eval_set(
