@@ -294,7 +294,8 @@ def create_app(
         user_id: str | None = user_query,
         x_user_id: str | None = user_header,
     ) -> Results:
-        """Items like this one (its stored vector's neighbours); logs a view of it."""
+        """Items like this one (NoteLLM-2: its stored vector's neighbours; HotelMatch: its title's, with its
+        click coordinates); logs a view of it."""
         expression, user = filters_of(request), _user(user_id, x_user_id)
         routed = await run_in_threadpool(request.app.state.router.route, user)
         got = await batched(request, response, "similar", routed[1], Ask(item_id, k, expression))
